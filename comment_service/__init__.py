@@ -1,0 +1,1 @@
+"""The HTTPS API: accounts, posting comments, history, and the stream redirect."""

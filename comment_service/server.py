@@ -1,0 +1,104 @@
+"""A comment-service process: the HTTPS app plus its clients of the backends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from comment_service.app import build_app
+from comment_service.auth import Accounts
+from comment_service.comments import Comments
+from comment_service.dispatch import DispatchClient
+from coord import ZK, NodeDirectory
+from coord.membership import WorkerLease
+from livecomments.ids import Snowflake
+from livecomments.sequencer import Sequencer
+from livecomments.settings import CommentServiceSettings
+from livecomments.store import Store
+from livecomments.tls import server_context
+
+log = logging.getLogger(__name__)
+
+
+class CommentServer:
+    def __init__(self, settings: CommentServiceSettings) -> None:
+        if not settings.jwt_secret:
+            raise ValueError("set LIVECOMMENTS_JWT_SECRET (shared by every replica)")
+        self.settings = settings
+        scheme = "https" if settings.tls_cert else "http"
+        self.public_url = (settings.public_url or f"{scheme}://{settings.host}:{settings.port}").rstrip("/")
+        self.zk = ZK(
+            settings.zk_hosts,
+            settings.zk_root,
+            session_timeout=settings.zk_session_timeout,
+            timeout=settings.zk_timeout,
+        )
+        self.store = Store(settings.mongo_uri, settings.mongo_db, settings.mongo_timeout)
+        self.redis: Redis = Redis.from_url(
+            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        self.sequencer = Sequencer(self.redis, settings.redis_prefix, self.store)
+        self.dispatchers = NodeDirectory(self.zk, self.zk.paths.dispatchers)
+        self.rtms_nodes = NodeDirectory(self.zk, self.zk.paths.rtms_nodes)
+        self.dispatch = DispatchClient(self.dispatchers, settings.dispatch_timeout)
+        self.lease = WorkerLease(self.zk)
+        self.accounts = Accounts(self.store, settings.jwt_secret, settings.jwt_ttl)
+        self.comments: Comments = None  # type: ignore[assignment]  # set in start()
+        self._runner: web.AppRunner | None = None
+        self._started = False
+
+    def cors_headers(self, request: web.Request) -> dict[str, str]:
+        origin = request.headers.get("Origin")
+        allowed = self.settings.cors_origins
+        if "*" in allowed:
+            return {"Access-Control-Allow-Origin": "*"}
+        if origin and (origin in allowed or origin == self.public_url):
+            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        return {}
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.zk.state == "CONNECTED" else "degraded",
+            "zookeeper": self.zk.state,
+            "worker_id": self.lease.worker_id,
+            "dispatchers": len(self.dispatchers.nodes),
+            "rtms_nodes": len(self.rtms_nodes.nodes),
+            "dispatch_failures": self.comments.dispatch_failures if self.comments else 0,
+        }
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        s = self.settings
+        await self.store.start(create_indexes=True)
+        await self.zk.start()
+        await self.dispatchers.start()
+        await self.rtms_nodes.start()
+        worker = await self.lease.acquire()
+        self.comments = Comments(self.store, self.sequencer, self.dispatch, Snowflake(worker))
+        self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert else None
+        site = web.TCPSite(self._runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024)
+        await site.start()
+        log.info("comment service on %s (worker %d)", self.public_url, worker)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if not self._started:
+            return
+        self._started = False
+        if self._runner is not None:
+            await self._runner.cleanup()
+        try:
+            await asyncio.wait_for(self.lease.release(), timeout)
+        except Exception as exc:
+            log.warning("releasing the worker id failed: %s", exc)
+        await self.dispatch.close()
+        await self.zk.stop()
+        await self.redis.aclose()
+        await self.store.stop()

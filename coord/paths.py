@@ -1,0 +1,72 @@
+"""Every znode path, built in one place (layout: DESIGN.md, "coord")."""
+
+from __future__ import annotations
+
+import re
+
+_SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def check_name(name: str) -> str:
+    """Reject anything that could escape its parent znode."""
+    if not _SAFE.match(name) or name in (".", ".."):
+        raise ValueError(f"not a valid znode name: {name!r}")
+    return name
+
+
+class Paths:
+    def __init__(self, root: str = "/livecomments") -> None:
+        self.root = "/" + root.strip("/") if root.strip("/") else ""
+
+    @property
+    def rtms_nodes(self) -> str:
+        return f"{self.root}/nodes/rtms"
+
+    @property
+    def dispatchers(self) -> str:
+        return f"{self.root}/nodes/dispatcher"
+
+    @property
+    def comment_workers(self) -> str:
+        return f"{self.root}/nodes/comment"
+
+    @property
+    def hosted(self) -> str:
+        return f"{self.root}/hosted"
+
+    @property
+    def placement(self) -> str:
+        return f"{self.root}/placement"
+
+    @property
+    def drain(self) -> str:
+        return f"{self.root}/drain"
+
+    def rtms_node(self, node_id: str) -> str:
+        return f"{self.rtms_nodes}/{check_name(node_id)}"
+
+    def dispatcher(self, node_id: str) -> str:
+        return f"{self.dispatchers}/{check_name(node_id)}"
+
+    def hosted_video(self, video_id: str) -> str:
+        return f"{self.hosted}/{check_name(video_id)}"
+
+    def hosted_by(self, video_id: str, node_id: str) -> str:
+        return f"{self.hosted_video(video_id)}/{check_name(node_id)}"
+
+    def placement_of(self, video_id: str) -> str:
+        return f"{self.placement}/{check_name(video_id)}"
+
+    def drain_of(self, node_id: str) -> str:
+        return f"{self.drain}/{check_name(node_id)}"
+
+    def parents(self) -> list[str]:
+        """Persistent parents every component may rely on."""
+        return [
+            self.rtms_nodes,
+            self.dispatchers,
+            self.comment_workers,
+            self.hosted,
+            self.placement,
+            self.drain,
+        ]

@@ -1,0 +1,3 @@
+from livecomments.cli import main
+
+main()

@@ -1,0 +1,164 @@
+"""The ``livecomments`` command: run one component, or the whole system with ``up``.
+
+The CLI only adapts: options -> settings -> server -> run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from livecomments import settings as cfg
+from livecomments.launcher import READY_MARK, LaunchError, missing_system_packages
+from livecomments.runtime import serve, setup_logging
+
+
+def _ready() -> None:
+    print(READY_MARK, flush=True)
+
+
+@click.group()
+@click.version_option(package_name="livecomments")
+def main() -> None:
+    """Live comments for live video."""
+
+
+@main.command()
+@click.option("--node-id", help="Unique node id (default rtms-<host>-<port>).")
+@click.option("--host", help="Address to bind.")
+@click.option("--port", type=int, help="SSE port.")
+@click.option("--grpc-port", type=int, help="Delivery gRPC port.")
+@click.option("--public-url", help="Base URL viewers reach this node at.")
+def rtms(**flags: Any) -> None:
+    """Run one realtime messaging server (SSE + gRPC Delivery)."""
+    from rtms.server import RTMSServer
+
+    settings = cfg.load(cfg.RTMSSettings, flags)
+    setup_logging(settings.log_level, "rtms")
+    serve(lambda: RTMSServer(settings), ready=_ready)
+
+
+@main.command()
+@click.option("--node-id", help="Unique replica id (default dispatcher-<host>-<port>).")
+@click.option("--host", help="Address to bind.")
+@click.option("--port", type=int, help="gRPC port.")
+def dispatcher(**flags: Any) -> None:
+    """Run one dispatcher replica."""
+    from dispatcher.server import DispatcherServer
+
+    settings = cfg.load(cfg.DispatcherSettings, flags)
+    setup_logging(settings.log_level, "dispatcher")
+    serve(lambda: DispatcherServer(settings), ready=_ready)
+
+
+@main.command("comment-service")
+@click.option("--host", help="Address to bind.")
+@click.option("--port", type=int, help="HTTPS port.")
+@click.option("--public-url", help="Base URL clients reach this service at.")
+def comment_service(**flags: Any) -> None:
+    """Run one comment-service process (the HTTPS API and the viewer page)."""
+    from comment_service.server import CommentServer
+
+    settings = cfg.load(cfg.CommentServiceSettings, flags)
+    setup_logging(settings.log_level, "comment-service")
+    serve(lambda: CommentServer(settings), ready=_ready)
+
+
+@main.command()
+@click.option("--run-dir", default=".run", show_default=True, type=click.Path(path_type=Path),
+              help="Where data, logs and the local TLS certificates go.")
+@click.option("--dispatchers", default=2, show_default=True)
+@click.option("--rtms", "rtms_nodes", default=2, show_default=True)
+@click.option("--comment-services", default=1, show_default=True)
+@click.option("--no-tls", is_flag=True, help="Serve plain HTTP (not for browsers on other hosts).")
+def up(run_dir: Path, dispatchers: int, rtms_nodes: int, comment_services: int, no_tls: bool) -> None:
+    """Start the whole system on loopback; Ctrl-C stops it.
+
+    ZooKeeper, Redis and the embedded MongoDB-wire store are started as child
+    processes unless LIVECOMMENTS_ZK_HOSTS, LIVECOMMENTS_REDIS_URL or
+    LIVECOMMENTS_MONGO_URI point at running ones.
+    """
+    from livecomments.cluster import Backends, Cluster
+
+    env = os.environ
+    starts_own = "LIVECOMMENTS_ZK_HOSTS" not in env or "LIVECOMMENTS_REDIS_URL" not in env
+    missing = missing_system_packages() if starts_own else []
+    if missing:
+        raise click.ClickException(
+            "missing system packages: " + " ".join(missing)
+            + f"\n  install them with: apt-get install -y {' '.join(missing)}"
+        )
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stopping = {"signals": 0}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping["signals"] += 1
+        if stopping["signals"] > 1:
+            os._exit(1)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    backends: Backends | None = None
+    cluster: Cluster | None = None
+    try:
+        click.echo("starting backends ...")
+        backends = Backends.start(
+            run_dir,
+            zk_hosts=env.get("LIVECOMMENTS_ZK_HOSTS"),
+            redis_url=env.get("LIVECOMMENTS_REDIS_URL"),
+            mongo_uri=env.get("LIVECOMMENTS_MONGO_URI"),
+            fixed_ports=True,
+        )
+        cluster = Cluster(
+            run_dir, backends, namespace=env.get("LIVECOMMENTS_NAMESPACE", "livecomments"),
+            fixed_ports=True, tls=not no_tls,
+        )
+        click.echo("starting services ...")
+        cluster.start(dispatchers=dispatchers, rtms=rtms_nodes, comment_services=comment_services)
+        _print_urls(cluster, backends, run_dir)
+        while True:
+            time.sleep(1)
+            for name, service in cluster.services.items():
+                if not service.proc.alive() and not service.proc.extra.get("reported"):
+                    service.proc.extra["reported"] = True
+                    click.echo(f"!! {name} exited; its log: {service.proc.log_path}", err=True)
+    except LaunchError as exc:
+        click.echo(f"failed to start: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("\nstopping ...")
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        if backends is not None:
+            backends.stop()
+    click.echo("stopped.")
+
+
+def _print_urls(cluster: Any, backends: Any, run_dir: Path) -> None:
+    comment = [s for s in cluster.services.values() if s.kind == "comment-service"]
+    rtms_urls = [s.url for s in cluster.services.values() if s.kind == "rtms"]
+    dispatch = [s.url for s in cluster.services.values() if s.kind == "dispatcher"]
+    lines = [
+        "",
+        "livecomments is up.",
+        f"  viewer page      {comment[0].url}/?v=demo" if comment else "",
+        f"  API              {', '.join(s.url for s in comment)}/api",
+        f"  RTMS (SSE)       {', '.join(rtms_urls)}",
+        f"  dispatchers      {', '.join(dispatch)}",
+        f"  ZooKeeper        {backends.zk_hosts}  (root /{cluster.namespace})",
+        f"  Redis            {backends.redis_url}",
+        f"  MongoDB          {backends.mongo_uri}",
+        f"  TLS CA           {cluster.ca_file or '(plain HTTP)'}",
+        f"  logs             {run_dir / 'logs'}",
+        "Ctrl-C stops everything.",
+    ]
+    click.echo("\n".join(line for line in lines if line))

@@ -1,0 +1,213 @@
+"""Starting the whole system (or pieces of it) as child processes on loopback.
+
+Used by ``livecomments up`` and by the integration tests' fixtures, so the
+tests start the system exactly the way a developer does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+READY_MARK = "livecomments-ready"
+ZK_CLASSPATH = ("/usr/share/java/zookeeper.jar", "/usr/share/java/slf4j-simple.jar")
+SYSTEM_PACKAGES = {"java": "zookeeper", "redis-server": "redis-server"}
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+def missing_system_packages() -> list[str]:
+    """Debian packages that must be installed before anything can start."""
+    missing = [pkg for binary, pkg in SYSTEM_PACKAGES.items() if shutil.which(binary) is None]
+    if not all(Path(p).exists() for p in ZK_CLASSPATH) and "zookeeper" not in missing:
+        missing.append("zookeeper")
+    return missing
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """``kill -9``: no goodbye, no deregistration."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(5)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.alive():
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def spawn(
+    name: str,
+    argv: list[str],
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    port: int = 0,
+) -> Proc:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    with log_path.open("ab") as log_file:
+        popen = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=True,  # Ctrl-C in the terminal reaches `up`, which stops us in order
+        )
+    return Proc(name, popen, log_path, port)
+
+
+def wait_until(proc: Proc, check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise LaunchError(f"{proc.name} exited while {what}:\n{proc.log_tail()}")
+        if callable(check) and check():
+            return
+        time.sleep(0.05)
+    raise LaunchError(f"{proc.name} not ready after {timeout}s ({what}):\n{proc.log_tail()}")
+
+
+def _log_has(proc: Proc, mark: str) -> bool:
+    try:
+        return mark in proc.log_path.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def _zk_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"srvr")
+            reply = sock.recv(4096)
+        return b"Mode:" in reply
+    except OSError:
+        return False
+
+
+# -- third-party servers -------------------------------------------------------
+
+
+def start_zookeeper(
+    run_dir: Path, ports: list[int], *, member: int = 1, peer_ports: list[tuple[int, int]] | None = None
+) -> Proc:
+    """One ZooKeeper server; with ``peer_ports`` it is member ``member`` of an ensemble."""
+    data = run_dir / f"zk{member}"
+    data.mkdir(parents=True, exist_ok=True)
+    port = ports[member - 1]
+    lines = [
+        "tickTime=1000",
+        "initLimit=10",
+        "syncLimit=5",
+        f"dataDir={data}",
+        f"clientPort={port}",
+        "clientPortAddress=127.0.0.1",
+        "admin.enableServer=false",
+        "4lw.commands.whitelist=ruok,srvr,stat,mntr",
+        "minSessionTimeout=2000",
+        "maxSessionTimeout=60000",
+    ]
+    if peer_ports:
+        (data / "myid").write_text(str(member))
+        lines += [f"server.{i}=127.0.0.1:{a}:{b}" for i, (a, b) in enumerate(peer_ports, 1)]
+    config = data / "zoo.cfg"
+    config.write_text("\n".join(lines) + "\n")
+    argv = [
+        "java", "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+        "-Dzookeeper.admin.enableServer=false",
+        "-cp", ":".join(ZK_CLASSPATH),
+        "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(config),
+    ]  # fmt: skip
+    return spawn(f"zookeeper{member}", argv, run_dir / "logs", port=port)
+
+
+def wait_zookeeper(procs: list[Proc], timeout: float = 30.0) -> None:
+    for proc in procs:
+        wait_until(proc, lambda p=proc: _zk_ok(p.port), timeout, "waiting for a quorum")
+
+
+def start_redis(run_dir: Path, port: int) -> Proc:
+    data = run_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", str(data), "--daemonize", "no", "--maxclients", "10000",
+    ]  # fmt: skip
+    proc = spawn("redis", argv, run_dir / "logs", port=port)
+    wait_until(proc, lambda: port_open(port), 15, "waiting for its port")
+    return proc
+
+
+def start_store(run_dir: Path, port: int, *, memory: bool = False) -> Proc:
+    """SecantusDB, the embedded MongoDB-wire store (local runs and tests only)."""
+    storage = ":memory:" if memory else str(run_dir / "store")
+    exe = Path(sys.executable).with_name("secantusd-py")
+    argv = [str(exe), "--host", "127.0.0.1", "--port", str(port), "--storage-path", storage,
+            "--log-level", "WARNING"]  # fmt: skip
+    proc = spawn("store", argv, run_dir / "logs", port=port)
+    wait_until(proc, lambda: port_open(port), 30, "waiting for its port")
+    return proc
+
+
+# -- our own components ---------------------------------------------------------
+
+
+def start_component(
+    kind: str, name: str, run_dir: Path, env: Mapping[str, str], port: int, timeout: float = 30.0
+) -> Proc:
+    """``python -m livecomments <kind>``, waited for until it says it is ready."""
+    argv = [sys.executable, "-m", "livecomments", kind]
+    proc = spawn(name, argv, run_dir / "logs", env=env, port=port)
+    wait_until(proc, lambda: _log_has(proc, READY_MARK), timeout, "starting")
+    return proc

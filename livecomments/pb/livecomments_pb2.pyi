@@ -1,0 +1,71 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KIND_UNSPECIFIED: _ClassVar[Kind]
+    COMMENT: _ClassVar[Kind]
+    COMMENT_UPDATED: _ClassVar[Kind]
+    COMMENT_DELETED: _ClassVar[Kind]
+    REACTIONS: _ClassVar[Kind]
+KIND_UNSPECIFIED: Kind
+COMMENT: Kind
+COMMENT_UPDATED: Kind
+COMMENT_DELETED: Kind
+REACTIONS: Kind
+
+class Event(_message.Message):
+    __slots__ = ("comment_id", "video_id", "seq", "epoch", "kind", "frame", "created_at_ms")
+    COMMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    comment_id: int
+    video_id: str
+    seq: int
+    epoch: int
+    kind: Kind
+    frame: bytes
+    created_at_ms: int
+    def __init__(self, comment_id: _Optional[int] = ..., video_id: _Optional[str] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., frame: _Optional[bytes] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+
+class DispatchRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class DispatchReply(_message.Message):
+    __slots__ = ("nodes", "delivered", "dropped")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    nodes: int
+    delivered: int
+    dropped: int
+    def __init__(self, nodes: _Optional[int] = ..., delivered: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class DeliverRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class DeliverReply(_message.Message):
+    __slots__ = ("accepted", "duplicates", "unhosted")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    UNHOSTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    duplicates: int
+    unhosted: int
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., unhosted: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,62 @@
+"""Running one server until a signal: the only place that installs signal handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+
+class Server(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self, timeout: float = 5.0) -> None: ...
+
+
+def setup_logging(level: str, name: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("kazoo").setLevel(logging.WARNING)
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def serve(make: Callable[[], Server], *, ready: Callable[[], None] | None = None) -> None:
+    """Start a server, print readiness, stop on SIGINT/SIGTERM; a second signal forces exit."""
+    install_uvloop()
+
+    async def main() -> None:
+        server = make()
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stopping.is_set():
+                os._exit(1)
+            stopping.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        await server.start()
+        if ready is not None:
+            ready()
+        await stopping.wait()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+async def wait_all(*aws: Awaitable[object]) -> None:
+    await asyncio.gather(*aws, return_exceptions=True)

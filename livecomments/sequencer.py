@@ -1,0 +1,82 @@
+"""Per-video sequence numbers from Redis, with an epoch that marks re-creation.
+
+``seq`` comes from one INCR, so it is contiguous per video. If the counter is
+lost (Redis restarted without persistence), the next writer re-seeds it from
+the store's highest seq and starts a new epoch; viewers resuming with an id of
+the old epoch are told to reload. The unique ``(video_id, seq)`` index in the
+store is the last line of defence: a seq handed out twice cannot be stored twice.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from livecomments.errors import Unavailable
+
+if TYPE_CHECKING:
+    from livecomments.store import Store
+
+# KEYS[1] seq counter, KEYS[2] epoch. Returns {seq, epoch} or {-1, 0} when the
+# counter has to be (re)seeded first.
+_NEXT = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then return {-1, 0} end
+local seq = redis.call('INCR', KEYS[1])
+return {seq, tonumber(epoch)}
+"""
+
+# ARGV[1] the store's highest seq, ARGV[2] the new epoch. Only the first seeder wins.
+_SEED = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+
+def video_key(prefix: str, video_id: str, name: str) -> str:
+    # The hash tag keeps a video's keys in one Redis Cluster slot.
+    return f"{prefix}v:{{{video_id}}}:{name}"
+
+
+class Sequencer:
+    def __init__(self, redis: Redis, prefix: str, store: Store | None = None) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._store = store
+        self._next = redis.register_script(_NEXT)
+        self._seed = redis.register_script(_SEED)
+
+    def _keys(self, video_id: str) -> list[str]:
+        return [video_key(self._prefix, video_id, "seq"), video_key(self._prefix, video_id, "epoch")]
+
+    async def next(self, video_id: str) -> tuple[int, int]:
+        """``(seq, epoch)`` for the next comment of ``video_id``."""
+        keys = self._keys(video_id)
+        try:
+            for _ in range(3):
+                seq, epoch = await self._next(keys=keys)
+                if seq > 0:
+                    return int(seq), int(epoch)
+                if self._store is None:
+                    raise Unavailable("sequencer has no store to seed from")
+                highest = await self._store.max_seq(video_id)
+                await self._seed(keys=keys, args=[highest, time.time_ns() // 1_000_000])
+        except RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
+        raise Unavailable("could not seed the sequence counter")
+
+    async def head(self, video_id: str) -> tuple[int, int] | None:
+        """``(last assigned seq, epoch)``, or None when the video has no counter."""
+        try:
+            seq, epoch = await self._redis.mget(self._keys(video_id))
+        except RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
+        if epoch is None:
+            return None
+        return int(seq or 0), int(epoch)

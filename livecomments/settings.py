@@ -1,0 +1,141 @@
+"""Settings: one frozen dataclass per component, built in one place.
+
+Values come from, in increasing priority: the dataclass defaults, the
+``LIVECOMMENTS_<FIELD>`` environment variables, then explicit overrides (CLI
+flags). Nothing else in the code reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+ENV_PREFIX = "LIVECOMMENTS_"
+
+# Ports `livecomments up` uses by default. Not the well-known ones, so a system
+# Redis or ZooKeeper on this machine is never touched by accident.
+DEFAULT_ZK_PORT = 21810
+DEFAULT_REDIS_PORT = 16379
+DEFAULT_MONGO_PORT = 27018
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSettings:
+    """Where the shared backends are, and the namespace inside each of them."""
+
+    zk_hosts: str = f"127.0.0.1:{DEFAULT_ZK_PORT}"
+    zk_root: str = "/livecomments"  # every znode lives under this path
+    zk_session_timeout: float = 6.0  # seconds; ephemeral nodes vanish ~this long after a crash
+    zk_timeout: float = 5.0  # every ZooKeeper call gives up after this many seconds
+    redis_url: str = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
+    redis_prefix: str = "lc:"
+    mongo_uri: str = f"mongodb://127.0.0.1:{DEFAULT_MONGO_PORT}/"
+    mongo_db: str = "livecomments"
+    mongo_timeout: float = 5.0
+    log_level: str = "INFO"
+
+
+@dataclasses.dataclass(frozen=True)
+class RTMSSettings(BackendSettings):
+    node_id: str = ""  # defaults to "rtms-<hostname>-<port>"
+    host: str = "127.0.0.1"
+    port: int = 8801  # SSE listener
+    grpc_port: int = 9801  # Delivery service
+    public_url: str = ""  # base URL viewers use, defaults to http(s)://host:port
+    tls_cert: str = ""
+    tls_key: str = ""
+    cors_origins: tuple[str, ...] = ()  # exact origins allowed to open the stream; "*" for any
+    heartbeat_interval: float = 15.0
+    retry_ms: int = 2000
+    ring_size: int = 1024  # recent frames kept per video for resume
+    host_grace: float = 30.0  # keep hosting a video this long after its last viewer left
+    max_viewer_buffer: int = 256 * 1024  # bytes queued for one viewer before it is dropped
+    reorder_window: float = 0.05  # wait this long for a missing seq before asking the store
+    gap_deadline: float = 3.0  # give up on a seq the store still lacks after this long
+    replay_limit: int = 5000  # most events replayed to one resuming viewer
+    max_viewers: int = 18000  # the process has 20K file descriptors
+
+
+@dataclasses.dataclass(frozen=True)
+class DispatcherSettings(BackendSettings):
+    node_id: str = ""
+    host: str = "127.0.0.1"
+    port: int = 9701
+    deliver_timeout: float = 2.0  # seconds one Deliver to one RTMS node may take
+
+
+@dataclasses.dataclass(frozen=True)
+class CommentServiceSettings(BackendSettings):
+    host: str = "127.0.0.1"
+    port: int = 8443
+    public_url: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    jwt_secret: str = ""  # required; every replica must share it
+    jwt_ttl: int = 3600
+    max_comment_chars: int = 500
+    max_body_bytes: int = 16 * 1024
+    history_page_max: int = 100
+    dispatch_timeout: float = 3.0
+    cors_origins: tuple[str, ...] = ()
+
+
+S = TypeVar("S", bound=BackendSettings)
+
+
+def _convert(raw: Any, kind: Any, name: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    if kind is int:
+        return int(raw)
+    if kind is float:
+        return float(raw)
+    if typing.get_origin(kind) is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def load(
+    cls: type[S],
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> S:
+    """Build ``cls`` from defaults, ``LIVECOMMENTS_*`` variables and non-None overrides."""
+    env = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        key = ENV_PREFIX + field.name.upper()
+        if key in env:
+            values[field.name] = _convert(env[key], hints[field.name], field.name)
+        if overrides and overrides.get(field.name) is not None:
+            values[field.name] = _convert(overrides[field.name], hints[field.name], field.name)
+    return cls(**values)
+
+
+def default_node_id(kind: str, port: int) -> str:
+    return f"{kind}-{socket.gethostname()}-{port}"
+
+
+def to_env(settings: BackendSettings) -> dict[str, str]:
+    """The environment that reproduces ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, bool):
+            value = "1" if value else "0"
+        env[ENV_PREFIX + field.name.upper()] = str(value)
+    return env

@@ -1,0 +1,1 @@
+"""Realtime messaging server: holds viewers' SSE connections and fans events out to them."""

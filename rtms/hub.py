@@ -1,0 +1,421 @@
+"""Viewers of each video and the fan-out to them.
+
+A :class:`Channel` is one video on this node: its viewers, the last seq it has
+delivered, a ring of recent frames for resume, and frames waiting for a missing
+seq. Frames arrive already encoded; a burst is joined once and the same bytes
+are written to every viewer's transport, with no task and no await per viewer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Iterable
+from typing import Any, Protocol
+
+import orjson
+
+from livecomments import events
+from livecomments.errors import LiveCommentsError
+from livecomments.pb import livecomments_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = b": hb\n\n"
+
+
+class Transport(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def abort(self) -> None: ...
+    def close(self) -> None: ...
+    def is_closing(self) -> bool: ...
+
+
+class Backend(Protocol):
+    """What the hub needs from the outside world (store, Redis, ZooKeeper)."""
+
+    async def head(self, video_id: str) -> tuple[int, int] | None: ...
+    async def fetch(self, video_id: str, lo: int, hi: int) -> list[dict[str, Any]]: ...
+    async def host(self, video_id: str) -> None: ...
+    async def unhost(self, video_id: str) -> None: ...
+
+
+class Viewer:
+    __slots__ = ("channel", "closed", "transport")
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.channel: Channel | None = None
+        self.closed = False
+
+
+def frame_for(doc: dict[str, Any]) -> bytes | None:
+    """The frame a stored comment replays as; None for what viewers must not see."""
+    status = doc.get("status", events.STATUS_VISIBLE)
+    if status == events.STATUS_VISIBLE:
+        kind = pb.COMMENT_UPDATED if doc.get("edited_at") else pb.COMMENT
+        return events.comment_frame(doc, kind)
+    if status == events.STATUS_DELETED:
+        return events.comment_frame(doc, pb.COMMENT_DELETED)
+    return None  # held for review
+
+
+def reset_frame(reason: str, epoch: int | None) -> bytes:
+    return events.sse_frame("reset", orjson.dumps({"reason": reason, "epoch": epoch}))
+
+
+class Channel:
+    __slots__ = (
+        "epoch",
+        "fill_to",
+        "filling",
+        "idle_handle",
+        "last_seq",
+        "pending",
+        "ring",
+        "video_id",
+        "viewers",
+    )
+
+    def __init__(self, video_id: str, last_seq: int, epoch: int | None, ring_size: int) -> None:
+        self.video_id = video_id
+        self.viewers: set[Viewer] = set()
+        self.ring: deque[tuple[int, bytes]] = deque(maxlen=ring_size)
+        self.last_seq = last_seq
+        self.epoch = epoch
+        self.pending: dict[int, bytes] = {}
+        self.filling: asyncio.Task[None] | None = None
+        self.fill_to = 0  # fill from the store up to here even without a later event
+        self.idle_handle: asyncio.TimerHandle | None = None
+
+
+class Stats:
+    __slots__ = ("accepted", "duplicates", "gap_filled", "gap_skipped", "slow_dropped", "unhosted")
+
+    def __init__(self) -> None:
+        self.accepted = self.duplicates = self.unhosted = 0
+        self.gap_filled = self.gap_skipped = self.slow_dropped = 0
+
+
+class Hub:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        ring_size: int = 1024,
+        host_grace: float = 30.0,
+        max_viewer_buffer: int = 256 * 1024,
+        reorder_window: float = 0.05,
+        gap_deadline: float = 3.0,
+        replay_limit: int = 5000,
+    ) -> None:
+        self._backend = backend
+        self._ring_size = ring_size
+        self._host_grace = host_grace
+        self._max_buffer = max_viewer_buffer
+        self._reorder_window = reorder_window
+        self._gap_deadline = gap_deadline
+        self._replay_limit = replay_limit
+        self.channels: dict[str, Channel] = {}
+        self._joining: dict[str, asyncio.Future[Channel]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.viewer_count = 0
+        self.stats = Stats()
+
+    # -- viewers ------------------------------------------------------------
+
+    async def channel(self, video_id: str) -> Channel:
+        """The video's channel, hosting it (ZooKeeper + head seq) on first use."""
+        channel = self.channels.get(video_id)
+        if channel is not None:
+            return channel
+        joining = self._joining.get(video_id)
+        if joining is not None:
+            return await asyncio.shield(joining)
+        future: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
+        self._joining[video_id] = future
+        try:
+            # Read the head before announcing ourselves: anything sequenced after
+            # it reaches us by dispatch, or by filling the gap from the store.
+            head = await self._backend.head(video_id)
+            last_seq, epoch = head if head else (0, None)
+            channel = Channel(video_id, last_seq, epoch, self._ring_size)
+            self.channels[video_id] = channel
+            try:
+                await self._backend.host(video_id)
+            except BaseException:
+                self.channels.pop(video_id, None)
+                raise
+            # The dispatchers learn about us a few ms after the znode exists; a
+            # comment dispatched in between is caught by looking at the head again.
+            for delay in (0.3, 1.5):
+                asyncio.get_running_loop().call_later(delay, self._spawn, self._catch_up(channel))
+            future.set_result(channel)
+            return channel
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: joiners get it through shield
+            raise
+        finally:
+            del self._joining[video_id]
+
+    async def attach(self, viewer: Viewer, video_id: str, resume: tuple[int, int] | None) -> None:
+        """Replay what ``viewer`` missed since ``resume`` and add it to the live set."""
+        channel = await self.channel(video_id)
+        if channel.idle_handle is not None:
+            channel.idle_handle.cancel()
+            channel.idle_handle = None
+        replay: list[bytes] = []
+        if resume is not None:
+            epoch, seq = resume
+            if channel.epoch is not None and epoch != channel.epoch:
+                replay.append(reset_frame("epoch_changed", channel.epoch))
+            elif channel.last_seq - seq > self._replay_limit:
+                replay.append(reset_frame("too_far_behind", channel.epoch))
+            elif seq < channel.last_seq:
+                replay.extend(await self._replay(channel, seq))
+        if viewer.closed:
+            self._maybe_idle(channel)
+            return
+        if replay:
+            viewer.transport.write(b"".join(replay))
+        viewer.channel = channel
+        channel.viewers.add(viewer)
+        self.viewer_count += 1
+
+    def detach(self, viewer: Viewer) -> None:
+        viewer.closed = True
+        channel, viewer.channel = viewer.channel, None
+        if channel is not None and viewer in channel.viewers:
+            channel.viewers.discard(viewer)
+            self.viewer_count -= 1
+            self._maybe_idle(channel)
+
+    async def _replay(self, channel: Channel, after: int) -> list[bytes]:
+        """Frames with seq > ``after`` up to the channel head, in order (ring, then store)."""
+        frames: list[bytes] = []
+        cursor = after
+        while True:
+            ring_start = channel.ring[0][0] if channel.ring else channel.last_seq + 1
+            if cursor + 1 >= ring_start:
+                frames.extend(f for s, f in channel.ring if s > cursor)
+                return frames
+            # Older than the ring: read the store up to where the ring starts. No
+            # await separates the final ring read from joining the live set.
+            docs = await self._backend.fetch(channel.video_id, cursor + 1, ring_start - 1)
+            for doc in docs:
+                frame = frame_for(doc)
+                if frame is not None:
+                    frames.append(frame)
+            cursor = ring_start - 1
+
+    def _maybe_idle(self, channel: Channel) -> None:
+        if channel.viewers or channel.idle_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        channel.idle_handle = loop.call_later(self._host_grace, self._spawn, self._retire(channel))
+
+    async def _retire(self, channel: Channel) -> None:
+        channel.idle_handle = None
+        if channel.viewers or self.channels.get(channel.video_id) is not channel:
+            return
+        del self.channels[channel.video_id]
+        if channel.filling is not None:
+            channel.filling.cancel()
+        try:
+            await self._backend.unhost(channel.video_id)
+        except LiveCommentsError as exc:
+            log.warning("unhosting %s failed: %s", channel.video_id, exc)
+
+    # -- events -------------------------------------------------------------
+
+    def deliver(self, batch: Iterable[pb.Event]) -> tuple[int, int, int]:
+        """Take a batch of events; returns (accepted, duplicates, unhosted)."""
+        accepted = duplicates = unhosted = 0
+        out: dict[Channel, list[bytes]] = {}
+        for event in batch:
+            channel = self.channels.get(event.video_id)
+            if channel is None:
+                unhosted += 1
+                continue
+            frames = out.setdefault(channel, [])
+            if event.seq == 0:  # unsequenced (aggregates): no ordering, no resume
+                frames.append(event.frame)
+                accepted += 1
+            elif self._offer(channel, event, frames):
+                accepted += 1
+            else:
+                duplicates += 1
+        for channel, frames in out.items():
+            if frames:
+                self._broadcast(channel, b"".join(frames))
+        self.stats.accepted += accepted
+        self.stats.duplicates += duplicates
+        self.stats.unhosted += unhosted
+        return accepted, duplicates, unhosted
+
+    def _offer(self, channel: Channel, event: pb.Event, frames: list[bytes]) -> bool:
+        if channel.epoch is None:
+            channel.epoch = event.epoch
+        elif event.epoch != channel.epoch:
+            if event.epoch < channel.epoch:
+                return False  # a straggler from before the counter was re-created
+            # The counter was re-created: seqs may repeat. Start over from here and
+            # tell viewers to reload history.
+            frames.append(reset_frame("epoch_changed", event.epoch))
+            channel.epoch = event.epoch
+            channel.last_seq = event.seq - 1
+            channel.ring.clear()
+            channel.pending.clear()
+        seq = event.seq
+        if seq <= channel.last_seq or seq in channel.pending:
+            return False
+        if seq == channel.last_seq + 1:
+            self._accept(channel, seq, event.frame, frames)
+            self._drain(channel, frames)
+        else:
+            channel.pending[seq] = event.frame
+            self._request_fill(channel)
+        return True
+
+    def _accept(self, channel: Channel, seq: int, frame: bytes, frames: list[bytes]) -> None:
+        channel.last_seq = seq
+        channel.ring.append((seq, frame))
+        frames.append(frame)
+
+    def _drain(self, channel: Channel, frames: list[bytes]) -> None:
+        pending = channel.pending
+        while pending:
+            frame = pending.pop(channel.last_seq + 1, None)
+            if frame is None:
+                break
+            self._accept(channel, channel.last_seq + 1, frame, frames)
+
+    def _broadcast(self, channel: Channel, data: bytes) -> None:
+        limit = self._max_buffer
+        slow: list[Viewer] = []
+        for viewer in channel.viewers:
+            transport = viewer.transport
+            if transport.get_write_buffer_size() > limit:
+                slow.append(viewer)
+            else:
+                transport.write(data)
+        for viewer in slow:
+            # It resumes with its Last-Event-ID when it reconnects.
+            self.stats.slow_dropped += 1
+            log.info("dropping slow viewer of %s", channel.video_id)
+            self.detach(viewer)
+            viewer.transport.abort()
+
+    # -- gaps ---------------------------------------------------------------
+
+    def _request_fill(self, channel: Channel, upto: int = 0) -> None:
+        channel.fill_to = max(channel.fill_to, upto)
+        if channel.filling is None or channel.filling.done():
+            channel.filling = self._spawn(self._fill(channel))
+
+    @staticmethod
+    def _gap_end(channel: Channel) -> int:
+        """The highest seq known to be missing (<= last_seq when nothing is)."""
+        if channel.pending:
+            return min(channel.pending) - 1
+        return channel.fill_to
+
+    def _apply(self, channel: Channel, docs: list[dict[str, Any]], frames: list[bytes]) -> None:
+        for doc in docs:
+            if doc["seq"] != channel.last_seq + 1:
+                continue  # delivered meanwhile, or beyond a hole the store still has
+            self.stats.gap_filled += 1
+            frame = frame_for(doc)
+            if frame is None:
+                channel.last_seq = doc["seq"]
+            else:
+                self._accept(channel, doc["seq"], frame, frames)
+
+    async def _fill(self, channel: Channel) -> None:
+        """Fetch missing seqs from the store; skip ones it still lacks after a deadline.
+
+        A seq that never reaches the store was never acknowledged to its author
+        (the write path persists before it answers), so skipping it loses nothing.
+        """
+        await asyncio.sleep(self._reorder_window)
+        deadline = time.monotonic() + self._gap_deadline
+        delay = self._reorder_window
+        while self.channels.get(channel.video_id) is channel:
+            frames: list[bytes] = []
+            self._drain(channel, frames)
+            hi = self._gap_end(channel)
+            if hi > channel.last_seq:
+                before = channel.last_seq
+                try:
+                    docs = await self._backend.fetch(channel.video_id, before + 1, hi)
+                except LiveCommentsError as exc:
+                    log.warning("gap fill for %s failed: %s", channel.video_id, exc)
+                    docs = []
+                self._apply(channel, docs, frames)
+                if channel.last_seq > before:
+                    deadline = time.monotonic() + self._gap_deadline
+                elif time.monotonic() > deadline:
+                    hi = self._gap_end(channel)
+                    log.warning(
+                        "%s: seq %d..%d never reached the store; skipping",
+                        channel.video_id, channel.last_seq + 1, hi,
+                    )
+                    self.stats.gap_skipped += hi - channel.last_seq
+                    channel.last_seq = hi
+                self._drain(channel, frames)
+            if frames:
+                self._broadcast(channel, b"".join(frames))
+            if self._gap_end(channel) <= channel.last_seq:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _catch_up(self, channel: Channel) -> None:
+        """Fill what was sequenced before the dispatchers started routing to us."""
+        if self.channels.get(channel.video_id) is not channel:
+            return
+        try:
+            head = await self._backend.head(channel.video_id)
+        except LiveCommentsError:
+            return
+        if head is not None and head[1] == channel.epoch and head[0] > channel.last_seq:
+            self._request_fill(channel, head[0])
+
+    # -- housekeeping -------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """One pass over every viewer; called by one timer, not one per connection."""
+        for channel in self.channels.values():
+            for viewer in channel.viewers:
+                viewer.transport.write(HEARTBEAT)
+
+    def close_all(self, frame: bytes) -> None:
+        """Write a last frame to every viewer and close its connection."""
+        for channel in list(self.channels.values()):
+            for viewer in list(channel.viewers):
+                viewer.transport.write(frame)
+                self.detach(viewer)
+                viewer.transport.close()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("hub task failed", exc_info=task.exception())
+
+    async def stop(self) -> None:
+        for channel in self.channels.values():
+            if channel.idle_handle is not None:
+                channel.idle_handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,183 @@
+"""An RTMS node: wires the SSE listener, the hub, the Delivery service and ZooKeeper."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import grpc
+import orjson
+from redis.asyncio import Redis
+
+from coord import ZK, HostedRegistry, Membership
+from livecomments import events
+from livecomments.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.sequencer import Sequencer
+from livecomments.settings import RTMSSettings, default_node_id
+from livecomments.store import Store
+from livecomments.tls import server_context
+from rtms.delivery import DeliveryService
+from rtms.hub import Hub
+from rtms.sse import SSEListener
+
+log = logging.getLogger(__name__)
+
+LOAD_REPORT_INTERVAL = 5.0
+
+
+class _Backend:
+    """The hub's view of the outside: head seq from Redis, history from the store, ZooKeeper."""
+
+    def __init__(self, sequencer: Sequencer, store: Store, registry: HostedRegistry) -> None:
+        self._sequencer = sequencer
+        self._store = store
+        self._registry = registry
+
+    async def head(self, video_id: str) -> tuple[int, int] | None:
+        return await self._sequencer.head(video_id)
+
+    async def fetch(self, video_id: str, lo: int, hi: int) -> list[dict[str, Any]]:
+        return await self._store.comments_by_seq(video_id, lo, hi)
+
+    async def host(self, video_id: str) -> None:
+        await self._registry.host(video_id)
+
+    async def unhost(self, video_id: str) -> None:
+        await self._registry.unhost(video_id)
+
+
+class RTMSServer:
+    def __init__(self, settings: RTMSSettings) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id or default_node_id("rtms", settings.port)
+        scheme = "https" if settings.tls_cert else "http"
+        self.public_url = (settings.public_url or f"{scheme}://{settings.host}:{settings.port}").rstrip(
+            "/"
+        )
+        self.zk = ZK(
+            settings.zk_hosts,
+            settings.zk_root,
+            session_timeout=settings.zk_session_timeout,
+            timeout=settings.zk_timeout,
+        )
+        self.store = Store(settings.mongo_uri, settings.mongo_db, settings.mongo_timeout)
+        self.redis: Redis = Redis.from_url(
+            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        self.registry = HostedRegistry(self.zk, self.node_id)
+        self.membership = Membership(self.zk, self.zk.paths.rtms_node(self.node_id))
+        self.hub = Hub(
+            _Backend(Sequencer(self.redis, settings.redis_prefix), self.store, self.registry),
+            ring_size=settings.ring_size,
+            host_grace=settings.host_grace,
+            max_viewer_buffer=settings.max_viewer_buffer,
+            reorder_window=settings.reorder_window,
+            gap_deadline=settings.gap_deadline,
+            replay_limit=settings.replay_limit,
+        )
+        self.listener = SSEListener(
+            self.hub,
+            retry_ms=settings.retry_ms,
+            cors_origins=settings.cors_origins,
+            max_viewers=settings.max_viewers,
+            health=self.health,
+        )
+        self._sse: asyncio.Server | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._timers: list[asyncio.Task[None]] = []
+        self._started = False
+        self._started_at = time.monotonic()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "status": "ok" if self.zk.state == "CONNECTED" else "degraded",
+            "zookeeper": self.zk.state,
+            "viewers": self.hub.viewer_count,
+            "videos": len(self.hub.channels),
+            "uptime_s": round(time.monotonic() - self._started_at, 1),
+            "accepted": self.hub.stats.accepted,
+            "duplicates": self.hub.stats.duplicates,
+            "gap_filled": self.hub.stats.gap_filled,
+            "gap_skipped": self.hub.stats.gap_skipped,
+            "slow_dropped": self.hub.stats.slow_dropped,
+        }
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "sse_url": self.public_url,
+            "grpc": f"{self.settings.host}:{self.settings.grpc_port}",
+            "connections": self.hub.viewer_count,
+            "videos": len(self.hub.channels),
+            "draining": False,
+        }
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        s = self.settings
+        await self.store.start(create_indexes=False)
+        await self.zk.start()
+        self._grpc = grpc.aio.server()
+        pb_grpc.add_DeliveryServicer_to_server(DeliveryService(self.hub), self._grpc)
+        self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        await self._grpc.start()
+        ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert else None
+        loop = asyncio.get_running_loop()
+        self._sse = await loop.create_server(
+            self.listener.protocol, s.host, s.port, ssl=ssl_ctx, backlog=4096, reuse_address=True
+        )
+        await self.membership.join(self._info())
+        self._timers = [
+            asyncio.create_task(self._every(s.heartbeat_interval, self._heartbeat)),
+            asyncio.create_task(self._every(LOAD_REPORT_INTERVAL, self._report_load)),
+        ]
+        log.info("rtms %s: SSE %s, gRPC %s:%d", self.node_id, self.public_url, s.host, s.grpc_port)
+
+    async def _every(self, interval: float, job: Any) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await job()
+            except Exception:
+                log.exception("periodic job failed")
+
+    async def _heartbeat(self) -> None:
+        self.hub.heartbeat()
+
+    async def _report_load(self) -> None:
+        info = self._info()
+        if info != self.membership.info:
+            await self.membership.update(**info)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if not self._started:
+            return
+        self._started = False
+        # 1. stop accepting viewers and deliveries
+        self.listener.accepting = False
+        if self._sse is not None:
+            self._sse.close()
+        for timer in self._timers:
+            timer.cancel()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=min(1.0, timeout))
+        # 2. tell viewers to go elsewhere; they resume with their last event id
+        moved = events.sse_frame("moved", orjson.dumps({"reason": "shutdown", "url": None}))
+        self.hub.close_all(moved)
+        for conn in list(self.listener.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        await self.hub.stop()
+        # 3. deregister, then close backend clients
+        try:
+            await asyncio.wait_for(self.registry.clear(), timeout)
+            await asyncio.wait_for(self.membership.leave(), timeout)
+        except Exception as exc:
+            log.warning("deregistering failed: %s", exc)
+        await self.zk.stop()
+        await self.redis.aclose()
+        await self.store.stop()

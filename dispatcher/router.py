@@ -103,8 +103,8 @@ class _Sender:
 
 class Router:
     def __init__(self, table: RoutingTable, directory: NodeDirectory, deliver_timeout: float) -> None:
-        self._table = table
-        self._directory = directory
+        self.table = table
+        self.directory = directory
         self._timeout = deliver_timeout
         self._senders: dict[str, _Sender] = {}
         self._suspects: dict[str, float] = {}
@@ -112,7 +112,7 @@ class Router:
 
     def _directory_changed(self) -> None:
         for node_id, sender in list(self._senders.items()):
-            info = self._directory.nodes.get(node_id)
+            info = self.directory.nodes.get(node_id)
             if info is None or info.get("grpc") != sender.address:
                 del self._senders[node_id]
                 asyncio.get_running_loop().create_task(sender.close())
@@ -121,7 +121,7 @@ class Router:
         sender = self._senders.get(node_id)
         if sender is not None:
             return sender
-        address = self._directory.nodes.get(node_id, {}).get("grpc")
+        address = self.directory.nodes.get(node_id, {}).get("grpc")
         if not isinstance(address, str):
             return None  # hosted but not a live member: its session is gone
         sender = self._senders[node_id] = _Sender(node_id, address, self._timeout)
@@ -132,7 +132,7 @@ class Router:
         now = time.monotonic()
         per_node: dict[str, list[pb.Event]] = {}
         for event in events:
-            for node_id in self._table.nodes_for(event.video_id):
+            for node_id in self.table.nodes_for(event.video_id):
                 per_node.setdefault(node_id, []).append(event)
         waits: list[tuple[str, asyncio.Future[None]]] = []
         dropped = 0

@@ -15,3 +15,13 @@ class DispatcherService(pb_grpc.DispatcherServicer):  # type: ignore[misc]
 
     async def Dispatch(self, request: pb.DispatchRequest, context: Any) -> pb.DispatchReply:
         return await self._router.dispatch(list(request.events))
+
+    async def Routes(self, request: pb.RoutesRequest, context: Any) -> pb.RoutesReply:
+        table = self._router.table.videos
+        wanted = list(request.video_ids) or list(table)
+        reply = pb.RoutesReply(live_nodes=sorted(self._router.directory.nodes))
+        for video_id in wanted:
+            nodes = table.get(video_id)
+            if nodes:
+                reply.videos[video_id].node_ids.extend(sorted(nodes))
+        return reply

@@ -152,7 +152,7 @@ class Hub:
             # The dispatchers learn about us a few ms after the znode exists; a
             # comment dispatched in between is caught by looking at the head again.
             for delay in (0.3, 1.5):
-                asyncio.get_running_loop().call_later(delay, self._spawn, self._catch_up(channel))
+                asyncio.get_running_loop().call_later(delay, lambda: self._spawn(self._catch_up(channel)))
             future.set_result(channel)
             return channel
         except BaseException as exc:
@@ -162,13 +162,19 @@ class Hub:
         finally:
             del self._joining[video_id]
 
-    async def attach(self, viewer: Viewer, video_id: str, resume: tuple[int, int] | None) -> None:
-        """Replay what ``viewer`` missed since ``resume`` and add it to the live set."""
+    async def attach(
+        self, viewer: Viewer, video_id: str, resume: tuple[int, int] | None, head: bytes = b""
+    ) -> None:
+        """Host the video, write ``head`` and what ``viewer`` missed since ``resume``, go live.
+
+        The response head goes out only once this node hosts the video, so a
+        client that sees the stream open is already counted in ZooKeeper.
+        """
         channel = await self.channel(video_id)
         if channel.idle_handle is not None:
             channel.idle_handle.cancel()
             channel.idle_handle = None
-        replay: list[bytes] = []
+        replay: list[bytes] = [head]
         if resume is not None:
             epoch, seq = resume
             if channel.epoch is not None and epoch != channel.epoch:
@@ -180,8 +186,7 @@ class Hub:
         if viewer.closed:
             self._maybe_idle(channel)
             return
-        if replay:
-            viewer.transport.write(b"".join(replay))
+        viewer.transport.write(b"".join(replay))
         viewer.channel = channel
         channel.viewers.add(viewer)
         self.viewer_count += 1
@@ -216,7 +221,9 @@ class Hub:
         if channel.viewers or channel.idle_handle is not None:
             return
         loop = asyncio.get_running_loop()
-        channel.idle_handle = loop.call_later(self._host_grace, self._spawn, self._retire(channel))
+        channel.idle_handle = loop.call_later(
+            self._host_grace, lambda: self._spawn(self._retire(channel))
+        )
 
     async def _retire(self, channel: Channel) -> None:
         channel.idle_handle = None
@@ -382,7 +389,11 @@ class Hub:
             head = await self._backend.head(channel.video_id)
         except LiveCommentsError:
             return
-        if head is not None and head[1] == channel.epoch and head[0] > channel.last_seq:
+        if head is None:
+            return
+        if channel.epoch is None:
+            channel.epoch = head[1]  # the video had no comments when we started hosting it
+        if head[1] == channel.epoch and head[0] > channel.last_seq:
             self._request_fill(channel, head[0])
 
     # -- housekeeping -------------------------------------------------------

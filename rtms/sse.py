@@ -109,28 +109,31 @@ class SSEListener:
             raw_id = values[-1] if values else None
         # A malformed id is treated as none at all: the viewer starts live.
         resume = events.parse_event_id(raw_id)
-        conn.start_stream(
+        head = (
             b"HTTP/1.1 200 OK\r\n"
             b"Content-Type: text/event-stream; charset=utf-8\r\n"
             b"Cache-Control: no-cache, no-store\r\n"
             b"X-Accel-Buffering: no\r\n" + cors + b"\r\n" + self._preamble
         )
-        viewer = conn.viewer
-        assert viewer is not None
-        task = asyncio.ensure_future(self._attach(conn, viewer, video_id, resume))
-        conn.attaching = task
+        viewer = conn.viewer = Viewer(conn.transport)
+        conn.attaching = asyncio.ensure_future(self._attach(conn, viewer, video_id, resume, head))
 
     async def _attach(
-        self, conn: SSEProtocol, viewer: Viewer, video_id: str, resume: tuple[int, int] | None
+        self,
+        conn: SSEProtocol,
+        viewer: Viewer,
+        video_id: str,
+        resume: tuple[int, int] | None,
+        head: bytes,
     ) -> None:
         try:
-            await self.hub.attach(viewer, video_id, resume)
+            await self.hub.attach(viewer, video_id, resume, head)
         except LiveCommentsError as exc:
             log.warning("cannot serve %s: %s", video_id, exc)
-            conn.close_stream(events.sse_frame("error", orjson.dumps(exc.to_json())))
+            conn.error(503, exc.code, exc.message, self.allow_origin(conn.origin))
         except Exception:
             log.exception("attaching a viewer of %s failed", video_id)
-            conn.close_stream(None)
+            conn.error(500, "internal", "internal error", self.allow_origin(conn.origin))
         finally:
             conn.attaching = None
 
@@ -234,14 +237,3 @@ class SSEProtocol(asyncio.Protocol):
     def error(self, status: int, code: str, message: str, extra: bytes) -> None:
         self.respond(status, orjson.dumps({"error": {"code": code, "message": message}}), extra)
 
-    def start_stream(self, head: bytes) -> None:
-        self.transport.write(head)
-        self.viewer = Viewer(self.transport)
-
-    def close_stream(self, last: bytes | None) -> None:
-        if self.viewer is not None:
-            self._listener.hub.detach(self.viewer)
-        if self.transport is not None and not self.transport.is_closing():
-            if last:
-                self.transport.write(last)
-            self.transport.close()

@@ -54,6 +54,33 @@ class DispatchReply(_message.Message):
     dropped: int
     def __init__(self, nodes: _Optional[int] = ..., delivered: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
 
+class RoutesRequest(_message.Message):
+    __slots__ = ("video_ids",)
+    VIDEO_IDS_FIELD_NUMBER: _ClassVar[int]
+    video_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, video_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NodeList(_message.Message):
+    __slots__ = ("node_ids",)
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    node_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RoutesReply(_message.Message):
+    __slots__ = ("videos", "live_nodes")
+    class VideosEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: NodeList
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[NodeList, _Mapping]] = ...) -> None: ...
+    VIDEOS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_NODES_FIELD_NUMBER: _ClassVar[int]
+    videos: _containers.MessageMap[str, NodeList]
+    live_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, videos: _Optional[_Mapping[str, NodeList]] = ..., live_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class DeliverRequest(_message.Message):
     __slots__ = ("events",)
     EVENTS_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class DispatcherStub:
                 request_serializer=livecomments__pb2.DispatchRequest.SerializeToString,
                 response_deserializer=livecomments__pb2.DispatchReply.FromString,
                 _registered_method=True)
+        self.Routes = channel.unary_unary(
+                '/livecomments.v1.Dispatcher/Routes',
+                request_serializer=livecomments__pb2.RoutesRequest.SerializeToString,
+                response_deserializer=livecomments__pb2.RoutesReply.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -52,6 +57,13 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Routes(self, request, context):
+        """What this replica routes on right now (operators, tests).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +71,11 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.Dispatch,
                     request_deserializer=livecomments__pb2.DispatchRequest.FromString,
                     response_serializer=livecomments__pb2.DispatchReply.SerializeToString,
+            ),
+            'Routes': grpc.unary_unary_rpc_method_handler(
+                    servicer.Routes,
+                    request_deserializer=livecomments__pb2.RoutesRequest.FromString,
+                    response_serializer=livecomments__pb2.RoutesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +106,33 @@ class Dispatcher:
             '/livecomments.v1.Dispatcher/Dispatch',
             livecomments__pb2.DispatchRequest.SerializeToString,
             livecomments__pb2.DispatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Routes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/livecomments.v1.Dispatcher/Routes',
+            livecomments__pb2.RoutesRequest.SerializeToString,
+            livecomments__pb2.RoutesReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,59 @@
+# livecomments — two commands set everything up on a fresh Debian machine:
+#   make run    installs what is missing, then starts the whole system on loopback
+#   make test   installs what is missing, then runs the whole test suite
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSTEM_PACKAGES := zookeeper redis-server
+
+.PHONY: run test bootstrap system-deps venv proto lint typecheck clean
+
+run: bootstrap
+	$(BIN)/livecomments up
+
+test: bootstrap
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bootstrap: system-deps venv
+
+# Debian packages: installed when we are root, otherwise named clearly.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	{ command -v java >/dev/null && [ -f /usr/share/java/zookeeper.jar ]; } || missing="$$missing zookeeper"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else \
+	    echo "missing system packages:$$missing"; \
+	    echo "run as root: apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Regenerate the gRPC code after editing proto/livecomments.proto (the output is committed).
+proto: venv
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=livecomments/pb \
+	  --grpc_python_out=livecomments/pb --pyi_out=livecomments/pb proto/livecomments.proto
+	sed -i 's/^import livecomments_pb2 as/from livecomments.pb import livecomments_pb2 as/' \
+	  livecomments/pb/livecomments_pb2_grpc.py
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+clean:
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""Fixtures that start the real system: ZooKeeper, Redis, the MongoDB-wire store, our processes.
+
+Backends start once per test session; each test module gets its own cluster of
+our processes in its own namespace (ZooKeeper root, Redis key prefix, database).
+When a test fails, the logs of that cluster's processes are attached to the report.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from livecomments.cluster import Backends, Cluster
+from livecomments.launcher import missing_system_packages
+from tests.support import Api, client_session
+
+_namespaces = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("livecomments")
+
+
+@pytest.fixture(scope="session")
+def backends(run_root: Path) -> Iterator[Backends]:
+    missing = missing_system_packages()
+    if missing:
+        pytest.fail(f"missing system packages (run `make test` as root): {' '.join(missing)}")
+    started = Backends.start(run_root / "backends", memory_store=True)
+    yield started
+    started.stop()
+
+
+def make_cluster(run_root: Path, backends: Backends, name: str, **kwargs: object) -> Cluster:
+    namespace = f"t{next(_namespaces)}-{name}"
+    return Cluster(run_root / namespace, backends, namespace=namespace, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def cluster(run_root: Path, backends: Backends, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Two dispatchers, two RTMS nodes, one comment service (TLS), shared by a module."""
+    started = make_cluster(run_root, backends, request.module.__name__.rsplit(".", 1)[-1])
+    started.start(dispatchers=2, rtms=2, comment_services=1)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+async def session(cluster: Cluster) -> AsyncIterator[aiohttp.ClientSession]:
+    async with client_session(cluster.ca_file) as http:
+        yield http
+
+
+@pytest.fixture
+def api(cluster: Cluster, session: aiohttp.ClientSession) -> Api:
+    return Api(cluster.services["comment-1"].url, session)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, Cluster):
+                report.sections.append(("livecomments logs", value.logs()))
+    return report

@@ -35,8 +35,8 @@ class Comments:
         nodes still find it in the store when they notice the seq gap.
         """
         if parent_id is not None:
-            parent = await self._store.get_comment(parent_id)
-            if parent is None or parent["video_id"] != video_id:
+            parent = await self._store.get_comment(video_id, parent_id)
+            if parent is None:
                 raise NotFound("the parent comment does not exist", code="parent_not_found")
             if parent.get("parent_id") is not None:
                 raise ValidationError(
@@ -62,8 +62,10 @@ class Comments:
                 await self._store.insert_comment(doc)
                 break
             except Conflict:
-                # Only after the counter was re-created: the seq is taken, take another.
-                log.warning("seq %d of %s already stored; retrying", doc["seq"], video_id)
+                # The counter is behind the store (Redis came back from an older
+                # snapshot): move it past the highest stored seq and try again.
+                log.warning("seq %d of %s already stored; re-seeding", doc["seq"], video_id)
+                await self._sequencer.advance(video_id, await self._store.max_seq(video_id))
         else:
             raise Unavailable("could not assign a sequence number")
         await self._dispatch(doc)

@@ -53,6 +53,7 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log_path: Path
     port: int = 0
+    log_offset: int = 0  # where this run's output starts in an appended log
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -93,6 +94,7 @@ def spawn(
 ) -> Proc:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
@@ -105,7 +107,7 @@ def spawn(
             env=full_env,
             start_new_session=True,  # Ctrl-C in the terminal reaches `up`, which stops us in order
         )
-    return Proc(name, popen, log_path, port)
+    return Proc(name, popen, log_path, port, offset)
 
 
 def wait_until(proc: Proc, check: object, timeout: float, what: str) -> None:
@@ -121,7 +123,9 @@ def wait_until(proc: Proc, check: object, timeout: float, what: str) -> None:
 
 def _log_has(proc: Proc, mark: str) -> bool:
     try:
-        return mark in proc.log_path.read_text(errors="replace")
+        with proc.log_path.open("rb") as log_file:
+            log_file.seek(proc.log_offset)
+            return mark.encode() in log_file.read()
     except OSError:
         return False
 

@@ -38,6 +38,13 @@ end
 return 1
 """
 
+# ARGV[1] a seq known to be taken: never hand it (or anything below it) out again.
+_ADVANCE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
 
 def video_key(prefix: str, video_id: str, name: str) -> str:
     # The hash tag keeps a video's keys in one Redis Cluster slot.
@@ -51,6 +58,7 @@ class Sequencer:
         self._store = store
         self._next = redis.register_script(_NEXT)
         self._seed = redis.register_script(_SEED)
+        self._advance = redis.register_script(_ADVANCE)
 
     def _keys(self, video_id: str) -> list[str]:
         return [video_key(self._prefix, video_id, "seq"), video_key(self._prefix, video_id, "epoch")]
@@ -70,6 +78,13 @@ class Sequencer:
         except RedisError as exc:
             raise Unavailable(f"redis: {exc}") from exc
         raise Unavailable("could not seed the sequence counter")
+
+    async def advance(self, video_id: str, taken: int) -> None:
+        """Make sure the next seq handed out is above ``taken``."""
+        try:
+            await self._advance(keys=self._keys(video_id)[:1], args=[taken])
+        except RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
 
     async def head(self, video_id: str) -> tuple[int, int] | None:
         """``(last assigned seq, epoch)``, or None when the video has no counter."""

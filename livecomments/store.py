@@ -108,9 +108,10 @@ class Store:
             raise Unavailable(f"store: {exc}") from exc
         return int(doc["seq"]) if doc else 0
 
-    async def get_comment(self, comment_id: int) -> Doc | None:
+    async def get_comment(self, video_id: str, comment_id: int) -> Doc | None:
         try:
-            return await self.comments.find_one({"_id": comment_id})
+            # video_id first: on a sharded store this is a targeted query.
+            return await self.comments.find_one({"video_id": video_id, "_id": comment_id})
         except PyMongoError as exc:
             raise Unavailable(f"store: {exc}") from exc
 

@@ -37,7 +37,7 @@ class Transport(Protocol):
 class Backend(Protocol):
     """What the hub needs from the outside world (store, Redis, ZooKeeper)."""
 
-    async def head(self, video_id: str) -> tuple[int, int] | None: ...
+    async def head(self, video_id: str) -> tuple[int, int | None]: ...
     async def fetch(self, video_id: str, lo: int, hi: int) -> list[dict[str, Any]]: ...
     async def host(self, video_id: str) -> None: ...
     async def unhost(self, video_id: str) -> None: ...
@@ -140,8 +140,7 @@ class Hub:
         try:
             # Read the head before announcing ourselves: anything sequenced after
             # it reaches us by dispatch, or by filling the gap from the store.
-            head = await self._backend.head(video_id)
-            last_seq, epoch = head if head else (0, None)
+            last_seq, epoch = await self._backend.head(video_id)
             channel = Channel(video_id, last_seq, epoch, self._ring_size)
             self.channels[video_id] = channel
             try:
@@ -389,8 +388,8 @@ class Hub:
             head = await self._backend.head(channel.video_id)
         except LiveCommentsError:
             return
-        if head is None:
-            return
+        if head[1] is None:
+            return  # Redis has no counter yet: nothing was sequenced since we started
         if channel.epoch is None:
             channel.epoch = head[1]  # the video had no comments when we started hosting it
         if head[1] == channel.epoch and head[0] > channel.last_seq:

@@ -35,8 +35,13 @@ class _Backend:
         self._store = store
         self._registry = registry
 
-    async def head(self, video_id: str) -> tuple[int, int] | None:
-        return await self._sequencer.head(video_id)
+    async def head(self, video_id: str) -> tuple[int, int | None]:
+        head = await self._sequencer.head(video_id)
+        if head is not None:
+            return head
+        # No counter in Redis (new video, or Redis lost it): what is stored is
+        # history, not news. The epoch is learned from the next event.
+        return await self._store.max_seq(video_id), None
 
     async def fetch(self, video_id: str, lo: int, hi: int) -> list[dict[str, Any]]:
         return await self._store.comments_by_seq(video_id, lo, hi)

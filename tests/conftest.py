@@ -7,6 +7,7 @@ When a test fails, the logs of that cluster's processes are attached to the repo
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -54,6 +55,7 @@ def cluster(run_root: Path, backends: Backends, request: pytest.FixtureRequest) 
 async def session(cluster: Cluster) -> AsyncIterator[aiohttp.ClientSession]:
     async with client_session(cluster.ca_file) as http:
         yield http
+    await asyncio.sleep(0.25)  # let TLS transports finish closing (aiohttp's graceful shutdown)
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ class Viewer:
     raw: bytearray = field(default_factory=bytearray)
     status: int = 0
     final_url: str = ""
+    error: BaseException | None = None
     _task: asyncio.Task[None] | None = None
     _connected: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -62,7 +63,9 @@ class Viewer:
                     while b"\n\n" in buffer:
                         block, buffer = buffer.split(b"\n\n", 1)
                         await self._block(block.decode())
-        except (aiohttp.ClientError, asyncio.CancelledError, ConnectionError):
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            self.error = exc
+        except asyncio.CancelledError:
             pass
         finally:
             self._connected.set()

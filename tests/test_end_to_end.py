@@ -195,3 +195,56 @@ async def test_seq_gap_is_filled_from_the_store(
     await asyncio.sleep(0.3)
     assert len(viewer.of("comment")) == 3
     await viewer.close()
+
+
+async def test_counter_behind_or_lost_in_redis_never_reuses_a_stored_seq(
+    cluster: Cluster, api: Api, session: aiohttp.ClientSession
+) -> None:
+    video = unique("redis")
+    token = await api.register(unique("poster"))
+    first = [await api.post(video, f"n{n}", token) for n in range(3)]
+    redis = Redis.from_url(cluster.backends.redis_url)
+    prefix = f"{cluster.namespace}:"
+    try:
+        # Redis restored from an older snapshot: the counter went back to 1.
+        await redis.set(video_key(prefix, video, "seq"), 1)
+        fourth = await api.post(video, "after rollback", token)
+        assert (fourth["seq"], fourth["epoch"]) == (4, first[0]["epoch"])
+        # Redis lost everything: the counter is re-seeded from the store, new epoch.
+        await redis.delete(video_key(prefix, video, "seq"), video_key(prefix, video, "epoch"))
+        viewer = await Viewer(
+            f"{rtms_url(cluster, 1)}/stream/{video}?last_event_id={first[0]['epoch']}-4", session
+        ).connect()
+        fifth = await api.post(video, "after loss", token)
+    finally:
+        await redis.aclose()
+    assert fifth["seq"] == 5 and fifth["epoch"] > first[0]["epoch"]
+    page = await api.page(video)
+    assert [c["seq"] for c in page["items"]] == [5, 4, 3, 2, 1]
+    got = await viewer.wait_for(1)
+    assert got[0].json()["id"] == fifth["id"]
+    await viewer.close()
+
+
+async def test_replies_are_delivered_and_listed(
+    cluster: Cluster, api: Api, session: aiohttp.ClientSession
+) -> None:
+    video = unique("reply")
+    token = await api.register(unique("poster"))
+    viewer = await Viewer(f"{rtms_url(cluster, 1)}/stream/{video}", session).connect()
+    parent = await api.post(video, "question?", token)
+    reply = await api.post(video, "answer!", token, parent_id=parent["id"])
+    assert reply["parent_id"] == parent["id"]
+    got = await viewer.wait_for(2)
+    assert got[1].json()["parent_id"] == parent["id"]
+    status, body, _ = await api.request(
+        "POST", f"/api/videos/{video}/comments", json={"text": "deeper", "parent_id": reply["id"]},
+        token=token,
+    )
+    assert (status, body["error"]["code"]) == (400, "nested_reply")
+    status, body, _ = await api.request(
+        "POST", f"/api/videos/{unique('other')}/comments",
+        json={"text": "wrong video", "parent_id": parent["id"]}, token=token,
+    )
+    assert (status, body["error"]["code"]) == (404, "parent_not_found")
+    await viewer.close()

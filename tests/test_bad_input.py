@@ -1,0 +1,227 @@
+"""Bad input gets a clear JSON error with a stable code, and nothing is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import aiohttp
+import jwt
+import orjson
+import pytest
+from pymongo import AsyncMongoClient
+
+from livecomments.cluster import Cluster
+from tests.support import Api, Viewer, unique
+
+
+async def stored(cluster: Cluster, video: str) -> int:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(cluster.backends.mongo_uri)
+    try:
+        return await client[cluster.namespace]["comments"].count_documents({"video_id": video})
+    finally:
+        await client.close()
+
+
+def b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(data)).rstrip(b"=").decode()
+
+
+@pytest.fixture
+async def token(api: Api) -> str:
+    return await api.register(unique("tester"))
+
+
+BAD_BODIES: list[tuple[str, bytes, str, int, str]] = [
+    # (case, body, content type, status, code)
+    ("malformed json", b'{"text": "hi"', "application/json", 400, "invalid_json"),
+    ("not an object", b'["hi"]', "application/json", 400, "invalid_json"),
+    ("empty text", b'{"text": "   "}', "application/json", 400, "empty_text"),
+    ("oversized text", orjson.dumps({"text": "x" * 501}), "application/json", 400, "text_too_long"),
+    ("oversized body", orjson.dumps({"text": "x" * 20000}), "application/json", 413, "payload_too_large"),
+    ("number text", b'{"text": 42}', "application/json", 400, "invalid_type"),
+    ("null text", b'{"text": null}', "application/json", 400, "invalid_type"),
+    ("missing text", b"{}", "application/json", 400, "invalid_type"),
+    ("operator injection", b'{"text": {"$gt": ""}}', "application/json", 400, "invalid_type"),
+    ("operator in parent", b'{"text": "hi", "parent_id": {"$ne": null}}', "application/json", 400,
+     "invalid_id"),
+    ("unknown field", b'{"text": "hi", "$where": "1"}', "application/json", 400, "unknown_field"),
+    ("array text", b'{"text": ["a", "b"]}', "application/json", 400, "invalid_type"),
+    ("wrong content type", b'{"text": "hi"}', "text/plain", 415, "unsupported_media_type"),
+    ("form body", b"text=hi", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    ("invalid utf-8", b'{"text": "\xff\xfe"}', "application/json", 400, "invalid_encoding"),
+    ("control characters", b'{"text": "bell\\u0007"}', "application/json", 400, "invalid_characters"),
+    ("bidi override", '{"text": "abc\u202edef"}'.encode(), "application/json", 400, "invalid_characters"),
+    ("lone surrogate", b'{"text": "\\ud800"}', "application/json", 400, "invalid_json"),
+    ("deeply nested", b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}", "application/json", 400,
+     "invalid_json"),
+    ("unknown parent", b'{"text": "hi", "parent_id": "12345"}', "application/json", 404,
+     "parent_not_found"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "ctype", "status", "code"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+async def test_bad_comment_bodies_are_refused_and_nothing_is_stored(
+    cluster: Cluster, api: Api, token: str, case: str, body: bytes, ctype: str, status: int, code: str
+) -> None:
+    video = unique("bad")
+    got, answer, response = await api.request(
+        "POST", f"/api/videos/{video}/comments", data=body, token=token,
+        headers={"Content-Type": ctype},
+    )
+    assert (got, answer["error"]["code"]) == (status, code), answer
+    assert response.content_type == "application/json"
+    assert isinstance(answer["error"]["message"], str) and answer["error"]["message"]
+    assert await stored(cluster, video) == 0
+    # ... and the service keeps serving.
+    await api.post(video, "still fine", token)
+    assert await stored(cluster, video) == 1
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "Basic dXNlcjpwYXNz",
+        "Bearer ",
+        "Bearer not.a.jwt",
+        # alg "none": unsigned, must be refused whatever its claims say
+        "Bearer " + b64({"alg": "none", "typ": "JWT"}) + "."
+        + b64({"sub": "1", "name": "x", "role": "admin", "iss": "livecomments",
+               "iat": int(time.time()), "exp": int(time.time()) + 600}) + ".",
+        # signed with the wrong key
+        "Bearer " + jwt.encode({"sub": "1", "name": "x", "role": "admin", "iss": "livecomments",
+                                "iat": int(time.time()), "exp": int(time.time()) + 600},
+                               "a-different-secret-that-is-long-enough!!", algorithm="HS256"),
+    ],
+    ids=["missing", "basic", "empty bearer", "garbage", "alg none", "wrong key"],
+)
+async def test_posting_needs_a_valid_token(cluster: Cluster, api: Api, header: str | None) -> None:
+    video = unique("auth")
+    headers = {"Content-Type": "application/json"}
+    if header is not None:
+        headers["Authorization"] = header
+    status, body, _ = await api.request(
+        "POST", f"/api/videos/{video}/comments", data=b'{"text": "hi"}', headers=headers
+    )
+    assert status == 401, body
+    assert body["error"]["code"] in ("unauthorized", "invalid_token")
+    assert await stored(cluster, video) == 0
+
+
+async def test_expired_token_is_refused(cluster: Cluster, api: Api) -> None:
+    now = int(time.time())
+    expired = jwt.encode(
+        {"sub": "1", "name": "x", "role": "viewer", "iss": "livecomments", "iat": now - 7200,
+         "exp": now - 3600},
+        cluster.jwt_secret, algorithm="HS256",
+    )
+    status, body, _ = await api.request(
+        "POST", "/api/videos/v/comments", json={"text": "hi"}, token=expired
+    )
+    assert (status, body["error"]["code"]) == (401, "token_expired")
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/api/videos/bad%20id/comments", 400, "invalid_video_id"),
+        ("/api/videos/" + "x" * 65 + "/comments", 400, "invalid_video_id"),
+        ("/api/videos/ok/comments?limit=0", 400, "invalid_query"),
+        ("/api/videos/ok/comments?limit=abc", 400, "invalid_query"),
+        ("/api/videos/ok/comments?before=-1", 400, "invalid_query"),
+        ("/api/videos/ok/comments?before=5&after=1", 400, "invalid_query"),
+        ("/api/nope", 404, "not_found"),
+    ],
+)
+async def test_bad_queries_get_json_errors(api: Api, path: str, status: int, code: str) -> None:
+    got, body, _ = await api.request("GET", path)
+    assert (got, body["error"]["code"]) == (status, code), body
+
+
+async def test_unknown_video_has_empty_history(api: Api) -> None:
+    page = await api.page(unique("never"))
+    assert page["items"] == [] and page["head"] == 0 and page["next_before"] is None
+
+
+async def test_accounts_validate_and_refuse_bad_credentials(api: Api) -> None:
+    name = unique("acct")
+    await api.register(name, "right password")
+    status, body, _ = await api.request(
+        "POST", "/api/auth/register", json={"username": name.upper(), "password": "whatever123"}
+    )
+    assert (status, body["error"]["code"]) == (409, "username_taken")
+    status, body, _ = await api.request(
+        "POST", "/api/auth/login", json={"username": name, "password": "wrong password"}
+    )
+    assert (status, body["error"]["code"]) == (401, "invalid_credentials")
+    status, body, _ = await api.request(
+        "POST", "/api/auth/login", json={"username": {"$gt": ""}, "password": {"$gt": ""}}
+    )
+    assert (status, body["error"]["code"]) == (400, "invalid_type")
+    status, body, _ = await api.request(
+        "POST", "/api/auth/register", json={"username": "a b", "password": "long enough"}
+    )
+    assert (status, body["error"]["code"]) == (400, "invalid_username")
+    status, body, _ = await api.request("POST", "/api/auth/login", json={"username": name, "password": "right password"})
+    assert status == 200 and body["user"]["username"] == name and body["token"]
+
+
+JUNK_IDS = ["abc", "-1", "1-", "-", "1-2-3", "99999999999999999999999-1", "1-99999999999999999999",
+            "١-٢", "0-0", " ", "1-1; drop", "%00"]
+
+
+async def test_junk_last_event_ids_start_a_live_stream(
+    cluster: Cluster, api: Api, session: aiohttp.ClientSession, token: str
+) -> None:
+    video = unique("junk")
+    rtms = cluster.services["rtms-1"].url
+    viewers = [
+        await Viewer(f"{rtms}/stream/{video}", session, headers={"Last-Event-ID": junk}).connect()
+        for junk in JUNK_IDS
+    ] + [
+        await Viewer(f"{rtms}/stream/{video}?last_event_id={junk}", session).connect()
+        for junk in ("abc", "1-", "%ff%fe", "9" * 70)
+    ]
+    try:
+        assert all(v.status == 200 for v in viewers)
+        await api.post(video, "after the junk", token)
+        for viewer in viewers:
+            (event,) = await viewer.wait_for(1)
+            assert event.json()["text"] == "after the junk"
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+
+
+async def test_rtms_refuses_bad_requests_and_keeps_serving(
+    cluster: Cluster, session: aiohttp.ClientSession
+) -> None:
+    rtms = cluster.services["rtms-2"].url
+    for path, status, code in [
+        ("/stream/bad%20id", 400, "invalid_video_id"),
+        ("/stream/" + "v" * 65, 400, "invalid_video_id"),
+        ("/stream/", 400, "invalid_video_id"),
+        ("/nothing", 404, "not_found"),
+    ]:
+        async with session.get(rtms + path) as response:
+            assert response.status == status
+            assert (await response.json())["error"]["code"] == code
+    async with session.post(rtms + "/stream/x", data=b"hi") as response:
+        assert response.status == 405
+    # Garbage on the raw socket, then a request head that never ends.
+    host, port = rtms.rsplit("/", 1)[1].split(":")
+    ssl_ctx = session.connector._ssl  # type: ignore[union-attr]
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=ssl_ctx)
+    writer.write(b"\x00\x01garbage\r\n\r\n")
+    assert (await reader.read(200)).startswith(b"HTTP/1.1 400")
+    writer.close()
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=ssl_ctx)
+    writer.write(b"GET /stream/x HTTP/1.1\r\n" + b"X-Long: " + b"a" * 10000)
+    assert (await reader.read(200)).startswith(b"HTTP/1.1 431")
+    writer.close()
+    async with session.get(rtms + "/healthz") as response:
+        assert response.status == 200
+        assert (await response.json())["status"] == "ok"

@@ -1,0 +1,127 @@
+"""Processes die: a kill -9'd RTMS node leaves the routing table and delivery goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+
+from livecomments.cluster import Backends, Cluster
+from livecomments.pb import livecomments_pb2 as pb
+from livecomments.pb import livecomments_pb2_grpc as pb_grpc
+from tests.conftest import make_cluster
+from tests.support import Api, Viewer, client_session, unique
+
+SESSION_TIMEOUT = 4.0
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster(run_root: Path, backends: Backends) -> Iterator[Cluster]:
+    started = make_cluster(
+        run_root, backends, "faults",
+        extra_env={"LIVECOMMENTS_ZK_SESSION_TIMEOUT": str(SESSION_TIMEOUT)},
+    )
+    started.start(dispatchers=2, rtms=2, comment_services=1)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+async def session(cluster: Cluster) -> AsyncIterator[aiohttp.ClientSession]:
+    async with client_session(cluster.ca_file) as http:
+        yield http
+    await asyncio.sleep(0.25)  # let TLS transports finish closing (aiohttp's graceful shutdown)
+
+
+async def routes(cluster: Cluster, video: str) -> dict[str, tuple[set[str], set[str]]]:
+    """Per dispatcher: (nodes it routes ``video`` to, RTMS nodes it knows are live)."""
+    answer = {}
+    for name, service in cluster.services.items():
+        if service.kind == "dispatcher":
+            async with grpc.aio.insecure_channel(service.url) as channel:
+                reply = await pb_grpc.DispatcherStub(channel).Routes(
+                    pb.RoutesRequest(video_ids=[video]), timeout=2
+                )
+            nodes = set(reply.videos[video].node_ids) if video in reply.videos else set()
+            answer[name] = (nodes, set(reply.live_nodes))
+    return answer
+
+
+async def wait_routes(cluster: Cluster, video: str, want: set[str], timeout: float) -> float:
+    start = time.monotonic()
+    while True:
+        current = await routes(cluster, video)
+        if all(nodes == want and want <= live for nodes, live in current.values()):
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"routes for {video}: {current}, wanted {want}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(90)
+async def test_killed_rtms_node_leaves_the_table_and_dispatch_goes_on(
+    cluster: Cluster, session: aiohttp.ClientSession
+) -> None:
+    api = Api(cluster.services["comment-1"].url, session)
+    video = unique("kill")
+    token = await api.register(unique("poster"))
+    doomed = await Viewer(f"{cluster.services['rtms-1'].url}/stream/{video}", session).connect()
+    survivor = await Viewer(f"{cluster.services['rtms-2'].url}/stream/{video}", session).connect()
+    await wait_routes(cluster, video, {"rtms-1", "rtms-2"}, timeout=5)
+    await api.post(video, "before the crash", token)
+    await survivor.wait_for(1)
+    await doomed.wait_for(1)
+
+    cluster.services["rtms-1"].proc.kill()  # kill -9: no deregistration, no goodbye
+    killed_at = time.monotonic()
+    # Posting goes on while ZooKeeper still lists the dead node.
+    during = [await api.post(video, f"during {n}", token) for n in range(5)]
+    await wait_routes(cluster, video, {"rtms-2"}, timeout=SESSION_TIMEOUT + 10)
+    vanished = time.monotonic() - killed_at
+    print(f"\nrtms-1 left every dispatcher's table {vanished:.2f}s after kill -9 "
+          f"(session timeout {SESSION_TIMEOUT}s)")
+    assert vanished <= SESSION_TIMEOUT + 3, "the dead node outlived its ZooKeeper session"
+    after = [await api.post(video, f"after {n}", token) for n in range(5)]
+
+    got = await survivor.wait_for(11)
+    assert [e.json()["id"] for e in got[1:]] == [c["id"] for c in during + after]
+    await asyncio.sleep(0.3)
+    assert len(survivor.of("comment")) == 11  # exactly once
+    await doomed.close()
+    await survivor.close()
+
+    # The node comes back under the same id and serves again, resuming a viewer from the store.
+    cluster.restart("rtms-1")
+    back = await Viewer(
+        f"{cluster.services['rtms-1'].url}/stream/{video}?last_event_id={got[0].id}", session
+    ).connect()
+    assert back.status == 200, (back.status, back.error)
+    replayed = await back.wait_for(10)
+    assert [e.json()["id"] for e in replayed] == [c["id"] for c in during + after]
+    await wait_routes(cluster, video, {"rtms-1", "rtms-2"}, timeout=10)
+    await back.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_killed_dispatcher_is_failed_over(
+    cluster: Cluster, session: aiohttp.ClientSession
+) -> None:
+    api = Api(cluster.services["comment-1"].url, session)
+    video = unique("disp")
+    token = await api.register(unique("poster"))
+    viewer = await Viewer(f"{cluster.services['rtms-2'].url}/stream/{video}", session).connect()
+    cluster.services["dispatcher-1"].proc.kill()
+    try:
+        posted = [await api.post(video, f"n{n}", token) for n in range(6)]
+        got = await viewer.wait_for(6)
+        assert [e.json()["id"] for e in got] == [c["id"] for c in posted]
+    finally:
+        await viewer.close()
+        cluster.restart("dispatcher-1")

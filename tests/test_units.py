@@ -1,0 +1,95 @@
+"""Pure functions: ids, event ids, placement, settings, text validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from comment_service.validation import comment_text
+from coord.paths import Paths
+from coord.placement import rendezvous
+from livecomments import settings as cfg
+from livecomments.errors import ValidationError
+from livecomments.events import event_id, parse_event_id, sse_frame
+from livecomments.ids import Snowflake, parse_id, timestamp_ms, valid_video_id
+
+
+def test_snowflakes_are_unique_increasing_and_carry_their_time() -> None:
+    gen = Snowflake(7)
+    ids = [gen.next_id() for _ in range(20000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(0 < i < 1 << 63 for i in ids)
+    assert abs(timestamp_ms(ids[0]) - timestamp_ms(ids[-1])) < 5000
+    assert (ids[0] >> 12) & 1023 == 7
+    with pytest.raises(ValueError):
+        Snowflake(1024)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("12-34", (12, 34)), ("0-1", (0, 1)), ("abc", None), ("1-", None), ("-1", None),
+     ("1-2-3", None), ("٣-٤", None), ("9" * 30 + "-1", None), ("", None), (None, None)],
+)
+def test_event_ids(raw: str | None, expected: tuple[int, int] | None) -> None:
+    assert parse_event_id(raw) == expected
+    if expected:
+        assert parse_event_id(event_id(*expected)) == expected
+
+
+def test_sse_frame_shape() -> None:
+    assert sse_frame("comment", b'{"a":1}', "1-2") == b'id: 1-2\nevent: comment\ndata: {"a":1}\n\n'
+
+
+def test_ids_and_video_ids() -> None:
+    assert parse_id("123") == 123
+    assert parse_id("0") is None and parse_id("-1") is None and parse_id(12) is None
+    assert parse_id("9" * 20) is None and parse_id("١٢") is None
+    assert valid_video_id("abc_DEF-09") and not valid_video_id("a/b") and not valid_video_id("")
+    assert not valid_video_id("x" * 65) and not valid_video_id("a b")
+
+
+def test_rendezvous_is_stable_and_moves_only_what_it_must() -> None:
+    nodes = [f"n{i}" for i in range(5)]
+    videos = [f"v{i}" for i in range(2000)]
+    before = {v: rendezvous(v, nodes)[0] for v in videos}
+    assert before == {v: rendezvous(v, list(reversed(nodes)))[0] for v in videos}
+    counts = {n: list(before.values()).count(n) for n in nodes}
+    assert min(counts.values()) > 2000 / 5 * 0.7  # spread, roughly evenly
+    after = {v: rendezvous(v, nodes[:-1])[0] for v in videos}
+    moved = [v for v in videos if before[v] != after[v]]
+    assert all(before[v] == "n4" for v in moved)  # only the removed node's videos move
+    assert rendezvous("v7", nodes, 3)[0] == before["v7"] and len(rendezvous("v7", nodes, 3)) == 3
+
+
+def test_settings_from_env_and_flags() -> None:
+    env = {"LIVECOMMENTS_PORT": "9000", "LIVECOMMENTS_CORS_ORIGINS": "https://a, https://b",
+           "LIVECOMMENTS_HEARTBEAT_INTERVAL": "2.5"}
+    loaded = cfg.load(cfg.RTMSSettings, {"node_id": "x", "port": None}, env)
+    assert (loaded.port, loaded.node_id, loaded.heartbeat_interval) == (9000, "x", 2.5)
+    assert loaded.cors_origins == ("https://a", "https://b")
+    assert cfg.load(cfg.RTMSSettings, {"port": 1}, env).port == 1
+    with pytest.raises(ValueError):
+        cfg.load(cfg.RTMSSettings, None, {"LIVECOMMENTS_PORT": "many"})
+
+
+def test_znode_paths_refuse_escapes() -> None:
+    paths = Paths("/lc")
+    assert paths.hosted_by("v1", "n1") == "/lc/hosted/v1/n1"
+    for bad in ("..", "a/b", "", "x" * 200):
+        with pytest.raises(ValueError):
+            paths.hosted_video(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [("", "empty_text"), ("  \t ", "empty_text"), ("a\tb", "invalid_characters"), ("a\u0000b", "invalid_characters"),
+     ("x" * 501, "text_too_long"), (5, "invalid_type"), ("a\u202eb", "invalid_characters")],
+)
+def test_comment_text_rejects(text: object, code: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        comment_text(text, 500)
+    assert info.value.code == code
+
+
+def test_comment_text_normalises() -> None:
+    assert comment_text("  cafe\u0301  ", 500) == "caf\u00e9"
+    assert comment_text("é" * 500, 500) == "é" * 500

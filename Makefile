@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := zookeeper redis-server
 
-.PHONY: run test bootstrap system-deps venv proto lint typecheck clean
+.PHONY: run test bootstrap system-deps _apt venv proto lint typecheck clean
 
 run: bootstrap
 	$(BIN)/livecomments up
@@ -19,10 +19,15 @@ test: bootstrap
 bootstrap: system-deps venv
 
 # Debian packages: installed when we are root, otherwise named clearly.
+# The tests also drive the system Chromium (never a downloaded browser).
 system-deps:
+	@$(MAKE) -s _apt NEED="$(if $(filter test,$(MAKECMDGOALS)),with-browser,)"
+
+_apt:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	{ command -v java >/dev/null && [ -f /usr/share/java/zookeeper.jar ]; } || missing="$$missing zookeeper"; \
+	if [ "$(NEED)" = with-browser ] && [ ! -x /usr/lib/chromium/chromium ]; then missing="$$missing chromium"; fi; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \

@@ -21,8 +21,9 @@ import aiohttp
 import orjson
 
 
-async def viewer(session: aiohttp.ClientSession, url: str, got: dict[str, list[float]],
-                 ready: asyncio.Event) -> None:
+async def viewer(
+    session: aiohttp.ClientSession, url: str, got: dict[str, list[float]], ready: asyncio.Event
+) -> None:
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=None)) as response:
         ready.set()
         buffer = b""
@@ -54,14 +55,17 @@ async def main() -> None:
     ctx = ssl.create_default_context(cafile=args.ca)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, limit=0)) as session:
         name = f"bench_{time.time_ns() % 10**9}"
-        async with session.post(f"{args.base}/api/auth/register",
-                                json={"username": name, "password": "benchmark-pass"}) as r:
+        async with session.post(
+            f"{args.base}/api/auth/register", json={"username": name, "password": "benchmark-pass"}
+        ) as r:
             token = (await r.json())["token"]
         video = f"latency-{time.time_ns() % 10**9}"
         async with session.get(f"{args.base}/healthz") as r:
             await r.read()
         # Spread viewers over every RTMS node: the redirect picks one, the rest go direct.
-        async with session.get(f"{args.base}/api/videos/{video}/stream", allow_redirects=False) as r:
+        async with session.get(
+            f"{args.base}/api/videos/{video}/stream", allow_redirects=False
+        ) as r:
             placed = r.headers["Location"]
         got: dict[str, list[float]] = {}
         tasks, readies = [], []
@@ -76,8 +80,11 @@ async def main() -> None:
         headers = {"Authorization": f"Bearer {token}"}
         for n in range(args.comments):
             t0 = time.time()
-            async with session.post(f"{args.base}/api/videos/{video}/comments",
-                                    json={"text": f"latency probe {n}"}, headers=headers) as r:
+            async with session.post(
+                f"{args.base}/api/videos/{video}/comments",
+                json={"text": f"latency probe {n}"},
+                headers=headers,
+            ) as r:
                 body = await r.json()
             sent[body["id"]] = (t0, body["created_at_ms"] / 1000)
             await asyncio.sleep(max(0.0, 1 / args.rate - (time.time() - t0)))
@@ -92,12 +99,17 @@ async def main() -> None:
             duplicates += max(0, len(times) - args.viewers)
             from_post += [(t - t0) * 1000 for t in times]
             from_accept += [(t - accepted) * 1000 for t in times]
-        print(f"viewers={args.viewers} comments={args.comments} rate={args.rate}/s "
-              f"deliveries={len(from_post)} missing={missing} duplicates={duplicates}")
+        print(
+            f"viewers={args.viewers} comments={args.comments} rate={args.rate}/s "
+            f"deliveries={len(from_post)} missing={missing} duplicates={duplicates}"
+        )
         for label, values in (("POST sent -> SSE", from_post), ("accepted -> SSE", from_accept)):
             if values:
-                print(f"  {label:17} p50 {statistics.median(values):6.1f} ms  "
-                      f"p90 {pct(values, 90):6.1f}  p99 {pct(values, 99):6.1f}  max {max(values):6.1f}")
+                print(
+                    f"  {label:17} p50 {statistics.median(values):6.1f} ms  "
+                    f"p90 {pct(values, 90):6.1f}  p99 {pct(values, 99):6.1f}  "
+                    f"max {max(values):6.1f}"
+                )
     await asyncio.sleep(0.25)
 
 

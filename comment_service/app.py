@@ -14,7 +14,13 @@ from comment_service.auth import Principal, check_credentials, public_user
 from comment_service.validation import comment_text, json_object, optional_id, query_int
 from coord import rendezvous
 from livecomments import events
-from livecomments.errors import LiveCommentsError, NotFound, Unauthorized, Unavailable, ValidationError
+from livecomments.errors import (
+    LiveCommentsError,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    ValidationError,
+)
 from livecomments.ids import valid_video_id
 
 if TYPE_CHECKING:
@@ -33,7 +39,9 @@ _HTTP_CODES = {
 }
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
     )
@@ -57,8 +65,9 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         return json_response(
-            {"error": {"code": code, "message": exc.reason}}, exc.status, {"Allow": exc.headers.get("Allow", "")}
-            if exc.status == 405 else None,
+            {"error": {"code": code, "message": exc.reason}},
+            exc.status,
+            {"Allow": exc.headers.get("Allow", "")} if exc.status == 405 else None,
         )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)

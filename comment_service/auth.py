@@ -53,7 +53,9 @@ class Accounts:
         self._secret = secret
         self._ttl = ttl
 
-    async def register(self, username: str, password: str, ids: Snowflake, role: str = "viewer") -> dict[str, Any]:
+    async def register(
+        self, username: str, password: str, ids: Snowflake, role: str = "viewer"
+    ) -> dict[str, Any]:
         digest = await asyncio.to_thread(_hasher.hash, password)
         user = {
             "_id": ids.next_id(),
@@ -118,4 +120,8 @@ class Accounts:
 
 
 def public_user(user: dict[str, Any]) -> dict[str, Any]:
-    return {"id": str(user["_id"]), "username": user["username"], "role": user.get("role", "viewer")}
+    return {
+        "id": str(user["_id"]),
+        "username": user["username"],
+        "role": user.get("role", "viewer"),
+    }

@@ -97,4 +97,3 @@ class Comments:
             cursor = {"next_before": lo if lo > 1 else None}
         items = [events.comment_json(d) for d in docs if d.get("status") != events.STATUS_HELD]
         return {"video_id": video_id, "items": items, "head": head, **cursor}
-

@@ -30,7 +30,9 @@ class CommentServer:
             raise ValueError("set LIVECOMMENTS_JWT_SECRET (shared by every replica)")
         self.settings = settings
         scheme = "https" if settings.tls_cert else "http"
-        self.public_url = (settings.public_url or f"{scheme}://{settings.host}:{settings.port}").rstrip("/")
+        self.public_url = (
+            settings.public_url or f"{scheme}://{settings.host}:{settings.port}"
+        ).rstrip("/")
         self.zk = ZK(
             settings.zk_hosts,
             settings.zk_root,

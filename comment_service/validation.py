@@ -25,7 +25,9 @@ from livecomments.ids import parse_id
 _FORBIDDEN_FORMAT = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-async def json_object(request: web.Request, max_bytes: int, allowed: frozenset[str]) -> dict[str, Any]:
+async def json_object(
+    request: web.Request, max_bytes: int, allowed: frozenset[str]
+) -> dict[str, Any]:
     """The request body as a JSON object with only ``allowed`` keys."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
@@ -56,7 +58,9 @@ async def json_object(request: web.Request, max_bytes: int, allowed: frozenset[s
 
 def comment_text(value: Any, max_chars: int) -> str:
     if not isinstance(value, str):
-        raise ValidationError("text must be a string", code="invalid_type", details={"field": "text"})
+        raise ValidationError(
+            "text must be a string", code="invalid_type", details={"field": "text"}
+        )
     text = unicodedata.normalize("NFC", value).strip()
     if not text:
         raise ValidationError("text must not be empty", code="empty_text")
@@ -83,12 +87,16 @@ def optional_id(value: Any, field: str) -> int | None:
     number = parse_id(value)
     if number is None:
         raise ValidationError(
-            f"{field} must be an id as a decimal string", code="invalid_id", details={"field": field}
+            f"{field} must be an id as a decimal string",
+            code="invalid_id",
+            details={"field": field},
         )
     return number
 
 
-def query_int(request: web.Request, name: str, *, lo: int, hi: int, default: int | None) -> int | None:
+def query_int(
+    request: web.Request, name: str, *, lo: int, hi: int, default: int | None
+) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default

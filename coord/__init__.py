@@ -12,4 +12,12 @@ from coord.paths import Paths
 from coord.placement import rendezvous
 from coord.registry import HostedRegistry
 
-__all__ = ["ZK", "HostedRegistry", "Membership", "NodeDirectory", "Paths", "RoutingTable", "rendezvous"]
+__all__ = [
+    "ZK",
+    "HostedRegistry",
+    "Membership",
+    "NodeDirectory",
+    "Paths",
+    "RoutingTable",
+    "rendezvous",
+]

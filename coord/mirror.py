@@ -82,7 +82,11 @@ class _Mirror:
 
     def _root_answer(self, future: asyncio.Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None:
-            log.debug("reading %s failed: %r", self.root, None if future.cancelled() else future.exception())
+            log.debug(
+                "reading %s failed: %r",
+                self.root,
+                None if future.cancelled() else future.exception(),
+            )
             return
         now = set(future.result())
         for gone in self._children - now:

@@ -33,7 +33,9 @@ class NodeGone(Exception):
 @dataclass
 class _Pending:
     events: list[pb.Event]
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class _Sender:
@@ -102,7 +104,9 @@ class _Sender:
 
 
 class Router:
-    def __init__(self, table: RoutingTable, directory: NodeDirectory, deliver_timeout: float) -> None:
+    def __init__(
+        self, table: RoutingTable, directory: NodeDirectory, deliver_timeout: float
+    ) -> None:
         self.table = table
         self.directory = directory
         self._timeout = deliver_timeout

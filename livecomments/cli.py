@@ -71,13 +71,20 @@ def comment_service(**flags: Any) -> None:
 
 
 @main.command()
-@click.option("--run-dir", default=".run", show_default=True, type=click.Path(path_type=Path),
-              help="Where data, logs and the local TLS certificates go.")
+@click.option(
+    "--run-dir",
+    default=".run",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Where data, logs and the local TLS certificates go.",
+)
 @click.option("--dispatchers", default=2, show_default=True)
 @click.option("--rtms", "rtms_nodes", default=2, show_default=True)
 @click.option("--comment-services", default=1, show_default=True)
 @click.option("--no-tls", is_flag=True, help="Serve plain HTTP (not for browsers on other hosts).")
-def up(run_dir: Path, dispatchers: int, rtms_nodes: int, comment_services: int, no_tls: bool) -> None:
+def up(
+    run_dir: Path, dispatchers: int, rtms_nodes: int, comment_services: int, no_tls: bool
+) -> None:
     """Start the whole system on loopback; Ctrl-C stops it.
 
     ZooKeeper, Redis and the embedded MongoDB-wire store are started as child
@@ -91,7 +98,8 @@ def up(run_dir: Path, dispatchers: int, rtms_nodes: int, comment_services: int, 
     missing = missing_system_packages() if starts_own else []
     if missing:
         raise click.ClickException(
-            "missing system packages: " + " ".join(missing)
+            "missing system packages: "
+            + " ".join(missing)
             + f"\n  install them with: apt-get install -y {' '.join(missing)}"
         )
     run_dir = run_dir.resolve()
@@ -118,8 +126,11 @@ def up(run_dir: Path, dispatchers: int, rtms_nodes: int, comment_services: int, 
             fixed_ports=True,
         )
         cluster = Cluster(
-            run_dir, backends, namespace=env.get("LIVECOMMENTS_NAMESPACE", "livecomments"),
-            fixed_ports=True, tls=not no_tls,
+            run_dir,
+            backends,
+            namespace=env.get("LIVECOMMENTS_NAMESPACE", "livecomments"),
+            fixed_ports=True,
+            tls=not no_tls,
         )
         click.echo("starting services ...")
         cluster.start(dispatchers=dispatchers, rtms=rtms_nodes, comment_services=comment_services)

@@ -55,7 +55,11 @@ class Backends:
                     zk_ports = [cfg.DEFAULT_ZK_PORT]
                 else:
                     zk_ports = [free_port() for _ in range(zk_members)]
-                peers = [(free_port(), free_port()) for _ in range(zk_members)] if zk_members > 1 else None
+                peers = (
+                    [(free_port(), free_port()) for _ in range(zk_members)]
+                    if zk_members > 1
+                    else None
+                )
                 zks = [
                     start_zookeeper(run_dir, zk_ports, member=i, peer_ports=peers)
                     for i in range(1, zk_members + 1)
@@ -156,7 +160,9 @@ class Cluster:
 
     # -- starting ---------------------------------------------------------------
 
-    def _launch(self, kind: str, name: str, env: dict[str, str], port: int, url: str) -> ServiceProc:
+    def _launch(
+        self, kind: str, name: str, env: dict[str, str], port: int, url: str
+    ) -> ServiceProc:
         proc = start_component(kind, name, self.run_dir, env, port)
         service = self.services[name] = ServiceProc(proc, env, kind, url)
         return service
@@ -184,7 +190,9 @@ class Cluster:
     def comment_origins(self) -> list[str]:
         """Origins the viewer page is served from (for the RTMS nodes' CORS answers)."""
         ports = [self._port(8443, i) if self.fixed_ports else 0 for i in (1, 2)]
-        origins = [f"{self.scheme}://{h}:{p}" for p in ports if p for h in ("127.0.0.1", "localhost")]
+        origins = [
+            f"{self.scheme}://{h}:{p}" for p in ports if p for h in ("127.0.0.1", "localhost")
+        ]
         return origins or ["*"]
 
     def start_comment_service(self, index: int | None = None) -> ServiceProc:

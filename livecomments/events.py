@@ -14,7 +14,7 @@ import orjson
 
 from livecomments.pb import livecomments_pb2 as pb
 
-EVENT_NAMES = {
+EVENT_NAMES: dict[int, str] = {
     pb.COMMENT: "comment",
     pb.COMMENT_UPDATED: "comment.updated",
     pb.COMMENT_DELETED: "comment.deleted",

@@ -41,7 +41,9 @@ class Snowflake:
         else:
             self._seq = 0
         self._last_ms = now
-        return (now << (WORKER_BITS + SEQUENCE_BITS)) | (self.worker_id << SEQUENCE_BITS) | self._seq
+        return (
+            (now << (WORKER_BITS + SEQUENCE_BITS)) | (self.worker_id << SEQUENCE_BITS) | self._seq
+        )
 
 
 def timestamp_ms(snowflake: int) -> int:

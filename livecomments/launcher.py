@@ -144,7 +144,11 @@ def _zk_ok(port: int) -> bool:
 
 
 def start_zookeeper(
-    run_dir: Path, ports: list[int], *, member: int = 1, peer_ports: list[tuple[int, int]] | None = None
+    run_dir: Path,
+    ports: list[int],
+    *,
+    member: int = 1,
+    peer_ports: list[tuple[int, int]] | None = None,
 ) -> Proc:
     """One ZooKeeper server; with ``peer_ports`` it is member ``member`` of an ensemble."""
     data = run_dir / f"zk{member}"

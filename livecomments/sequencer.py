@@ -61,7 +61,10 @@ class Sequencer:
         self._advance = redis.register_script(_ADVANCE)
 
     def _keys(self, video_id: str) -> list[str]:
-        return [video_key(self._prefix, video_id, "seq"), video_key(self._prefix, video_id, "epoch")]
+        return [
+            video_key(self._prefix, video_id, "seq"),
+            video_key(self._prefix, video_id, "epoch"),
+        ]
 
     async def next(self, video_id: str) -> tuple[int, int]:
         """``(seq, epoch)`` for the next comment of ``video_id``."""

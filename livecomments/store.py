@@ -71,7 +71,9 @@ class Store:
                     IndexModel([("user_id", ASCENDING), ("_id", DESCENDING)]),
                 ]
             )
-            await self.users.create_indexes([IndexModel([("username_key", ASCENDING)], unique=True)])
+            await self.users.create_indexes(
+                [IndexModel([("username_key", ASCENDING)], unique=True)]
+            )
         except PyMongoError as exc:
             raise Unavailable(f"store: cannot create indexes: {exc}") from exc
 

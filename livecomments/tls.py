@@ -27,7 +27,9 @@ def make_dev_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca_path, cert_path, key_path = (
-        directory / "ca.pem", directory / "server.pem", directory / "server.key"
+        directory / "ca.pem",
+        directory / "server.pem",
+        directory / "server.key",
     )
     if ca_path.exists() and cert_path.exists() and key_path.exists():
         return ca_path, cert_path, key_path

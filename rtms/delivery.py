@@ -13,6 +13,6 @@ class DeliveryService(pb_grpc.DeliveryServicer):  # type: ignore[misc]
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    async def Deliver(self, request: pb.DeliverRequest, context: Any) -> pb.DeliverReply:  # noqa: N802
+    async def Deliver(self, request: pb.DeliverRequest, context: Any) -> pb.DeliverReply:
         accepted, duplicates, unhosted = self._hub.deliver(request.events)
         return pb.DeliverReply(accepted=accepted, duplicates=duplicates, unhosted=unhosted)

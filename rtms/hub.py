@@ -151,7 +151,9 @@ class Hub:
             # The dispatchers learn about us a few ms after the znode exists; a
             # comment dispatched in between is caught by looking at the head again.
             for delay in (0.3, 1.5):
-                asyncio.get_running_loop().call_later(delay, lambda: self._spawn(self._catch_up(channel)))
+                asyncio.get_running_loop().call_later(
+                    delay, lambda: self._spawn(self._catch_up(channel))
+                )
             future.set_result(channel)
             return channel
         except BaseException as exc:
@@ -368,7 +370,9 @@ class Hub:
                     hi = self._gap_end(channel)
                     log.warning(
                         "%s: seq %d..%d never reached the store; skipping",
-                        channel.video_id, channel.last_seq + 1, hi,
+                        channel.video_id,
+                        channel.last_seq + 1,
+                        hi,
                     )
                     self.stats.gap_skipped += hi - channel.last_seq
                     channel.last_seq = hi

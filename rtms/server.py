@@ -58,9 +58,9 @@ class RTMSServer:
         self.settings = settings
         self.node_id = settings.node_id or default_node_id("rtms", settings.port)
         scheme = "https" if settings.tls_cert else "http"
-        self.public_url = (settings.public_url or f"{scheme}://{settings.host}:{settings.port}").rstrip(
-            "/"
-        )
+        self.public_url = (
+            settings.public_url or f"{scheme}://{settings.host}:{settings.port}"
+        ).rstrip("/")
         self.zk = ZK(
             settings.zk_hosts,
             settings.zk_root,

@@ -225,7 +225,9 @@ class SSEProtocol(asyncio.Protocol):
         self._parser = None
         head = (
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n".encode()
-            + b"Content-Type: " + content_type + b"\r\n"
+            + b"Content-Type: "
+            + content_type
+            + b"\r\n"
             + f"Content-Length: {len(body)}\r\nConnection: close\r\n".encode()
             + extra
             + b"\r\n"
@@ -236,4 +238,3 @@ class SSEProtocol(asyncio.Protocol):
 
     def error(self, status: int, code: str, message: str, extra: bytes) -> None:
         self.respond(status, orjson.dumps({"error": {"code": code, "message": message}}), extra)
-

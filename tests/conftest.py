@@ -43,7 +43,9 @@ def make_cluster(run_root: Path, backends: Backends, name: str, **kwargs: object
 
 
 @pytest.fixture(scope="module")
-def cluster(run_root: Path, backends: Backends, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+def cluster(
+    run_root: Path, backends: Backends, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
     """Two dispatchers, two RTMS nodes, one comment service (TLS), shared by a module."""
     started = make_cluster(run_root, backends, request.module.__name__.rsplit(".", 1)[-1])
     started.start(dispatchers=2, rtms=2, comment_services=1)

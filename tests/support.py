@@ -92,7 +92,9 @@ class Viewer:
     def of(self, kind: str = "comment") -> list[SSEEvent]:
         return [e for e in self.events if e.event == kind]
 
-    async def wait_for(self, count: int, kind: str = "comment", timeout: float = 10.0) -> list[SSEEvent]:
+    async def wait_for(
+        self, count: int, kind: str = "comment", timeout: float = 10.0
+    ) -> list[SSEEvent]:
         async def enough() -> None:
             async with self._changed:
                 await self._changed.wait_for(lambda: len(self.of(kind)) >= count)
@@ -143,7 +145,11 @@ class Api:
             data = orjson.dumps(json)
             all_headers.setdefault("Content-Type", "application/json")
         async with self.session.request(
-            method, self.base + path, data=data, headers=all_headers, allow_redirects=allow_redirects
+            method,
+            self.base + path,
+            data=data,
+            headers=all_headers,
+            allow_redirects=allow_redirects,
         ) as response:
             body = await response.read()
             try:

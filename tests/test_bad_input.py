@@ -40,35 +40,80 @@ BAD_BODIES: list[tuple[str, bytes, str, int, str]] = [
     ("not an object", b'["hi"]', "application/json", 400, "invalid_json"),
     ("empty text", b'{"text": "   "}', "application/json", 400, "empty_text"),
     ("oversized text", orjson.dumps({"text": "x" * 501}), "application/json", 400, "text_too_long"),
-    ("oversized body", orjson.dumps({"text": "x" * 20000}), "application/json", 413, "payload_too_large"),
+    (
+        "oversized body",
+        orjson.dumps({"text": "x" * 20000}),
+        "application/json",
+        413,
+        "payload_too_large",
+    ),
     ("number text", b'{"text": 42}', "application/json", 400, "invalid_type"),
     ("null text", b'{"text": null}', "application/json", 400, "invalid_type"),
     ("missing text", b"{}", "application/json", 400, "invalid_type"),
     ("operator injection", b'{"text": {"$gt": ""}}', "application/json", 400, "invalid_type"),
-    ("operator in parent", b'{"text": "hi", "parent_id": {"$ne": null}}', "application/json", 400,
-     "invalid_id"),
+    (
+        "operator in parent",
+        b'{"text": "hi", "parent_id": {"$ne": null}}',
+        "application/json",
+        400,
+        "invalid_id",
+    ),
     ("unknown field", b'{"text": "hi", "$where": "1"}', "application/json", 400, "unknown_field"),
     ("array text", b'{"text": ["a", "b"]}', "application/json", 400, "invalid_type"),
     ("wrong content type", b'{"text": "hi"}', "text/plain", 415, "unsupported_media_type"),
     ("form body", b"text=hi", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
     ("invalid utf-8", b'{"text": "\xff\xfe"}', "application/json", 400, "invalid_encoding"),
-    ("control characters", b'{"text": "bell\\u0007"}', "application/json", 400, "invalid_characters"),
-    ("bidi override", '{"text": "abc\u202edef"}'.encode(), "application/json", 400, "invalid_characters"),
+    (
+        "control characters",
+        b'{"text": "bell\\u0007"}',
+        "application/json",
+        400,
+        "invalid_characters",
+    ),
+    (
+        "bidi override",
+        '{"text": "abc\u202edef"}'.encode(),
+        "application/json",
+        400,
+        "invalid_characters",
+    ),
     ("lone surrogate", b'{"text": "\\ud800"}', "application/json", 400, "invalid_json"),
-    ("deeply nested", b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}", "application/json", 400,
-     "invalid_json"),
-    ("unknown parent", b'{"text": "hi", "parent_id": "12345"}', "application/json", 404,
-     "parent_not_found"),
+    (
+        "deeply nested",
+        b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        "application/json",
+        400,
+        "invalid_json",
+    ),
+    (
+        "unknown parent",
+        b'{"text": "hi", "parent_id": "12345"}',
+        "application/json",
+        404,
+        "parent_not_found",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "body", "ctype", "status", "code"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+@pytest.mark.parametrize(
+    ("case", "body", "ctype", "status", "code"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES]
+)
 async def test_bad_comment_bodies_are_refused_and_nothing_is_stored(
-    cluster: Cluster, api: Api, token: str, case: str, body: bytes, ctype: str, status: int, code: str
+    cluster: Cluster,
+    api: Api,
+    token: str,
+    case: str,
+    body: bytes,
+    ctype: str,
+    status: int,
+    code: str,
 ) -> None:
     video = unique("bad")
     got, answer, response = await api.request(
-        "POST", f"/api/videos/{video}/comments", data=body, token=token,
+        "POST",
+        f"/api/videos/{video}/comments",
+        data=body,
+        token=token,
         headers={"Content-Type": ctype},
     )
     assert (got, answer["error"]["code"]) == (status, code), answer
@@ -88,13 +133,34 @@ async def test_bad_comment_bodies_are_refused_and_nothing_is_stored(
         "Bearer ",
         "Bearer not.a.jwt",
         # alg "none": unsigned, must be refused whatever its claims say
-        "Bearer " + b64({"alg": "none", "typ": "JWT"}) + "."
-        + b64({"sub": "1", "name": "x", "role": "admin", "iss": "livecomments",
-               "iat": int(time.time()), "exp": int(time.time()) + 600}) + ".",
+        "Bearer "
+        + b64({"alg": "none", "typ": "JWT"})
+        + "."
+        + b64(
+            {
+                "sub": "1",
+                "name": "x",
+                "role": "admin",
+                "iss": "livecomments",
+                "iat": int(time.time()),
+                "exp": int(time.time()) + 600,
+            }
+        )
+        + ".",
         # signed with the wrong key
-        "Bearer " + jwt.encode({"sub": "1", "name": "x", "role": "admin", "iss": "livecomments",
-                                "iat": int(time.time()), "exp": int(time.time()) + 600},
-                               "a-different-secret-that-is-long-enough!!", algorithm="HS256"),
+        "Bearer "
+        + jwt.encode(
+            {
+                "sub": "1",
+                "name": "x",
+                "role": "admin",
+                "iss": "livecomments",
+                "iat": int(time.time()),
+                "exp": int(time.time()) + 600,
+            },
+            "a-different-secret-that-is-long-enough!!",
+            algorithm="HS256",
+        ),
     ],
     ids=["missing", "basic", "empty bearer", "garbage", "alg none", "wrong key"],
 )
@@ -114,9 +180,16 @@ async def test_posting_needs_a_valid_token(cluster: Cluster, api: Api, header: s
 async def test_expired_token_is_refused(cluster: Cluster, api: Api) -> None:
     now = int(time.time())
     expired = jwt.encode(
-        {"sub": "1", "name": "x", "role": "viewer", "iss": "livecomments", "iat": now - 7200,
-         "exp": now - 3600},
-        cluster.jwt_secret, algorithm="HS256",
+        {
+            "sub": "1",
+            "name": "x",
+            "role": "viewer",
+            "iss": "livecomments",
+            "iat": now - 7200,
+            "exp": now - 3600,
+        },
+        cluster.jwt_secret,
+        algorithm="HS256",
     )
     status, body, _ = await api.request(
         "POST", "/api/videos/v/comments", json={"text": "hi"}, token=expired
@@ -165,12 +238,26 @@ async def test_accounts_validate_and_refuse_bad_credentials(api: Api) -> None:
         "POST", "/api/auth/register", json={"username": "a b", "password": "long enough"}
     )
     assert (status, body["error"]["code"]) == (400, "invalid_username")
-    status, body, _ = await api.request("POST", "/api/auth/login", json={"username": name, "password": "right password"})
+    status, body, _ = await api.request(
+        "POST", "/api/auth/login", json={"username": name, "password": "right password"}
+    )
     assert status == 200 and body["user"]["username"] == name and body["token"]
 
 
-JUNK_IDS = ["abc", "-1", "1-", "-", "1-2-3", "99999999999999999999999-1", "1-99999999999999999999",
-            "١-٢", "0-0", " ", "1-1; drop", "%00"]
+JUNK_IDS = [
+    "abc",
+    "-1",
+    "1-",
+    "-",
+    "1-2-3",
+    "99999999999999999999999-1",
+    "1-99999999999999999999",
+    "١-٢",  # noqa: RUF001 - non-ASCII digits on purpose
+    "0-0",
+    " ",
+    "1-1; drop",
+    "%00",
+]
 
 
 async def test_junk_last_event_ids_start_a_live_stream(

@@ -22,24 +22,6 @@ def rtms_url(cluster: Cluster, index: int) -> str:
     return cluster.services[f"rtms-{index}"].url
 
 
-async def routed(cluster: Cluster, video: str, nodes: set[str], timeout: float = 5.0) -> None:
-    """Wait until every dispatcher routes ``video`` to exactly ``nodes``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    for name, service in cluster.services.items():
-        if service.kind != "dispatcher" or not service.proc.alive():
-            continue
-        async with grpc.aio.insecure_channel(service.url) as channel:
-            stub = pb_grpc.DispatcherStub(channel)
-            while True:
-                reply = await stub.Routes(pb.RoutesRequest(video_ids=[video]), timeout=2)
-                have = set(reply.videos[video].node_ids) if video in reply.videos else set()
-                if have == nodes:
-                    break
-                if asyncio.get_running_loop().time() > deadline:
-                    raise AssertionError(f"{name} routes {video} to {have}, expected {nodes}")
-                await asyncio.sleep(0.05)
-
-
 async def test_comment_reaches_every_viewer_of_its_video_once_and_no_other(
     cluster: Cluster, api: Api, session: aiohttp.ClientSession
 ) -> None:
@@ -77,9 +59,7 @@ async def test_comments_arrive_in_seq_order_under_concurrent_posts(
         await Viewer(f"{rtms_url(cluster, i)}/stream/{video}", session).connect() for i in (1, 2)
     ]
     try:
-        await asyncio.gather(
-            *(api.post(video, f"c{n}", tokens[n % 4]) for n in range(40))
-        )
+        await asyncio.gather(*(api.post(video, f"c{n}", tokens[n % 4]) for n in range(40)))
         for viewer in viewers:
             got = await viewer.wait_for(40, timeout=20)
             seqs = [e.json()["seq"] for e in got]
@@ -168,11 +148,18 @@ async def test_seq_gap_is_filled_from_the_store(
     try:
         seq = await redis.incr(video_key(f"{cluster.namespace}:", video, "seq"))
         assert seq == 2
-        orphan = {**{k: v for k, v in first.items() if k in ("video_id", "epoch", "author")},
-                  "_id": int(first["id"]) + 1, "seq": 2, "text": "never dispatched",
-                  "user_id": int(first["user_id"]), "parent_id": None, "status": "visible",
-                  "created_at": datetime.datetime.now(datetime.UTC), "created_at_ms": 0,
-                  "edited_at": None}
+        orphan = {
+            **{k: v for k, v in first.items() if k in ("video_id", "epoch", "author")},
+            "_id": int(first["id"]) + 1,
+            "seq": 2,
+            "text": "never dispatched",
+            "user_id": int(first["user_id"]),
+            "parent_id": None,
+            "status": "visible",
+            "created_at": datetime.datetime.now(datetime.UTC),
+            "created_at_ms": 0,
+            "edited_at": None,
+        }
         await mongo[cluster.namespace]["comments"].insert_one(orphan)
     finally:
         await redis.aclose()
@@ -188,8 +175,17 @@ async def test_seq_gap_is_filled_from_the_store(
     rtms_grpc = cluster.services["rtms-2"].env["LIVECOMMENTS_GRPC_PORT"]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{rtms_grpc}") as channel:
         reply = await pb_grpc.DeliveryStub(channel).Deliver(
-            pb.DeliverRequest(events=[pb.Event(video_id=video, seq=3, epoch=third["epoch"],
-                                               kind=pb.COMMENT, frame=b"event: comment\ndata: {}\n\n")])
+            pb.DeliverRequest(
+                events=[
+                    pb.Event(
+                        video_id=video,
+                        seq=3,
+                        epoch=third["epoch"],
+                        kind=pb.COMMENT,
+                        frame=b"event: comment\ndata: {}\n\n",
+                    )
+                ]
+            )
         )
     assert reply.duplicates == 1
     await asyncio.sleep(0.3)
@@ -238,13 +234,17 @@ async def test_replies_are_delivered_and_listed(
     got = await viewer.wait_for(2)
     assert got[1].json()["parent_id"] == parent["id"]
     status, body, _ = await api.request(
-        "POST", f"/api/videos/{video}/comments", json={"text": "deeper", "parent_id": reply["id"]},
+        "POST",
+        f"/api/videos/{video}/comments",
+        json={"text": "deeper", "parent_id": reply["id"]},
         token=token,
     )
     assert (status, body["error"]["code"]) == (400, "nested_reply")
     status, body, _ = await api.request(
-        "POST", f"/api/videos/{unique('other')}/comments",
-        json={"text": "wrong video", "parent_id": parent["id"]}, token=token,
+        "POST",
+        f"/api/videos/{unique('other')}/comments",
+        json={"text": "wrong video", "parent_id": parent["id"]},
+        token=token,
     )
     assert (status, body["error"]["code"]) == (404, "parent_not_found")
     await viewer.close()

@@ -25,7 +25,9 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def cluster(run_root: Path, backends: Backends) -> Iterator[Cluster]:
     started = make_cluster(
-        run_root, backends, "faults",
+        run_root,
+        backends,
+        "faults",
         extra_env={"LIVECOMMENTS_ZK_SESSION_TIMEOUT": str(SESSION_TIMEOUT)},
     )
     started.start(dispatchers=2, rtms=2, comment_services=1)
@@ -85,8 +87,10 @@ async def test_killed_rtms_node_leaves_the_table_and_dispatch_goes_on(
     during = [await api.post(video, f"during {n}", token) for n in range(5)]
     await wait_routes(cluster, video, {"rtms-2"}, timeout=SESSION_TIMEOUT + 10)
     vanished = time.monotonic() - killed_at
-    print(f"\nrtms-1 left every dispatcher's table {vanished:.2f}s after kill -9 "
-          f"(session timeout {SESSION_TIMEOUT}s)")
+    print(
+        f"\nrtms-1 left every dispatcher's table {vanished:.2f}s after kill -9 "
+        f"(session timeout {SESSION_TIMEOUT}s)"
+    )
     assert vanished <= SESSION_TIMEOUT + 3, "the dead node outlived its ZooKeeper session"
     after = [await api.post(video, f"after {n}", token) for n in range(5)]
 

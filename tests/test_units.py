@@ -26,8 +26,18 @@ def test_snowflakes_are_unique_increasing_and_carry_their_time() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("12-34", (12, 34)), ("0-1", (0, 1)), ("abc", None), ("1-", None), ("-1", None),
-     ("1-2-3", None), ("٣-٤", None), ("9" * 30 + "-1", None), ("", None), (None, None)],
+    [
+        ("12-34", (12, 34)),
+        ("0-1", (0, 1)),
+        ("abc", None),
+        ("1-", None),
+        ("-1", None),
+        ("1-2-3", None),
+        ("٣-٤", None),
+        ("9" * 30 + "-1", None),
+        ("", None),
+        (None, None),
+    ],
 )
 def test_event_ids(raw: str | None, expected: tuple[int, int] | None) -> None:
     assert parse_event_id(raw) == expected
@@ -61,8 +71,11 @@ def test_rendezvous_is_stable_and_moves_only_what_it_must() -> None:
 
 
 def test_settings_from_env_and_flags() -> None:
-    env = {"LIVECOMMENTS_PORT": "9000", "LIVECOMMENTS_CORS_ORIGINS": "https://a, https://b",
-           "LIVECOMMENTS_HEARTBEAT_INTERVAL": "2.5"}
+    env = {
+        "LIVECOMMENTS_PORT": "9000",
+        "LIVECOMMENTS_CORS_ORIGINS": "https://a, https://b",
+        "LIVECOMMENTS_HEARTBEAT_INTERVAL": "2.5",
+    }
     loaded = cfg.load(cfg.RTMSSettings, {"node_id": "x", "port": None}, env)
     assert (loaded.port, loaded.node_id, loaded.heartbeat_interval) == (9000, "x", 2.5)
     assert loaded.cors_origins == ("https://a", "https://b")
@@ -81,8 +94,15 @@ def test_znode_paths_refuse_escapes() -> None:
 
 @pytest.mark.parametrize(
     ("text", "code"),
-    [("", "empty_text"), ("  \t ", "empty_text"), ("a\tb", "invalid_characters"), ("a\u0000b", "invalid_characters"),
-     ("x" * 501, "text_too_long"), (5, "invalid_type"), ("a\u202eb", "invalid_characters")],
+    [
+        ("", "empty_text"),
+        ("  \t ", "empty_text"),
+        ("a\tb", "invalid_characters"),
+        ("a\u0000b", "invalid_characters"),
+        ("x" * 501, "text_too_long"),
+        (5, "invalid_type"),
+        ("a\u202eb", "invalid_characters"),
+    ],
 )
 def test_comment_text_rejects(text: object, code: str) -> None:
     with pytest.raises(ValidationError) as info:

@@ -46,8 +46,16 @@ def make_cluster(run_root: Path, backends: Backends, name: str, **kwargs: object
 def cluster(
     run_root: Path, backends: Backends, request: pytest.FixtureRequest
 ) -> Iterator[Cluster]:
-    """Two dispatchers, two RTMS nodes, one comment service (TLS), shared by a module."""
-    started = make_cluster(run_root, backends, request.module.__name__.rsplit(".", 1)[-1])
+    """Two dispatchers, two RTMS nodes, one comment service (TLS), shared by a module.
+
+    A module may set ``CLUSTER_ENV`` (extra ``LIVECOMMENTS_*`` settings) for its cluster.
+    """
+    started = make_cluster(
+        run_root,
+        backends,
+        request.module.__name__.rsplit(".", 1)[-1],
+        extra_env=getattr(request.module, "CLUSTER_ENV", None),
+    )
     started.start(dispatchers=2, rtms=2, comment_services=1)
     yield started
     started.stop()

@@ -4,42 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
 
-from livecomments.cluster import Backends, Cluster
+from livecomments.cluster import Cluster
 from livecomments.pb import livecomments_pb2 as pb
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
-from tests.conftest import make_cluster
-from tests.support import Api, Viewer, client_session, unique
+from tests.support import Api, Viewer, unique
 
 SESSION_TIMEOUT = 4.0
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def cluster(run_root: Path, backends: Backends) -> Iterator[Cluster]:
-    started = make_cluster(
-        run_root,
-        backends,
-        "faults",
-        extra_env={"LIVECOMMENTS_ZK_SESSION_TIMEOUT": str(SESSION_TIMEOUT)},
-    )
-    started.start(dispatchers=2, rtms=2, comment_services=1)
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-async def session(cluster: Cluster) -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session(cluster.ca_file) as http:
-        yield http
-    await asyncio.sleep(0.25)  # let TLS transports finish closing (aiohttp's graceful shutdown)
+CLUSTER_ENV = {"LIVECOMMENTS_ZK_SESSION_TIMEOUT": str(SESSION_TIMEOUT)}
 
 
 async def routes(cluster: Cluster, video: str) -> dict[str, tuple[set[str], set[str]]]:

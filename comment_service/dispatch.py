@@ -38,19 +38,20 @@ class DispatchClient:
         self._timeout = timeout
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.DispatcherStub]] = {}
         self._turn = itertools.count()
+        self._addresses: list[str] = []  # derived from the directory when it changes
         directory.add_listener(self._directory_changed)
 
     def _directory_changed(self) -> None:
-        live = {info.get("grpc") for info in self._directory.nodes.values()}
+        self._addresses = sorted(
+            a for a in (i.get("grpc") for i in self._directory.nodes.values()) if isinstance(a, str)
+        )
         for address in list(self._channels):
-            if address not in live:
+            if address not in self._addresses:
                 channel, _ = self._channels.pop(address)
                 asyncio.get_running_loop().create_task(channel.close())
 
     def _pick(self) -> tuple[str, pb_grpc.DispatcherStub]:
-        addresses = sorted(
-            a for a in (i.get("grpc") for i in self._directory.nodes.values()) if isinstance(a, str)
-        )
+        addresses = self._addresses
         if not addresses:
             raise DispatchFailed("no dispatcher is registered")
         address = addresses[next(self._turn) % len(addresses)]

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -56,7 +56,3 @@ def serve(make: Callable[[], Server], *, ready: Callable[[], None] | None = None
         await server.stop()
 
     asyncio.run(main())
-
-
-async def wait_all(*aws: Awaitable[object]) -> None:
-    await asyncio.gather(*aws, return_exceptions=True)

@@ -126,16 +126,3 @@ def load(
 
 def default_node_id(kind: str, port: int) -> str:
     return f"{kind}-{socket.gethostname()}-{port}"
-
-
-def to_env(settings: BackendSettings) -> dict[str, str]:
-    """The environment that reproduces ``settings`` in a child process."""
-    env: dict[str, str] = {}
-    for field in dataclasses.fields(settings):
-        value = getattr(settings, field.name)
-        if isinstance(value, tuple):
-            value = ",".join(value)
-        elif isinstance(value, bool):
-            value = "1" if value else "0"
-        env[ENV_PREFIX + field.name.upper()] = str(value)
-    return env

@@ -117,12 +117,6 @@ class Store:
         except PyMongoError as exc:
             raise Unavailable(f"store: {exc}") from exc
 
-    async def count_comments(self, video_id: str) -> int:
-        try:
-            return await self.comments.count_documents({"video_id": video_id})
-        except PyMongoError as exc:
-            raise Unavailable(f"store: {exc}") from exc
-
     # -- users ----------------------------------------------------------------
 
     async def create_user(self, doc: Doc) -> None:

@@ -15,10 +15,6 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-def client_context(ca_file: str) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=ca_file)
-
-
 def make_dev_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """Write ``ca.pem``, ``server.pem`` and ``server.key``; returns their paths.
 

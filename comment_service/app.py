@@ -1,35 +1,48 @@
-"""HTTP routes and middlewares of the comment service."""
+"""HTTP routes of accounts, comments, reactions and streams; the app and its middlewares."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
-import orjson
 from aiohttp import web
 
-from comment_service.auth import Principal, check_credentials, public_user
-from comment_service.validation import comment_text, json_object, optional_id, query_int
+from comment_service import moderation_routes
+from comment_service.auth import check_credentials, public_user
+from comment_service.openapi import openapi_document
+from comment_service.reactions import EMOJI
+from comment_service.routing import (
+    SERVER_KEY,
+    caller,
+    client_ip,
+    error_response,
+    json_response,
+    limit,
+    server_of,
+    video_id_of,
+)
+from comment_service.validation import (
+    comment_text,
+    json_object,
+    optional_id,
+    path_id,
+    query_int,
+)
 from coord import rendezvous
 from livecomments import events
 from livecomments.errors import (
+    Forbidden,
     LiveCommentsError,
     NotFound,
-    Unauthorized,
     Unavailable,
     ValidationError,
 )
-from livecomments.ids import valid_video_id
-
-if TYPE_CHECKING:
-    from comment_service.server import CommentServer
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-SERVER_KEY: web.AppKey[CommentServer] = web.AppKey("server")
 
 _HTTP_CODES = {
     404: "not_found",
@@ -37,18 +50,6 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
-
-
-def json_response(
-    body: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error_response(exc: LiveCommentsError) -> web.Response:
-    return json_response(exc.to_json(), exc.status, exc.headers or None)
 
 
 @web.middleware
@@ -84,93 +85,193 @@ async def headers_middleware(request: web.Request, handler: Any) -> web.StreamRe
     return response
 
 
-def _server(request: web.Request) -> CommentServer:
-    return request.app[SERVER_KEY]
-
-
-def _video_id(request: web.Request) -> str:
-    video_id = request.match_info["video_id"]
-    if not valid_video_id(video_id):
-        raise ValidationError("video ids are 1-64 of [A-Za-z0-9_-]", code="invalid_video_id")
-    return video_id
-
-
-def _principal(request: web.Request) -> Principal:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized(
-            "log in and send 'Authorization: Bearer <token>'",
-            code="unauthorized",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return _server(request).accounts.verify(token.strip())
-
-
 # -- accounts -----------------------------------------------------------------
 
 
 async def register(request: web.Request) -> web.Response:
-    server = _server(request)
+    server = server_of(request)
+    await limit(request, "sign-ups", (f"register-ip:{client_ip(request)}",
+                                      server.settings.register_limit_ip))  # fmt: skip
     body = await json_object(request, 4096, frozenset({"username", "password"}))
     username, password = check_credentials(body)
     user = await server.accounts.register(username, password, server.comments.ids)
-    return _session(server, user, 201)
+    return _session(request, user, 201)
 
 
 async def login(request: web.Request) -> web.Response:
-    server = _server(request)
+    server = server_of(request)
     body = await json_object(request, 4096, frozenset({"username", "password"}))
     username, password = check_credentials(body)
+    s = server.settings
+    await limit(
+        request,
+        "login attempts",
+        (f"login-account:{username.lower()}", s.login_limit_account),
+        (f"login-ip:{client_ip(request)}", s.login_limit_ip),
+    )
     user = await server.accounts.login(username, password)
-    return _session(server, user, 200)
+    return _session(request, user, 200)
 
 
-def _session(server: CommentServer, user: dict[str, Any], status: int) -> web.Response:
+def _session(request: web.Request, user: dict[str, Any], status: int) -> web.Response:
+    accounts = server_of(request).accounts
     return json_response(
         {
             "user": public_user(user),
-            "token": server.accounts.issue(user),
+            "token": accounts.issue(user),
             "token_type": "Bearer",
-            "expires_in": server.accounts.ttl,
+            "expires_in": accounts.ttl,
         },
         status,
     )
+
+
+async def logout(request: web.Request) -> web.Response:
+    principal = await caller(request)
+    await server_of(request).accounts.logout(principal)
+    return web.Response(status=204)
+
+
+async def me(request: web.Request) -> web.Response:
+    principal = await caller(request)
+    user = await server_of(request).store.get_user(principal.user_id)
+    if user is None:
+        raise NotFound("the account no longer exists", code="user_not_found")
+    return json_response(public_user(user))
 
 
 # -- comments -----------------------------------------------------------------
 
 
 async def post_comment(request: web.Request) -> web.Response:
-    server = _server(request)
-    video_id = _video_id(request)
-    principal = _principal(request)
+    server = server_of(request)
+    video_id = video_id_of(request)
+    principal = await caller(request)
     body = await json_object(
         request, server.settings.max_body_bytes, frozenset({"text", "parent_id"})
     )
     text = comment_text(body.get("text"), server.settings.max_comment_chars)
     parent_id = optional_id(body.get("parent_id"), "parent_id")
-    doc = await server.comments.post(principal, video_id, text, parent_id)
-    return json_response(events.comment_json(doc), 201)
+    posted = await server.comments.post(principal, video_id, text, parent_id, client_ip(request))
+    if posted.held:
+        return json_response(events.comment_json(posted.doc), 202)
+    return json_response(events.comment_json(posted.doc), 201)
 
 
 async def list_comments(request: web.Request) -> web.Response:
-    server = _server(request)
-    video_id = _video_id(request)
-    limit = query_int(request, "limit", lo=1, hi=server.settings.history_page_max, default=50)
+    server = server_of(request)
+    video_id = video_id_of(request)
+    limit_ = query_int(request, "limit", lo=1, hi=server.settings.history_page_max, default=50)
     before = query_int(request, "before", lo=1, hi=(1 << 62), default=None)
     after = query_int(request, "after", lo=0, hi=(1 << 62), default=None)
     if before is not None and after is not None:
         raise ValidationError("use either before or after, not both", code="invalid_query")
-    assert limit is not None
-    page = await server.comments.page(video_id, before=before, after=after, limit=limit)
+    assert limit_ is not None
+    page = await server.comments.page(video_id, before=before, after=after, limit=limit_)
+    await _fresh_reactions(request, page["items"])
     return json_response(page)
+
+
+async def _fresh_reactions(request: web.Request, items: list[dict[str, Any]]) -> None:
+    """Reaction totals from Redis, newer than the store's until the next flush."""
+    every = [*items, *(reply for item in items for reply in item.get("replies", ()))]
+    live = await server_of(request).reactions.live_counts([int(i["id"]) for i in every])
+    for item in every:
+        counts = live.get(int(item["id"]))
+        if counts is not None:
+            item["reactions"] = counts
+
+
+async def get_comment(request: web.Request) -> web.Response:
+    server = server_of(request)
+    doc = await server.comments.get(video_id_of(request), path_id(request, "comment_id"))
+    item = events.comment_json(doc)
+    await _fresh_reactions(request, [item])
+    return json_response(item)
+
+
+async def list_replies(request: web.Request) -> web.Response:
+    server = server_of(request)
+    limit_ = query_int(request, "limit", lo=1, hi=server.settings.history_page_max, default=50)
+    after = query_int(request, "after", lo=0, hi=(1 << 62), default=0)
+    assert limit_ is not None and after is not None
+    page = await server.comments.replies(
+        video_id_of(request), path_id(request, "comment_id"), after=after, limit=limit_
+    )
+    await _fresh_reactions(request, page["items"])
+    return json_response(page)
+
+
+async def edit_comment(request: web.Request) -> web.Response:
+    """Moderators and admins edit any comment; the change reaches viewers live."""
+    server = server_of(request)
+    video_id, comment_id = video_id_of(request), path_id(request, "comment_id")
+    principal = await caller(request)
+    await server.accounts.require(principal, "moderator")
+    body = await json_object(request, server.settings.max_body_bytes, frozenset({"text"}))
+    text = comment_text(body.get("text"), server.settings.max_comment_chars)
+    doc = await server.comments.edit(principal, video_id, comment_id, text)
+    return json_response(events.comment_json(doc))
+
+
+async def delete_comment(request: web.Request) -> web.Response:
+    """Authors delete their own comments, moderators and admins any; a tombstone stays."""
+    server = server_of(request)
+    video_id, comment_id = video_id_of(request), path_id(request, "comment_id")
+    principal = await caller(request)
+    doc = await server.comments.get(video_id, comment_id)
+    if doc["user_id"] != principal.user_id:
+        await server.accounts.require(principal, "moderator")
+    doc = await server.comments.delete(principal, doc)
+    return json_response(events.comment_json(doc))
+
+
+# -- reactions ------------------------------------------------------------------
+
+
+async def reaction_set(request: web.Request) -> web.Response:
+    return json_response({"reactions": [{"name": k, "emoji": v} for k, v in EMOJI.items()]})
+
+
+async def react(request: web.Request) -> web.Response:
+    server = server_of(request)
+    video_id, comment_id = video_id_of(request), path_id(request, "comment_id")
+    name = request.match_info["reaction"]
+    if name not in EMOJI:
+        raise ValidationError(
+            f"reactions are: {', '.join(EMOJI)}",
+            code="invalid_reaction",
+            details={"allowed": list(EMOJI)},
+        )
+    principal = await caller(request)
+    await limit(
+        request,
+        "reactions",
+        (f"react-user:{principal.user_id}", server.settings.react_limit_user),
+    )
+    doc = await server.comments.get(video_id, comment_id)
+    if doc.get("status") == events.STATUS_DELETED:
+        raise Forbidden("the comment was deleted", code="comment_deleted", status=409)
+    add = request.method == "PUT"
+    changed, counts = await server.reactions.react(principal.user_id, doc, name, add)
+    return json_response(
+        {
+            "comment_id": str(comment_id),
+            "reaction": name,
+            "reacted": add,
+            "changed": changed,
+            "reactions": counts,
+        }
+    )
+
+
+# -- streams ----------------------------------------------------------------------
 
 
 async def stream(request: web.Request) -> web.Response:
     """307 to the RTMS node placed for the video, carrying the resume point along."""
-    server = _server(request)
-    video_id = _video_id(request)
+    server = server_of(request)
+    video_id = video_id_of(request)
     nodes = {
         node_id: info
         for node_id, info in server.rtms_nodes.nodes.items()
@@ -196,24 +297,37 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def health(request: web.Request) -> web.Response:
-    return json_response(_server(request).health())
+    return json_response(server_of(request).health())
 
 
-async def not_found(request: web.Request) -> web.Response:
-    raise NotFound("no such endpoint")
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document(server_of(request).settings))
 
 
-def build_app(server: CommentServer) -> web.Application:
+def build_app(server: Any) -> web.Application:
     app = web.Application(
         middlewares=[headers_middleware, errors_middleware],
         client_max_size=server.settings.max_body_bytes,
     )
     app[SERVER_KEY] = server
-    app.router.add_get("/", index)
-    app.router.add_get("/healthz", health)
-    app.router.add_post("/api/auth/register", register)
-    app.router.add_post("/api/auth/login", login)
-    app.router.add_post("/api/videos/{video_id}/comments", post_comment)
-    app.router.add_get("/api/videos/{video_id}/comments", list_comments)
-    app.router.add_get("/api/videos/{video_id}/stream", stream)
+    r = app.router
+    r.add_get("/", index)
+    r.add_get("/healthz", health)
+    r.add_get("/api/openapi.json", openapi)
+    r.add_post("/api/auth/register", register)
+    r.add_post("/api/auth/login", login)
+    r.add_post("/api/auth/logout", logout)
+    r.add_get("/api/auth/me", me)
+    r.add_get("/api/reactions", reaction_set)
+    comments = "/api/videos/{video_id}/comments"
+    r.add_post(comments, post_comment)
+    r.add_get(comments, list_comments)
+    r.add_get(comments + "/{comment_id}", get_comment)
+    r.add_patch(comments + "/{comment_id}", edit_comment)
+    r.add_delete(comments + "/{comment_id}", delete_comment)
+    r.add_get(comments + "/{comment_id}/replies", list_replies)
+    r.add_put(comments + "/{comment_id}/reactions/{reaction}", react)
+    r.add_delete(comments + "/{comment_id}/reactions/{reaction}", react)
+    r.add_get("/api/videos/{video_id}/stream", stream)
+    moderation_routes.add_routes(app)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -11,12 +12,15 @@ from typing import Any
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from livecomments.errors import Unauthorized, ValidationError
+from livecomments.errors import Forbidden, NotFound, Unauthorized, Unavailable, ValidationError
 from livecomments.ids import Snowflake
 from livecomments.store import Store, utcnow
 
 ROLES = ("viewer", "moderator", "admin")
+RANK = {role: rank for rank, role in enumerate(ROLES)}
 ISSUER = "livecomments"
 _USERNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 # Verifying against this keeps a login for an unknown user as slow as a real one.
@@ -26,9 +30,16 @@ _DUMMY_HASH = _hasher.hash("not-a-real-password")
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who sent a request, from a verified token (the role as it was when it was issued)."""
+
     user_id: int
     username: str
     role: str
+    token_id: str = ""
+    expires: int = 0
+
+    def at_least(self, role: str) -> bool:
+        return RANK[self.role] >= RANK[role]
 
 
 def check_credentials(body: dict[str, Any]) -> tuple[str, str]:
@@ -46,10 +57,20 @@ def check_credentials(body: dict[str, Any]) -> tuple[str, str]:
 
 
 class Accounts:
-    def __init__(self, store: Store, secret: str, ttl: int) -> None:
+    """Users, their passwords and their tokens.
+
+    Tokens are stateless JWTs, so logging out puts the token's id on a
+    denylist in Redis until the token would have expired anyway; every
+    replica checks it. Privileged actions re-read the role from the store, so
+    a demoted moderator loses their powers at once, not when the token ends.
+    """
+
+    def __init__(self, store: Store, redis: Redis, prefix: str, secret: str, ttl: int) -> None:
         if len(secret) < 32:
             raise ValueError("the JWT secret must be at least 32 characters")
         self._store = store
+        self._redis = redis
+        self._prefix = prefix
         self._secret = secret
         self._ttl = ttl
 
@@ -88,6 +109,7 @@ class Accounts:
             "role": user.get("role", "viewer"),
             "iat": now,
             "exp": now + self._ttl,
+            "jti": secrets.token_urlsafe(12),
         }
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
@@ -102,21 +124,57 @@ class Accounts:
                 self._secret,
                 algorithms=["HS256"],  # never "none", never whatever the header says
                 issuer=ISSUER,
-                options={"require": ["exp", "iat", "sub", "iss"]},
+                options={"require": ["exp", "iat", "sub", "iss", "jti"]},
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("the token has expired", code="token_expired") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized("the token is not valid", code="invalid_token") from exc
-        role = claims.get("role")
-        name = claims.get("name")
+        role, name, jti = claims.get("role"), claims.get("name"), claims.get("jti")
         try:
             user_id = int(claims["sub"])
         except (TypeError, ValueError) as exc:
             raise Unauthorized("the token is not valid", code="invalid_token") from exc
-        if role not in ROLES or not isinstance(name, str):
+        if role not in ROLES or not isinstance(name, str) or not isinstance(jti, str):
             raise Unauthorized("the token is not valid", code="invalid_token")
-        return Principal(user_id, name, role)
+        return Principal(user_id, name, role, jti, int(claims["exp"]))
+
+    def _revoked_key(self, token_id: str) -> str:
+        return f"{self._prefix}revoked:{token_id}"
+
+    async def authenticate(self, token: str) -> Principal:
+        """A verified token that has not been logged out."""
+        principal = self.verify(token)
+        try:
+            revoked = await self._redis.exists(self._revoked_key(principal.token_id))
+        except RedisError as exc:
+            raise Unavailable(f"session store: {exc}") from exc
+        if revoked:
+            raise Unauthorized("the token was logged out", code="token_revoked")
+        return principal
+
+    async def logout(self, principal: Principal) -> None:
+        left = max(1, principal.expires - int(time.time()) + 1)
+        try:
+            await self._redis.set(self._revoked_key(principal.token_id), b"1", ex=left)
+        except RedisError as exc:
+            raise Unavailable(f"session store: {exc}") from exc
+
+    async def require(self, principal: Principal, role: str) -> dict[str, Any]:
+        """The caller's user document, if their current role is at least ``role``."""
+        user = await self._store.get_user(principal.user_id)
+        current = user.get("role", "viewer") if user else None
+        if current is None or current not in RANK or RANK[current] < RANK[role]:
+            raise Forbidden(f"this needs the {role} role", code="forbidden")
+        return user  # type: ignore[return-value]
+
+    async def set_role(self, user_id: int, role: str) -> dict[str, Any]:
+        if role not in RANK:
+            raise ValidationError(f"roles are {', '.join(ROLES)}", code="invalid_role")
+        user = await self._store.update_user(user_id, {"$set": {"role": role}})
+        if user is None:
+            raise NotFound("no such user", code="user_not_found")
+        return user
 
 
 def public_user(user: dict[str, Any]) -> dict[str, Any]:

@@ -1,47 +1,95 @@
-"""The write path (sequence, persist, then dispatch) and history pages."""
+"""The write path (filter, admit, sequence, persist, then dispatch), changes and history.
+
+Everything that reaches viewers takes the video's next seq and is stored
+before it is dispatched: a comment, an approved comment, and an edit or a
+delete (as a marker document, see ``events``). An acknowledged change is in
+the store, so an RTMS node that misses its dispatch fills it from there.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from comment_service.auth import Principal
 from comment_service.dispatch import DispatchClient
+from comment_service.filter import ContentFilter, Verdict
+from comment_service.limits import Limiter, PostLimits
+from comment_service.policy import Policies
 from livecomments import events
-from livecomments.errors import Conflict, NotFound, Unavailable, ValidationError
+from livecomments.errors import (
+    Conflict,
+    LiveCommentsError,
+    NotFound,
+    Unavailable,
+    ValidationError,
+)
 from livecomments.ids import Snowflake
+from livecomments.pb import livecomments_pb2 as pb
 from livecomments.sequencer import Sequencer
 from livecomments.store import Store, utcnow
 
 log = logging.getLogger(__name__)
 
+REPLY_PREVIEW = 3  # replies listed under each comment of a history page
+
+
+class ContentRefused(LiveCommentsError):
+    code = "content_refused"
+    status = 422
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    doc: dict[str, Any]
+    held: bool
+
 
 class Comments:
     def __init__(
-        self, store: Store, sequencer: Sequencer, dispatcher: DispatchClient, ids: Snowflake
+        self,
+        store: Store,
+        sequencer: Sequencer,
+        dispatcher: DispatchClient,
+        ids: Snowflake,
+        *,
+        content_filter: ContentFilter,
+        limiter: Limiter,
+        policies: Policies,
+        post_limits: PostLimits,
     ) -> None:
         self._store = store
         self._sequencer = sequencer
         self._dispatcher = dispatcher
         self.ids = ids
+        self._filter = content_filter
+        self._limiter = limiter
+        self._policies = policies
+        self._post_limits = post_limits
         self.dispatch_failures = 0
 
+    # -- posting --------------------------------------------------------------
+
     async def post(
-        self, author: Principal, video_id: str, text: str, parent_id: int | None
-    ) -> dict[str, Any]:
-        """Persist a comment, then dispatch it. Returns the stored document.
+        self, author: Principal, video_id: str, text: str, parent_id: int | None, ip: str
+    ) -> Posted:
+        """Filter, admit, then persist and dispatch a comment (or hold it for review).
 
         Once this returns, the comment is durable: if the dispatch fails, RTMS
         nodes still find it in the store when they notice the seq gap.
         """
         if parent_id is not None:
-            parent = await self._store.get_comment(video_id, parent_id)
-            if parent is None:
-                raise NotFound("the parent comment does not exist", code="parent_not_found")
-            if parent.get("parent_id") is not None:
-                raise ValidationError(
-                    "replies can only answer top-level comments", code="nested_reply"
-                )
+            await self._check_parent(video_id, parent_id)
+        exempt = author.at_least("moderator")
+        verdict, score = (Verdict.PUBLISH, None) if exempt else self._filter.check(text)
+        if verdict is Verdict.REFUSE:
+            raise ContentRefused(
+                "this comment was refused by the content filter",
+                details={"reasons": list(score.reasons) if score else []},
+            )
+        await self._admit(author, video_id, text, ip, exempt)
         now = utcnow()
         doc: dict[str, Any] = {
             "_id": self.ids.next_id(),
@@ -54,46 +102,223 @@ class Comments:
             "created_at": now,
             "created_at_ms": int(now.timestamp() * 1000),
             "edited_at": None,
+            "rev": 0,
             "reactions": {},
         }
+        try:
+            if verdict is Verdict.HOLD:
+                assert score is not None
+                held = {**doc, "status": events.STATUS_HELD, "state": "pending"}
+                held.update(score=score.value, reasons=list(score.reasons))
+                await self._store.insert_held(held)
+                return Posted(held, held=True)
+            await self._publish(doc)
+        except Unavailable:
+            await self._limiter.release_post(author.user_id, video_id, text)
+            raise
+        return Posted(doc, held=False)
+
+    async def _check_parent(self, video_id: str, parent_id: int) -> None:
+        parent = await self._store.get_comment(video_id, parent_id)
+        if parent is None:
+            raise NotFound("the parent comment does not exist", code="parent_not_found")
+        if parent.get("parent_id") is not None:
+            raise ValidationError("replies can only answer top-level comments", code="nested_reply")
+        if parent.get("status") == events.STATUS_DELETED:
+            raise Conflict("the parent comment was deleted", code="parent_deleted")
+
+    async def _admit(
+        self, author: Principal, video_id: str, text: str, ip: str, exempt: bool
+    ) -> None:
+        for _ in range(3):
+            verdict = await self._limiter.admit_post(
+                user_id=author.user_id,
+                ip=ip,
+                video_id=video_id,
+                text=text,
+                limits=self._post_limits,
+                exempt=exempt,
+            )
+            if verdict == "ok":
+                return
+            if verdict == "load_bans":
+                await self._policies.load_bans()
+            else:
+                await self._policies.cache_video_settings(video_id)
+        raise Unavailable("could not load the video's settings into Redis")
+
+    async def _publish(self, doc: dict[str, Any]) -> None:
+        await self._sequence(doc)
+        if doc.get("parent_id") is not None:
+            await self._store.count_reply(doc["video_id"], doc["parent_id"])
+        await self._dispatch(events.comment_event(doc))
+
+    async def _sequence(self, doc: dict[str, Any]) -> None:
+        """Give ``doc`` the video's next seq and store it."""
+        video_id = doc["video_id"]
         for _ in range(5):
             doc["seq"], doc["epoch"] = await self._sequencer.next(video_id)
             try:
                 await self._store.insert_comment(doc)
-                break
-            except Conflict:
+                return
+            except Conflict as exc:
+                if exc.code != "seq_conflict":
+                    raise
                 # The counter is behind the store (Redis came back from an older
                 # snapshot): move it past the highest stored seq and try again.
                 log.warning("seq %d of %s already stored; re-seeding", doc["seq"], video_id)
                 await self._sequencer.advance(video_id, await self._store.max_seq(video_id))
-        else:
-            raise Unavailable("could not assign a sequence number")
-        await self._dispatch(doc)
-        return doc
+        raise Unavailable("could not assign a sequence number")
 
-    async def _dispatch(self, doc: dict[str, Any]) -> None:
+    async def _dispatch(self, event: pb.Event) -> None:
         try:
-            await self._dispatcher.dispatch([events.comment_event(doc)])
+            await self._dispatcher.dispatch([event])
         except Unavailable as exc:
             self.dispatch_failures += 1
-            log.error("comment %s stored but not dispatched: %s", doc["_id"], exc)
+            log.error("%s seq %d stored but not dispatched: %s", event.video_id, event.seq, exc)
+
+    # -- changes ----------------------------------------------------------------
+
+    async def get(self, video_id: str, comment_id: int) -> dict[str, Any]:
+        doc = await self._store.get_comment(video_id, comment_id)
+        if doc is None:
+            raise NotFound("no such comment", code="comment_not_found")
+        return doc
+
+    async def edit(
+        self, actor: Principal, video_id: str, comment_id: int, text: str
+    ) -> dict[str, Any]:
+        changes = {"text": text, "edited_at": utcnow(), "edited_by": actor.user_id}
+        doc = await self._store.update_comment(video_id, comment_id, changes, unless_deleted=True)
+        if doc is None:
+            await self.get(video_id, comment_id)  # 404 when it does not exist at all
+            raise Conflict("a deleted comment cannot be edited", code="comment_deleted")
+        await self._announce(actor, doc, "comment.updated")
+        return doc
+
+    async def delete(self, actor: Principal, doc: dict[str, Any]) -> dict[str, Any]:
+        """Tombstone ``doc`` (permission already checked); deleting twice changes nothing."""
+        if doc.get("status") == events.STATUS_DELETED:
+            return doc
+        changes = {
+            "status": events.STATUS_DELETED,
+            "deleted_at": utcnow(),
+            "deleted_by": actor.user_id,
+        }
+        updated = await self._store.update_comment(
+            doc["video_id"], doc["_id"], changes, unless_deleted=True
+        )
+        if updated is None:
+            return await self.get(doc["video_id"], doc["_id"])  # someone else deleted it
+        await self._announce(actor, updated, "comment.deleted")
+        return updated
+
+    async def _announce(self, actor: Principal, doc: dict[str, Any], change: str) -> None:
+        now = utcnow()
+        marker = {
+            "_id": self.ids.next_id(),
+            "video_id": doc["video_id"],
+            "marker": change,
+            "target_id": doc["_id"],
+            "target_seq": doc["seq"],
+            "snapshot": events.comment_json(doc),
+            "by": actor.user_id,
+            "created_at": now,
+            "created_at_ms": int(now.timestamp() * 1000),
+        }
+        await self._sequence(marker)
+        await self._dispatch(events.change_event(marker))
+
+    # -- held for review ------------------------------------------------------------
+
+    async def approve(self, actor: Principal, comment_id: int) -> dict[str, Any]:
+        """Publish a held comment live, at the video's next seq."""
+        held = await self._store.get_held(comment_id)
+        if held is None:
+            raise NotFound("no such held comment", code="held_not_found")
+        existing = await self._store.get_comment(held["video_id"], comment_id)
+        if existing is not None:
+            return existing  # approved already
+        if held.get("state") != "pending":
+            raise Conflict(f"the comment was already {held.get('state')}", code="already_settled")
+        doc = {k: v for k, v in held.items() if k not in ("state", "score", "reasons")}
+        now = utcnow()
+        doc.update(
+            status=events.STATUS_VISIBLE,
+            approved_by=actor.user_id,
+            approved_at=now,
+            created_at_ms=int(now.timestamp() * 1000),
+        )
+        try:
+            await self._publish(doc)
+        except Conflict as exc:
+            if exc.code != "duplicate_id":
+                raise
+            return await self.get(doc["video_id"], comment_id)  # a concurrent approval won
+        await self._store.settle_held(comment_id, "approved", actor.user_id)
+        return doc
+
+    async def deny(self, actor: Principal, comment_id: int) -> dict[str, Any]:
+        held = await self._store.get_held(comment_id)
+        if held is None:
+            raise NotFound("no such held comment", code="held_not_found")
+        if held.get("state") != "pending":
+            raise Conflict(f"the comment was already {held.get('state')}", code="already_settled")
+        await self._store.settle_held(comment_id, "denied", actor.user_id)
+        held["state"] = "denied"
+        return held
+
+    # -- history ----------------------------------------------------------------------
 
     async def page(
         self, video_id: str, *, before: int | None, after: int | None, limit: int
     ) -> dict[str, Any]:
-        """A page of history by seq range; newest first (``before``) or oldest first (``after``)."""
+        """A page of history by seq range; newest first (``before``) or oldest first (``after``).
+
+        Items are top-level comments (deleted ones as tombstones), each with its
+        first replies and its reply count; changes are already folded into the
+        documents, so their markers are skipped.
+        """
         head_info = await self._sequencer.head(video_id)
         head = head_info[0] if head_info else await self._store.max_seq(video_id)
         if after is not None:
             lo, hi = after + 1, min(after + limit, head)
             docs = await self._store.comments_by_seq(video_id, lo, hi)
-            next_after = hi if hi < head else None
-            cursor: dict[str, Any] = {"next_after": next_after}
+            cursor: dict[str, Any] = {"next_after": hi if hi < head else None}
         else:
             top = min(before if before is not None else head + 1, head + 1)
             lo, hi = max(1, top - limit), top - 1
             docs = await self._store.comments_by_seq(video_id, lo, hi)
             docs.reverse()
             cursor = {"next_before": lo if lo > 1 else None}
-        items = [events.comment_json(d) for d in docs if d.get("status") != events.STATUS_HELD]
+        tops = [d for d in docs if not d.get("marker") and d.get("parent_id") is None]
+        previews = await asyncio.gather(
+            *(
+                self._store.replies(video_id, d["_id"], after_seq=0, limit=REPLY_PREVIEW)
+                for d in tops
+                if d.get("reply_count")
+            )
+        )
+        replies = {r[0]["parent_id"]: r for r in previews if r}
+        items = []
+        for doc in tops:
+            item = events.comment_json(doc)
+            item["reply_count"] = doc.get("reply_count", 0)
+            item["replies"] = [events.comment_json(r) for r in replies.get(doc["_id"], [])]
+            items.append(item)
         return {"video_id": video_id, "items": items, "head": head, **cursor}
+
+    async def replies(
+        self, video_id: str, parent_id: int, *, after: int, limit: int
+    ) -> dict[str, Any]:
+        """Replies to one comment, oldest first, after the reply with seq ``after``."""
+        await self.get(video_id, parent_id)
+        docs = await self._store.replies(video_id, parent_id, after_seq=after, limit=limit + 1)
+        more = len(docs) > limit
+        docs = docs[:limit]
+        return {
+            "video_id": video_id,
+            "parent_id": str(parent_id),
+            "items": [events.comment_json(d) for d in docs],
+            "next_after": docs[-1]["seq"] if more else None,
+        }

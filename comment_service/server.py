@@ -13,6 +13,11 @@ from comment_service.app import build_app
 from comment_service.auth import Accounts
 from comment_service.comments import Comments
 from comment_service.dispatch import DispatchClient
+from comment_service.filter import ContentFilter, load_scorer
+from comment_service.limits import Limiter, PostLimits, Rate
+from comment_service.moderation import Moderation
+from comment_service.policy import Policies
+from comment_service.reactions import Reactions
 from coord import ZK, NodeDirectory
 from coord.membership import WorkerLease
 from livecomments.ids import Snowflake
@@ -48,8 +53,36 @@ class CommentServer:
         self.rtms_nodes = NodeDirectory(self.zk, self.zk.paths.rtms_nodes)
         self.dispatch = DispatchClient(self.dispatchers, settings.dispatch_timeout)
         self.lease = WorkerLease(self.zk)
-        self.accounts = Accounts(self.store, settings.jwt_secret, settings.jwt_ttl)
-        self.comments: Comments = None  # type: ignore[assignment]  # set in start()
+        self.accounts = Accounts(
+            self.store, self.redis, settings.redis_prefix, settings.jwt_secret, settings.jwt_ttl
+        )
+        self.limiter = Limiter(self.redis, settings.redis_prefix)
+        self.policies = Policies(self.store, self.redis, self.limiter)
+        self.content_filter = ContentFilter(
+            load_scorer(settings.filter_scorer, settings.filter_words_file),
+            settings.filter_hold_threshold,
+            settings.filter_refuse_threshold,
+        )
+        self.post_limits = PostLimits(
+            Rate.parse(settings.post_limit_user),
+            Rate.parse(settings.post_limit_ip),
+            settings.duplicate_window,
+        )
+        for spec in (settings.login_limit_account, settings.login_limit_ip,
+                     settings.register_limit_ip, settings.react_limit_user,
+                     settings.report_limit_user, settings.moderate_limit_user):  # fmt: skip
+            Rate.parse(spec)  # a typo in a limit fails at start, not on the first request
+        self.reactions = Reactions(
+            self.redis,
+            settings.redis_prefix,
+            self.store,
+            self.dispatch,
+            push_interval=settings.reaction_push_interval,
+            flush_interval=settings.reaction_flush_interval,
+        )
+        # Both need the Snowflake worker id leased in start().
+        self.comments: Comments = None  # type: ignore[assignment]
+        self.moderation: Moderation = None  # type: ignore[assignment]
         self._runner: web.AppRunner | None = None
         self._started = False
 
@@ -82,7 +115,19 @@ class CommentServer:
         await self.dispatchers.start()
         await self.rtms_nodes.start()
         worker = await self.lease.acquire()
-        self.comments = Comments(self.store, self.sequencer, self.dispatch, Snowflake(worker))
+        ids = Snowflake(worker)
+        self.comments = Comments(
+            self.store,
+            self.sequencer,
+            self.dispatch,
+            ids,
+            content_filter=self.content_filter,
+            limiter=self.limiter,
+            policies=self.policies,
+            post_limits=self.post_limits,
+        )
+        self.moderation = Moderation(self.store, self.comments, ids, s.flag_threshold)
+        self.reactions.start()
         self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert else None
@@ -96,6 +141,7 @@ class CommentServer:
         self._started = False
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.reactions.stop()
         try:
             await asyncio.wait_for(self.lease.release(), timeout)
         except Exception as exc:

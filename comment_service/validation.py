@@ -106,3 +106,58 @@ def query_int(
     if not lo <= value <= hi:
         raise ValidationError(f"{name} must be between {lo} and {hi}", code="invalid_query")
     return value
+
+
+def optional_int(value: Any, field: str, *, lo: int, hi: int) -> int | None:
+    """An optional integer field (JSON numbers only: booleans and floats are refused)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValidationError(
+            f"{field} must be an integer between {lo} and {hi}",
+            code="invalid_field",
+            details={"field": field},
+        )
+    return value
+
+
+def plain_text(value: Any, field: str, max_chars: int) -> str:
+    """An optional free-text field (a reason, a note): "" when absent."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"{field} must be a string", code="invalid_type", details={"field": field}
+        )
+    if not value.strip():
+        return ""
+    return comment_text(value, max_chars)
+
+
+def choice(value: Any, field: str, options: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in options:
+        raise ValidationError(
+            f"{field} must be one of: {', '.join(options)}",
+            code="invalid_field",
+            details={"field": field, "allowed": list(options)},
+        )
+    return value
+
+
+def path_id(request: web.Request, name: str) -> int:
+    number = parse_id(request.match_info[name])
+    if number is None:
+        raise ValidationError(
+            f"{name} must be an id (a decimal string)", code="invalid_id", details={"field": name}
+        )
+    return number
+
+
+def query_id(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    number = parse_id(raw)
+    if number is None:
+        raise ValidationError(f"{name} must be an id", code="invalid_query")
+    return number

@@ -54,22 +54,28 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def comment_json(doc: dict[str, Any]) -> dict[str, Any]:
-    """The public JSON view of a stored comment (ids as decimal strings)."""
+    """The public JSON view of a stored comment (ids as decimal strings).
+
+    ``rev`` counts the changes made to the comment: a client holding a newer
+    revision ignores an older one (a resumed stream can replay both).
+    """
     deleted = doc.get("status") == STATUS_DELETED
     parent = doc.get("parent_id")
     return {
         "id": str(doc["_id"]),
         "video_id": doc["video_id"],
-        "seq": doc["seq"],
-        "epoch": doc.get("epoch", 0),
+        "seq": doc.get("seq"),
+        "epoch": doc.get("epoch"),
         "user_id": str(doc["user_id"]),
         "author": doc["author"],
-        "text": None if deleted else doc["text"],
+        "text": None if deleted else doc.get("text"),
         "parent_id": str(parent) if parent is not None else None,
         "status": doc.get("status", STATUS_VISIBLE),
         "created_at": _iso(doc.get("created_at")),
         "created_at_ms": doc.get("created_at_ms"),
         "edited_at": _iso(doc.get("edited_at")),
+        "rev": doc.get("rev", 0),
+        "reactions": doc.get("reactions") or {},
     }
 
 
@@ -95,3 +101,67 @@ def comment_event(doc: dict[str, Any], kind: int = pb.COMMENT) -> pb.Event:
         frame=comment_frame(doc, kind),
         created_at_ms=doc.get("created_at_ms") or 0,
     )
+
+
+# -- changes to a comment ---------------------------------------------------------
+#
+# An edit or a delete takes the video's next seq, like a comment, and is stored
+# as a marker document at that seq holding the changed comment's JSON. So a
+# change is ordered with the comments around it, reaches a viewer that was
+# away when it happened (resume replays it), and a lost one is filled from the
+# store like any other gap.
+
+CHANGE_KINDS: dict[str, int] = {
+    "comment.updated": pb.COMMENT_UPDATED,
+    "comment.deleted": pb.COMMENT_DELETED,
+}
+
+
+def marker_frame(marker: dict[str, Any]) -> bytes:
+    ident = event_id(marker.get("epoch", 0), marker["seq"])
+    return sse_frame(marker["marker"], orjson.dumps(marker["snapshot"]), ident)
+
+
+def change_event(marker: dict[str, Any]) -> pb.Event:
+    return pb.Event(
+        comment_id=marker["target_id"],
+        video_id=marker["video_id"],
+        seq=marker["seq"],
+        epoch=marker.get("epoch", 0),
+        kind=CHANGE_KINDS[marker["marker"]],  # type: ignore[arg-type]
+        frame=marker_frame(marker),
+        created_at_ms=marker.get("created_at_ms") or 0,
+        target_seq=marker["target_seq"],
+    )
+
+
+def replay_frame(doc: dict[str, Any]) -> bytes | None:
+    """The frame a stored document replays as (resume, gap fill), in its current state."""
+    if doc.get("marker"):
+        return marker_frame(doc)
+    status = doc.get("status", STATUS_VISIBLE)
+    if status == STATUS_VISIBLE:
+        kind = pb.COMMENT_UPDATED if doc.get("edited_at") else pb.COMMENT
+        return comment_frame(doc, kind)
+    if status == STATUS_DELETED:
+        return comment_frame(doc, pb.COMMENT_DELETED)
+    return None
+
+
+def retarget(frame: bytes, epoch: int, seq: int) -> bytes | None:
+    """``frame`` under another event id (a change frame standing in for the comment it changed)."""
+    if not frame.startswith(b"id: "):
+        return None
+    return f"id: {event_id(epoch, seq)}".encode() + frame[frame.index(b"\n") :]
+
+
+# -- reactions ----------------------------------------------------------------------
+
+
+def reactions_event(video_id: str, counts: dict[str, dict[str, int]]) -> pb.Event:
+    """Aggregated reaction totals for some comments of a video: unsequenced, not resumable.
+
+    Totals, not deltas: a lost or repeated event leaves no wrong count behind.
+    """
+    body = orjson.dumps({"video_id": video_id, "comments": counts})
+    return pb.Event(video_id=video_id, seq=0, kind=pb.REACTIONS, frame=sse_frame("reactions", body))

@@ -82,6 +82,29 @@ class CommentServiceSettings(BackendSettings):
     history_page_max: int = 100
     dispatch_timeout: float = 3.0
     cors_origins: tuple[str, ...] = ()
+    # Peers allowed to say who the client is with X-Forwarded-For (the L7 proxy).
+    trusted_proxies: tuple[str, ...] = ()
+    # Token buckets, "N/S": bursts of N, refilled at N per S seconds. Shared by
+    # every replica through Redis. Posting follows Twitch's 20 messages / 30 s.
+    post_limit_user: str = "20/30"
+    post_limit_ip: str = "60/30"  # several users may share an address (NAT, campus)
+    login_limit_account: str = "10/300"
+    login_limit_ip: str = "30/300"
+    register_limit_ip: str = "10/3600"
+    react_limit_user: str = "60/30"
+    report_limit_user: str = "10/60"
+    moderate_limit_user: str = "120/60"
+    duplicate_window: float = 30.0  # same text from the same user on a video is refused this long
+    max_slow_mode: int = 3600  # seconds; the longest slow mode a moderator may set
+    # The content filter: a scorer ("" = the built-in word list and patterns, or
+    # "package.module:name") and two thresholds on its 0..1 score.
+    filter_scorer: str = ""
+    filter_words_file: str = ""
+    filter_hold_threshold: float = 0.5  # at or above: held for a moderator
+    filter_refuse_threshold: float = 0.9  # at or above: refused
+    flag_threshold: int = 5  # reports against a user's comments before the user is flagged
+    reaction_push_interval: float = 1.0  # at most one reactions event per video this often
+    reaction_flush_interval: float = 5.0  # reaction counts written to the store this often
 
 
 S = TypeVar("S", bound=BackendSettings)

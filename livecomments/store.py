@@ -6,10 +6,12 @@ bounded ``seq`` ranges, so a page costs at most ``limit`` documents on any store
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -59,7 +61,7 @@ class Store:
         return self._col("users")
 
     async def ensure_indexes(self) -> None:
-        try:
+        with _guard("cannot create indexes"):
             await self.comments.create_indexes(
                 [
                     IndexModel([("video_id", ASCENDING), ("seq", DESCENDING)], unique=True),
@@ -72,66 +74,244 @@ class Store:
                 ]
             )
             await self.users.create_indexes(
-                [IndexModel([("username_key", ASCENDING)], unique=True)]
+                [
+                    IndexModel([("username_key", ASCENDING)], unique=True),
+                    IndexModel([("flagged", ASCENDING), ("flagged_at", DESCENDING)]),
+                ]
             )
-        except PyMongoError as exc:
-            raise Unavailable(f"store: cannot create indexes: {exc}") from exc
+            await self._col("held").create_indexes(
+                [IndexModel([("state", ASCENDING), ("video_id", ASCENDING), ("_id", DESCENDING)])]
+            )
+            await self._col("reports").create_indexes(
+                [
+                    IndexModel(
+                        [("comment_id", ASCENDING), ("reporter_id", ASCENDING)], unique=True
+                    ),
+                    IndexModel([("status", ASCENDING), ("_id", DESCENDING)]),
+                ]
+            )
+            await self._col("bans").create_indexes([IndexModel([("scope", ASCENDING)])])
 
     # -- comments ---------------------------------------------------------------
 
     async def insert_comment(self, doc: Doc) -> None:
-        """Persist a comment; Conflict when its (video_id, seq) is already taken."""
+        """Persist a comment or a change marker.
+
+        Conflict ``seq_conflict`` when its (video_id, seq) is taken, ``duplicate_id``
+        when a comment with its id is already stored (an approval done twice).
+        """
         try:
-            await self.comments.insert_one(doc)
+            with _guard():
+                await self.comments.insert_one(doc)
         except DuplicateKeyError as exc:
+            if "_id" in ((exc.details or {}).get("keyPattern") or {}):
+                raise Conflict("comment already stored", code="duplicate_id") from exc
             raise Conflict("sequence number already used", code="seq_conflict") from exc
-        except PyMongoError as exc:
-            raise Unavailable(f"store: {exc}") from exc
 
     async def comments_by_seq(self, video_id: str, lo: int, hi: int) -> list[Doc]:
-        """Comments with ``lo <= seq <= hi``, ascending by seq."""
+        """Comments and change markers with ``lo <= seq <= hi``, ascending by seq."""
         if hi < lo:
             return []
-        try:
+        with _guard():
             cursor = self.comments.find(
                 {"video_id": video_id, "seq": {"$gte": lo, "$lte": hi}}
             ).sort("seq", ASCENDING)
             return await cursor.to_list(length=hi - lo + 1)
-        except PyMongoError as exc:
-            raise Unavailable(f"store: {exc}") from exc
 
     async def max_seq(self, video_id: str) -> int:
         """The highest seq stored for a video (0 for none). Used only to re-seed a counter."""
-        try:
+        with _guard():
             doc = await self.comments.find_one(
                 {"video_id": video_id}, projection={"seq": 1}, sort=[("seq", DESCENDING)]
             )
-        except PyMongoError as exc:
-            raise Unavailable(f"store: {exc}") from exc
         return int(doc["seq"]) if doc else 0
 
     async def get_comment(self, video_id: str, comment_id: int) -> Doc | None:
-        try:
+        with _guard():
             # video_id first: on a sharded store this is a targeted query.
-            return await self.comments.find_one({"video_id": video_id, "_id": comment_id})
-        except PyMongoError as exc:
-            raise Unavailable(f"store: {exc}") from exc
+            return await self.comments.find_one(
+                {"video_id": video_id, "_id": comment_id, "marker": None}
+            )
+
+    async def find_comment(self, comment_id: int) -> Doc | None:
+        """A comment by id alone. Not targeted on a sharded store: for rare paths (reports)."""
+        with _guard():
+            return await self.comments.find_one({"_id": comment_id, "marker": None})
+
+    async def update_comment(
+        self, video_id: str, comment_id: int, changes: Doc, *, unless_deleted: bool
+    ) -> Doc | None:
+        """Apply ``changes`` (a $set), bump ``rev``; the new document, or None if no match."""
+        query: Doc = {"video_id": video_id, "_id": comment_id, "marker": None}
+        if unless_deleted:
+            query["status"] = {"$ne": "deleted"}
+        update: Doc = {"$set": changes, "$inc": {"rev": 1}}
+        if changes.get("status") == "deleted":
+            update["$unset"] = {"text": ""}
+        with _guard():
+            return await self.comments.find_one_and_update(
+                query, update, return_document=ReturnDocument.AFTER
+            )
+
+    async def count_reply(self, video_id: str, parent_id: int) -> None:
+        with _guard():
+            await self.comments.update_one(
+                {"video_id": video_id, "_id": parent_id}, {"$inc": {"reply_count": 1}}
+            )
+
+    async def replies(
+        self, video_id: str, parent_id: int, *, after_seq: int, limit: int
+    ) -> list[Doc]:
+        """Replies to one comment, oldest first, from seq ``after_seq`` on."""
+        with _guard():
+            cursor = self.comments.find(
+                {"video_id": video_id, "parent_id": parent_id, "seq": {"$gt": after_seq}}
+            ).sort("seq", ASCENDING)
+            return await cursor.limit(limit).to_list(length=limit)
+
+    async def set_reactions(self, counts: dict[tuple[str, int], dict[str, int]]) -> None:
+        """Write flushed reaction counts: ``{(video_id, comment_id): {name: n}}``."""
+        if not counts:
+            return
+        with _guard():
+            await self.comments.bulk_write(
+                [
+                    UpdateOne({"video_id": video, "_id": cid}, {"$set": {"reactions": value}})
+                    for (video, cid), value in counts.items()
+                ],
+                ordered=False,
+            )
+
+    # -- held for review ----------------------------------------------------------
+
+    async def insert_held(self, doc: Doc) -> None:
+        with _guard():
+            await self._col("held").insert_one(doc)
+
+    async def held(self, video_id: str | None, *, before: int | None, limit: int) -> list[Doc]:
+        query: Doc = {"state": "pending"}
+        if video_id is not None:
+            query["video_id"] = video_id
+        if before is not None:
+            query["_id"] = {"$lt": before}
+        with _guard():
+            cursor = self._col("held").find(query).sort("_id", DESCENDING)
+            return await cursor.limit(limit).to_list(length=limit)
+
+    async def get_held(self, comment_id: int) -> Doc | None:
+        with _guard():
+            return await self._col("held").find_one({"_id": comment_id})
+
+    async def settle_held(self, comment_id: int, state: str, by: int) -> None:
+        with _guard():
+            await self._col("held").update_one(
+                {"_id": comment_id},
+                {"$set": {"state": state, "settled_by": by, "settled_at": utcnow()}},
+            )
+
+    # -- reports ------------------------------------------------------------------
+
+    async def insert_report(self, doc: Doc) -> None:
+        try:
+            with _guard():
+                await self._col("reports").insert_one(doc)
+        except DuplicateKeyError as exc:
+            raise Conflict("you already reported this comment", code="already_reported") from exc
+
+    async def reports(self, status: str, *, before: int | None, limit: int) -> list[Doc]:
+        query: Doc = {"status": status}
+        if before is not None:
+            query["_id"] = {"$lt": before}
+        with _guard():
+            cursor = self._col("reports").find(query).sort("_id", DESCENDING)
+            return await cursor.limit(limit).to_list(length=limit)
+
+    async def settle_reports(self, comment_id: int, status: str, by: int) -> int:
+        """Close every open report of a comment; how many were open."""
+        with _guard():
+            result = await self._col("reports").update_many(
+                {"comment_id": comment_id, "status": "open"},
+                {"$set": {"status": status, "settled_by": by, "settled_at": utcnow()}},
+            )
+        return int(result.modified_count)
+
+    async def get_report(self, report_id: int) -> Doc | None:
+        with _guard():
+            return await self._col("reports").find_one({"_id": report_id})
+
+    # -- bans ---------------------------------------------------------------------
+
+    async def put_ban(self, doc: Doc) -> None:
+        with _guard():
+            await self._col("bans").replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    async def delete_ban(self, ban_id: str) -> bool:
+        with _guard():
+            result = await self._col("bans").delete_one({"_id": ban_id})
+        return bool(result.deleted_count)
+
+    async def active_bans(self, scope: str | None = None) -> list[Doc]:
+        query: Doc = {"$or": [{"expires_at": None}, {"expires_at": {"$gt": utcnow()}}]}
+        if scope is not None:
+            query["scope"] = scope
+        with _guard():
+            return await self._col("bans").find(query).to_list(length=None)
+
+    # -- videos -------------------------------------------------------------------
+
+    async def video_settings(self, video_id: str) -> Doc:
+        with _guard():
+            doc = await self._col("videos").find_one({"_id": video_id})
+        return doc or {"_id": video_id}
+
+    async def set_video_settings(self, video_id: str, changes: Doc) -> Doc:
+        with _guard():
+            doc = await self._col("videos").find_one_and_update(
+                {"_id": video_id},
+                {"$set": changes},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        return doc or {"_id": video_id, **changes}
 
     # -- users ----------------------------------------------------------------
 
     async def create_user(self, doc: Doc) -> None:
         try:
-            await self.users.insert_one(doc)
+            with _guard():
+                await self.users.insert_one(doc)
         except DuplicateKeyError as exc:
             raise Conflict("username is taken", code="username_taken") from exc
-        except PyMongoError as exc:
-            raise Unavailable(f"store: {exc}") from exc
 
     async def find_user(self, username_key: str) -> Doc | None:
-        try:
+        with _guard():
             return await self.users.find_one({"username_key": username_key})
-        except PyMongoError as exc:
-            raise Unavailable(f"store: {exc}") from exc
+
+    async def get_user(self, user_id: int) -> Doc | None:
+        with _guard():
+            return await self.users.find_one({"_id": user_id})
+
+    async def update_user(self, user_id: int, update: Doc) -> Doc | None:
+        with _guard():
+            return await self.users.find_one_and_update(
+                {"_id": user_id}, update, return_document=ReturnDocument.AFTER
+            )
+
+    async def flagged_users(self, *, limit: int) -> list[Doc]:
+        with _guard():
+            cursor = self.users.find({"flagged": True}).sort("flagged_at", DESCENDING)
+            return await cursor.limit(limit).to_list(length=limit)
+
+
+@contextlib.contextmanager
+def _guard(what: str = "") -> Iterator[None]:
+    """Store failures become ``Unavailable``; duplicate keys are left to the caller."""
+    try:
+        yield
+    except DuplicateKeyError:
+        raise
+    except PyMongoError as exc:
+        raise Unavailable(f"store: {what + ': ' if what else ''}{exc}") from exc
 
 
 def utcnow() -> dt.datetime:

@@ -52,17 +52,6 @@ class Viewer:
         self.closed = False
 
 
-def frame_for(doc: dict[str, Any]) -> bytes | None:
-    """The frame a stored comment replays as; None for what viewers must not see."""
-    status = doc.get("status", events.STATUS_VISIBLE)
-    if status == events.STATUS_VISIBLE:
-        kind = pb.COMMENT_UPDATED if doc.get("edited_at") else pb.COMMENT
-        return events.comment_frame(doc, kind)
-    if status == events.STATUS_DELETED:
-        return events.comment_frame(doc, pb.COMMENT_DELETED)
-    return None  # held for review
-
-
 def reset_frame(reason: str, epoch: int | None) -> bytes:
     return events.sse_frame("reset", orjson.dumps({"reason": reason, "epoch": epoch}))
 
@@ -86,7 +75,8 @@ class Channel:
         self.ring: deque[tuple[int, bytes]] = deque(maxlen=ring_size)
         self.last_seq = last_seq
         self.epoch = epoch
-        self.pending: dict[int, bytes] = {}
+        # seq -> (frame, seq of the comment it changes or 0), waiting for a gap to close
+        self.pending: dict[int, tuple[bytes, int]] = {}
         self.filling: asyncio.Task[None] | None = None
         self.fill_to = 0  # fill from the store up to here even without a later event
         self.idle_handle: asyncio.TimerHandle | None = None
@@ -213,7 +203,7 @@ class Hub:
             # await separates the final ring read from joining the live set.
             docs = await self._backend.fetch(channel.video_id, cursor + 1, ring_start - 1)
             for doc in docs:
-                frame = frame_for(doc)
+                frame = events.replay_frame(doc)
                 if frame is not None:
                     frames.append(frame)
             cursor = ring_start - 1
@@ -282,25 +272,44 @@ class Hub:
         if seq <= channel.last_seq or seq in channel.pending:
             return False
         if seq == channel.last_seq + 1:
-            self._accept(channel, seq, event.frame, frames)
+            self._accept(channel, seq, event.frame, frames, event.target_seq)
             self._drain(channel, frames)
         else:
-            channel.pending[seq] = event.frame
+            channel.pending[seq] = (event.frame, event.target_seq)
             self._request_fill(channel)
         return True
 
-    def _accept(self, channel: Channel, seq: int, frame: bytes, frames: list[bytes]) -> None:
+    def _accept(
+        self, channel: Channel, seq: int, frame: bytes, frames: list[bytes], target: int = 0
+    ) -> None:
         channel.last_seq = seq
         channel.ring.append((seq, frame))
         frames.append(frame)
+        if target:
+            self._patch_ring(channel, target, frame)
+
+    @staticmethod
+    def _patch_ring(channel: Channel, target: int, frame: bytes) -> None:
+        """A changed comment replays in its new state: resume never shows deleted text."""
+        ring = channel.ring
+        if not ring or target < ring[0][0] or channel.epoch is None:
+            return
+        for index, (seq, _) in enumerate(ring):
+            if seq == target:
+                patched = events.retarget(frame, channel.epoch, target)
+                if patched is not None:
+                    ring[index] = (target, patched)
+                return
+            if seq > target:
+                return
 
     def _drain(self, channel: Channel, frames: list[bytes]) -> None:
         pending = channel.pending
         while pending:
-            frame = pending.pop(channel.last_seq + 1, None)
-            if frame is None:
+            entry = pending.pop(channel.last_seq + 1, None)
+            if entry is None:
                 break
-            self._accept(channel, channel.last_seq + 1, frame, frames)
+            self._accept(channel, channel.last_seq + 1, entry[0], frames, entry[1])
 
     def _broadcast(self, channel: Channel, data: bytes) -> None:
         limit = self._max_buffer
@@ -337,11 +346,11 @@ class Hub:
             if doc["seq"] != channel.last_seq + 1:
                 continue  # delivered meanwhile, or beyond a hole the store still has
             self.stats.gap_filled += 1
-            frame = frame_for(doc)
+            frame = events.replay_frame(doc)
             if frame is None:
                 channel.last_seq = doc["seq"]
             else:
-                self._accept(channel, doc["seq"], frame, frames)
+                self._accept(channel, doc["seq"], frame, frames, doc.get("target_seq") or 0)
 
     async def _fill(self, channel: Channel) -> None:
         """Fetch missing seqs from the store; skip ones it still lacks after a deadline.

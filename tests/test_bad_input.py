@@ -187,6 +187,7 @@ async def test_expired_token_is_refused(cluster: Cluster, api: Api) -> None:
             "iss": "livecomments",
             "iat": now - 7200,
             "exp": now - 3600,
+            "jti": "old-token",
         },
         cluster.jwt_secret,
         algorithm="HS256",

@@ -1,0 +1,243 @@
+"""Limits shared by every comment-service replica, kept in Redis.
+
+Token buckets (all-or-nothing over several buckets, on Redis' clock so replicas
+with skewed clocks agree), and the admission check of a post: bans, the
+video's slow mode, duplicate suppression and the posting buckets, decided in
+one Lua call so the hot path costs one round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from livecomments.errors import Forbidden, LiveCommentsError, Unavailable
+
+
+class TooManyRequests(LiveCommentsError):
+    code = "rate_limited"
+    status = 429
+    temporary = True
+
+    def __init__(self, message: str, retry_after_ms: int, *, code: str | None = None) -> None:
+        seconds = max(1, math.ceil(retry_after_ms / 1000))
+        super().__init__(
+            message,
+            code=code,
+            details={"retry_after": seconds},
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A bucket of ``capacity`` tokens refilled at ``capacity`` per ``per`` seconds."""
+
+    capacity: int
+    per: float
+
+    @classmethod
+    def parse(cls, spec: str) -> Rate:
+        count, sep, seconds = spec.partition("/")
+        try:
+            rate = cls(int(count), float(seconds))
+        except ValueError:
+            rate = cls(0, 0.0)
+        if not sep or rate.capacity < 1 or rate.per <= 0:
+            raise ValueError(f"a rate is 'N/SECONDS' with N >= 1, got {spec!r}")
+        return rate
+
+    @property
+    def per_ms(self) -> float:
+        return self.capacity / (self.per * 1000.0)
+
+
+# Token buckets: KEYS are the buckets, ARGV[2i-1], ARGV[2i] their capacity and
+# refill per ms. Returns {0, 0} when a token was taken from every bucket, else
+# {index of the emptiest bucket, ms until it has a token}; nothing is taken then.
+_BUCKETS = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local levels = {}
+local worst, wait = 0, 0
+for i = 1, #KEYS do
+  local cap, rate = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local v = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
+  local tokens, ts = tonumber(v[1]), tonumber(v[2])
+  if tokens == nil or ts == nil then tokens, ts = cap, now end
+  tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
+  levels[i] = tokens
+  if tokens < 1 then
+    local w = math.ceil((1 - tokens) / rate)
+    if w > wait then worst, wait = i, w end
+  end
+end
+if worst > 0 then return {worst, wait} end
+for i = 1, #KEYS do
+  local cap, rate = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  redis.call('HSET', KEYS[i], 'tokens', tostring(levels[i] - 1), 'ts', tostring(now))
+  redis.call('PEXPIRE', KEYS[i], math.ceil(cap / rate) + 1000)
+end
+return {0, 0}
+"""
+
+# Admission of a post. KEYS: 1 global ban, 2 video ban, 3 bans-loaded marker,
+# 4 video settings, 5 user bucket, 6 ip bucket, 7 slow-mode mark, 8 duplicate mark.
+# ARGV: user cap, user rate, ip cap, ip rate, duplicate window ms, exempt (1/0).
+# Returns {verdict, ms}: ok, load_bans, load_settings, banned_global,
+# banned_video, slow_mode, duplicate, rate_user, rate_ip.
+_ADMIT = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return {'load_bans', 0} end
+local ban = redis.call('PTTL', KEYS[1])
+if ban ~= -2 then return {'banned_global', ban} end
+ban = redis.call('PTTL', KEYS[2])
+if ban ~= -2 then return {'banned_video', ban} end
+if redis.call('EXISTS', KEYS[4]) == 0 then return {'load_settings', 0} end
+local exempt = ARGV[6] == '1'
+local slow = tonumber(redis.call('HGET', KEYS[4], 'slow_mode') or '0') or 0
+if not exempt then
+  if slow > 0 then
+    local left = redis.call('PTTL', KEYS[7])
+    if left > 0 then return {'slow_mode', left} end
+  end
+  local dup = redis.call('PTTL', KEYS[8])
+  if dup > 0 then return {'duplicate', dup} end
+end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local levels = {}
+for i = 5, 6 do
+  local cap, rate = tonumber(ARGV[(i - 5) * 2 + 1]), tonumber(ARGV[(i - 5) * 2 + 2])
+  local v = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
+  local tokens, ts = tonumber(v[1]), tonumber(v[2])
+  if tokens == nil or ts == nil then tokens, ts = cap, now end
+  tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
+  if tokens < 1 then
+    return {i == 5 and 'rate_user' or 'rate_ip', math.ceil((1 - tokens) / rate)}
+  end
+  levels[i] = tokens
+end
+for i = 5, 6 do
+  local cap, rate = tonumber(ARGV[(i - 5) * 2 + 1]), tonumber(ARGV[(i - 5) * 2 + 2])
+  redis.call('HSET', KEYS[i], 'tokens', tostring(levels[i] - 1), 'ts', tostring(now))
+  redis.call('PEXPIRE', KEYS[i], math.ceil(cap / rate) + 1000)
+end
+if not exempt then
+  if slow > 0 then redis.call('SET', KEYS[7], '1', 'PX', slow * 1000) end
+  if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[8], '1', 'PX', ARGV[5]) end
+end
+return {'ok', 0}
+"""
+
+_REFUSALS: dict[str, tuple[str, str]] = {
+    "slow_mode": ("slow_mode", "slow mode is on: wait before commenting again"),
+    "duplicate": ("duplicate_message", "you sent the same message a moment ago"),
+    "rate_user": ("rate_limited", "you are commenting too fast"),
+    "rate_ip": ("rate_limited", "too many comments from your network"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PostLimits:
+    user: Rate
+    ip: Rate
+    duplicate_window: float
+
+
+class Limiter:
+    """Rate limits and post admission; one instance per process, state in Redis."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._buckets = redis.register_script(_BUCKETS)
+        self._admit = redis.register_script(_ADMIT)
+
+    def key(self, *parts: str | int) -> str:
+        return self._prefix + ":".join(str(p) for p in parts)
+
+    async def take(self, what: str, *buckets: tuple[str, Rate]) -> None:
+        """One token from every bucket, or none and a 429 naming the wait."""
+        keys = [self.key("rl", name) for name, _ in buckets]
+        args: list[Any] = []
+        for _, rate in buckets:
+            args += [rate.capacity, repr(rate.per_ms)]
+        try:
+            worst, wait = await self._buckets(keys=keys, args=args)
+        except RedisError as exc:
+            raise Unavailable(f"rate limiter: {exc}") from exc
+        if int(worst):
+            raise TooManyRequests(f"too many {what}; try again later", int(wait))
+
+    def duplicate_key(self, user_id: int, video_id: str, text: str) -> str:
+        digest = hashlib.blake2b(text.casefold().encode(), digest_size=12).hexdigest()
+        return self.key("dup", user_id, video_id, digest)
+
+    async def admit_post(
+        self,
+        *,
+        user_id: int,
+        ip: str,
+        video_id: str,
+        text: str,
+        limits: PostLimits,
+        exempt: bool,
+    ) -> str:
+        """One Redis call deciding whether the post may go ahead.
+
+        Returns "ok", or "load_bans" / "load_settings" when the caller must
+        refill Redis from the store first; raises the refusal otherwise.
+        """
+        keys = [
+            self.key("ban", "*", user_id),
+            self.key("ban", video_id, user_id),
+            self.key("bans-loaded"),
+            self.key("vs", video_id),
+            self.key("rl", "post-user", user_id),
+            self.key("rl", "post-ip", ip),
+            self.key("slow", video_id, user_id),
+            self.duplicate_key(user_id, video_id, text),
+        ]
+        args: list[Any] = [
+            limits.user.capacity,
+            repr(limits.user.per_ms),
+            limits.ip.capacity,
+            repr(limits.ip.per_ms),
+            int(limits.duplicate_window * 1000),
+            1 if exempt else 0,
+        ]
+        try:
+            verdict_raw, ms_raw = await self._admit(keys=keys, args=args)
+        except RedisError as exc:
+            raise Unavailable(f"rate limiter: {exc}") from exc
+        verdict = verdict_raw.decode() if isinstance(verdict_raw, bytes) else str(verdict_raw)
+        ms = int(ms_raw)
+        if verdict in ("ok", "load_bans", "load_settings"):
+            return verdict
+        if verdict.startswith("banned_"):
+            scope = "global" if verdict == "banned_global" else "video"
+            details: dict[str, Any] = {"scope": scope}
+            if ms > 0:
+                details["retry_after"] = max(1, math.ceil(ms / 1000))
+            message = "you are banned from commenting" + (
+                " on this video" if scope == "video" else ""
+            )
+            if ms > 0:
+                message += f" for another {details['retry_after']} s"
+            raise Forbidden(message, code="banned", details=details)
+        code, message = _REFUSALS[verdict]
+        raise TooManyRequests(message, ms, code=code)
+
+    async def release_post(self, user_id: int, video_id: str, text: str) -> None:
+        """Undo the slow-mode and duplicate marks of a post that then failed."""
+        try:
+            await self._redis.delete(
+                self.key("slow", video_id, user_id), self.duplicate_key(user_id, video_id, text)
+            )
+        except RedisError:
+            pass  # the marks expire on their own

@@ -1,0 +1,82 @@
+"""What every handler needs: the server, the caller, the client address, JSON answers."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from comment_service.auth import Principal
+from comment_service.limits import Rate
+from livecomments.errors import LiveCommentsError, Unauthorized, ValidationError
+from livecomments.ids import valid_video_id
+
+if TYPE_CHECKING:
+    from comment_service.server import CommentServer
+
+SERVER_KEY: web.AppKey[CommentServer] = web.AppKey("server")
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(exc: LiveCommentsError) -> web.Response:
+    return json_response(exc.to_json(), exc.status, exc.headers or None)
+
+
+def server_of(request: web.Request) -> CommentServer:
+    return request.app[SERVER_KEY]
+
+
+def video_id_of(request: web.Request) -> str:
+    video_id = request.match_info["video_id"]
+    if not valid_video_id(video_id):
+        raise ValidationError("video ids are 1-64 of [A-Za-z0-9_-]", code="invalid_video_id")
+    return video_id
+
+
+async def caller(request: web.Request) -> Principal:
+    """The logged-in user sending the request (401 for anyone else)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "log in and send 'Authorization: Bearer <token>'",
+            code="unauthorized",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return await server_of(request).accounts.authenticate(token.strip())
+
+
+def client_ip(request: web.Request) -> str:
+    """The client's address; X-Forwarded-For counts only when a trusted proxy sent it.
+
+    Hops are read from the right, skipping our own proxies: the first other
+    address is the one the outermost trusted proxy saw, which a client cannot forge.
+    """
+    peer = request.remote or "unknown"
+    trusted = server_of(request).settings.trusted_proxies
+    if peer not in trusted:
+        return peer
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+    for hop in reversed(hops):
+        if hop in trusted:
+            continue
+        try:
+            return str(ipaddress.ip_address(hop))
+        except ValueError:
+            break
+    return peer
+
+
+async def limit(request: web.Request, what: str, *buckets: tuple[str, str]) -> None:
+    """Take a token from each ``(bucket name, "N/S" rate)``, or answer 429."""
+    server = server_of(request)
+    await server.limiter.take(what, *((name, Rate.parse(spec)) for name, spec in buckets))

@@ -126,6 +126,7 @@ _REPEAT_CAP = 0.97
 # Laughter ("kkkkkkkkkk", "hahahaha", "wwwww") and cheering ("GOOOOOO") are
 # ordinary chat, so a run only starts to count at this many characters.
 _RUN_START = 24
+# "no no no no" is chat; words start to count as repetition above this many uses each.
 _TOKENS_PER_DISTINCT_START = 4.0
 
 # Invisible characters used to split a word without changing how it looks.
@@ -160,6 +161,7 @@ _LINKS = re.compile(
             r"(?<![\w-])(?!(?:the|a|an|polka|no)\b)[a-z0-9-]{2,}+"
             r"(?:\s*[(\[{]\s*(?:dot|\.)\s*[)\]}]\s*|\s+dot\s+"
             r"|\s+\.\s*|\s*\.\s+)(?:com|net|org|io|gg|xyz|ru|info|biz)(?![\w-])",
+            # Possessive labels keep a long "a.a.a.a..." from backtracking.
             rf"(?<![\w.-])(?:[a-z0-9-]++\.)+(?:{_TLDS})(?![\w-])(?:/\S*)?",
         )
     )
@@ -178,6 +180,8 @@ _INVITE_TALK = re.compile(
 _INVITE_HINTS = ("discord", "t.me/", "telegram", "whatsapp", "wa.me/", "tg")
 _MENTIONS = re.compile(r"(?<![\w@])@\w{2,}")
 _CHAR_RUNS = re.compile(rf"(.)\1{{{_RUN_START - 1},}}", re.DOTALL)
+# Emoji, arrows, shapes, dingbats and ASCII punctuation; not combining marks,
+# which Hindi or Arabic text is full of.
 _SYMBOLS = re.compile(
     "[\u2190-\u21ff\u2300-\u23ff\u2460-\u24ff\u25a0-\u27bf\u2900-\u297f\u2b00-\u2bff"
     "\U0001f000-\U0001faff\ufe0f\u200d!-/:-@\\[-`{-~]"
@@ -254,7 +258,7 @@ def _repetition(text: str, plain: str) -> float:
     # Text made of a handful of characters ("hahaha...", "buynowbuynow...") is
     # treated as one run, shortened by how many characters it cycles through.
     if 0 < distinct <= 12:
-        longest = max(longest, int(len(compact) * min(1.0, 3 / distinct)))
+        longest = max(longest, int(len(compact) * min(1.0, 4 / distinct)))
     by_chars = 0.0 if longest < _RUN_START else 0.2 + (longest - _RUN_START) * 0.012
     words = plain.split()
     by_words = 0.0
@@ -412,7 +416,10 @@ def load_scorer(spec: str, words_file: str = "") -> Scorer:
         except AttributeError as exc:
             raise ValueError(f"{module_name!r} has no {attr!r}") from exc
     if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "score")):
-        obj = obj()
+        try:
+            obj = obj()
+        except TypeError as exc:  # it wants arguments: not a factory we can call
+            raise ValueError(f"{spec!r} cannot be called without arguments: {exc}") from exc
     if not callable(getattr(obj, "score", None)):
         raise ValueError(f"{spec!r} is not a scorer: it has no score(text) method")
     return cast(Scorer, obj)

@@ -70,6 +70,53 @@ def comment_service(**flags: Any) -> None:
     serve(lambda: CommentServer(settings), ready=_ready)
 
 
+@main.group()
+def users() -> None:
+    """Accounts: the first admin, and roles (talks to the store and ZooKeeper directly)."""
+
+
+@users.command("create-admin")
+@click.argument("username")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from stdin instead of a prompt."
+)
+def create_admin(username: str, password_stdin: bool) -> None:
+    """Create USERNAME with the admin role (the first admin of an installation)."""
+    import asyncio
+
+    from comment_service.admin import create_admin as create
+    from livecomments.errors import LiveCommentsError
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    settings = cfg.load(cfg.BackendSettings)
+    try:
+        user = asyncio.run(create(settings, username, password))
+    except LiveCommentsError as exc:
+        raise click.ClickException(f"{exc.message} ({exc.code})") from exc
+    click.echo(f"created admin {user['username']} (id {user['_id']})")
+
+
+@users.command("set-role")
+@click.argument("username")
+@click.argument("role", type=click.Choice(["viewer", "moderator", "admin"]))
+def set_role(username: str, role: str) -> None:
+    """Give USERNAME the ROLE (admins can also do this with PUT /api/users/{id}/role)."""
+    import asyncio
+
+    from comment_service.admin import set_role as assign
+    from livecomments.errors import LiveCommentsError
+
+    settings = cfg.load(cfg.BackendSettings)
+    try:
+        user = asyncio.run(assign(settings, username, role))
+    except LiveCommentsError as exc:
+        raise click.ClickException(f"{exc.message} ({exc.code})") from exc
+    click.echo(f"{user['username']} (id {user['_id']}) is now {role}")
+
+
 @main.command()
 @click.option(
     "--run-dir",

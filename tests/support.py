@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
+
+from livecomments.cluster import Cluster
 
 
 @dataclass
@@ -165,6 +170,18 @@ class Api:
         assert status == 201, body
         return str(body["token"])
 
+    async def login(self, username: str, password: str = "correct horse battery") -> str:
+        status, body, _ = await self.request(
+            "POST", "/api/auth/login", json={"username": username, "password": password}
+        )
+        assert status == 200, body
+        return str(body["token"])
+
+    async def user_id(self, token: str) -> str:
+        status, body, _ = await self.request("GET", "/api/auth/me", token=token)
+        assert status == 200, body
+        return str(body["id"])
+
     async def post(self, video: str, text: str, token: str, **extra: Any) -> dict[str, Any]:
         status, body, _ = await self.request(
             "POST", f"/api/videos/{video}/comments", json={"text": text, **extra}, token=token
@@ -177,6 +194,42 @@ class Api:
         status, body, _ = await self.request("GET", f"/api/videos/{video}/comments?{query}")
         assert status == 200, body
         return dict(body)
+
+
+PASSWORD = "correct horse battery"
+
+
+def create_admin(cluster: Cluster, username: str, password: str = PASSWORD) -> None:
+    """``livecomments users create-admin``, the way an operator makes the first admin."""
+    result = subprocess.run(
+        [sys.executable, "-m", "livecomments", "users", "create-admin", username,
+         "--password-stdin"],
+        input=password + "\n",
+        env={**os.environ, **cluster.base_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+async def staff(api: Api, cluster: Cluster, role: str = "moderator") -> tuple[str, str]:
+    """A fresh user with ``role``: (token, user id). Made by an admin through the API."""
+    admin = unique("admin")
+    await asyncio.to_thread(create_admin, cluster, admin)
+    admin_token = await api.login(admin)
+    if role == "admin":
+        status, me, _ = await api.request("GET", "/api/auth/me", token=admin_token)
+        return admin_token, str(me["id"])
+    name = unique(role)
+    await api.register(name)
+    status, me, _ = await api.request("GET", "/api/auth/me", token=await api.login(name))
+    status, body, _ = await api.request(
+        "PUT", f"/api/users/{me['id']}/role", json={"role": role}, token=admin_token
+    )
+    assert status == 200, body
+    return await api.login(name), str(me["id"])
 
 
 def client_session(ca_file: str, limit: int = 200) -> aiohttp.ClientSession:

@@ -58,7 +58,8 @@ def cluster(
 ) -> Iterator[Cluster]:
     """Two dispatchers, two RTMS nodes, one comment service (TLS), shared by a module.
 
-    A module may set ``CLUSTER_ENV`` (extra ``LIVECOMMENTS_*`` settings) for its cluster.
+    A module may set ``CLUSTER_ENV`` (extra ``LIVECOMMENTS_*`` settings) and
+    ``CLUSTER_SHAPE`` (how many of each process) for its cluster.
     """
     started = make_cluster(
         run_root,
@@ -66,7 +67,9 @@ def cluster(
         request.module.__name__.rsplit(".", 1)[-1],
         extra_env={**NO_LIMITS, **getattr(request.module, "CLUSTER_ENV", {})},
     )
-    started.start(dispatchers=2, rtms=2, comment_services=1)
+    shape = {"dispatchers": 2, "rtms": 2, "comment_services": 1}
+    shape.update(getattr(request.module, "CLUSTER_SHAPE", {}))
+    started.start(**shape)
     yield started
     started.stop()
 

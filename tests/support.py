@@ -232,9 +232,16 @@ async def staff(api: Api, cluster: Cluster, role: str = "moderator") -> tuple[st
     return await api.login(name), str(me["id"])
 
 
-def client_session(ca_file: str, limit: int = 200) -> aiohttp.ClientSession:
+def client_session(
+    ca_file: str, limit: int = 200, source: str | None = None
+) -> aiohttp.ClientSession:
+    """A client; ``source`` picks the local address (127.0.0.x) connections come from."""
     context = ssl.create_default_context(cafile=ca_file) if ca_file else None
-    connector = aiohttp.TCPConnector(ssl=context if context else False, limit=limit)
+    connector = aiohttp.TCPConnector(
+        ssl=context if context else False,
+        limit=limit,
+        local_addr=(source, 0) if source else None,
+    )
     return aiohttp.ClientSession(connector=connector)
 
 

@@ -14,7 +14,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from livecomments.cluster import Cluster
-from tests.support import Api, Viewer, unique
+from tests.support import Api, Viewer, staff, unique
 
 
 async def stored(cluster: Cluster, video: str) -> int:
@@ -313,3 +313,66 @@ async def test_rtms_refuses_bad_requests_and_keeps_serving(
     async with session.get(rtms + "/healthz") as response:
         assert response.status == 200
         assert (await response.json())["status"] == "ok"
+
+
+# Every endpoint that takes a JSON body, with the field it reads first.
+BODY_ENDPOINTS = [
+    ("POST", "/api/auth/register", "username"),
+    ("POST", "/api/auth/login", "username"),
+    ("POST", "/api/videos/{video}/comments", "text"),
+    ("PATCH", "/api/videos/{video}/comments/123", "text"),
+    ("POST", "/api/comments/123/reports", "reason"),
+    ("POST", "/api/moderation/reports/123/resolve", "action"),
+    ("PUT", "/api/videos/{video}/bans/123", "reason"),
+    ("PUT", "/api/bans/123", "duration_seconds"),
+    ("PATCH", "/api/videos/{video}/settings", "slow_mode_seconds"),
+    ("PUT", "/api/users/123/role", "role"),
+]
+
+
+def bad_bodies(field: str) -> list[tuple[str, bytes, str, int]]:
+    """(case, body, content type, expected status) for a body whose first field is ``field``."""
+    return [
+        ("operator injection", orjson.dumps({field: {"$gt": ""}}), "application/json", 400),
+        ("operator key", orjson.dumps({"$where": "sleep(1)"}), "application/json", 400),
+        ("wrong content type", orjson.dumps({field: "x"}), "text/plain", 415),
+        ("invalid utf-8", b'{"' + field.encode() + b'": "\xff\xfe"}', "application/json", 400),
+        ("control characters", orjson.dumps({field: "a\x07b"}), "application/json", 400),
+        # 400 (too deep to parse) or 413 where the endpoint takes only small bodies
+        ("deeply nested", b'{"x": ' + b"[" * 1500 + b"]" * 1500 + b"}", "application/json", 0),
+        ("not an object", b"[1, 2]", "application/json", 400),
+        ("oversized", orjson.dumps({field: "x" * 70_000}), "application/json", 413),
+    ]
+
+
+async def test_every_json_endpoint_refuses_bad_bodies_and_keeps_serving(
+    cluster: Cluster, api: Api
+) -> None:
+    """All of it as an admin (who passes every role check), so the body is what is judged."""
+    admin, _ = await staff(api, cluster, "admin")
+    video = unique("sweep")
+    before = await snapshot(cluster)
+    for method, template, field in BODY_ENDPOINTS:
+        path = template.format(video=video)
+        for case, body, ctype, status in bad_bodies(field):
+            got, answer, response = await api.request(
+                method, path, data=body, token=admin, headers={"Content-Type": ctype}
+            )
+            assert got == status or (not status and got in (400, 413)), (path, case, answer)
+            assert response.content_type == "application/json", (path, case)
+            assert answer["error"]["code"] and answer["error"]["message"], (path, case)
+    assert await snapshot(cluster) == before  # nothing stored, nothing changed
+    status, _, _ = await api.request("GET", "/healthz")
+    assert status == 200
+
+
+async def snapshot(cluster: Cluster) -> dict[str, int]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(cluster.backends.mongo_uri)
+    try:
+        db = client[cluster.namespace]
+        return {
+            name: await db[name].count_documents({})
+            for name in ("comments", "held", "users", "reports", "bans", "videos")
+        }
+    finally:
+        await client.close()

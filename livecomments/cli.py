@@ -217,6 +217,7 @@ def _print_urls(cluster: Any, backends: Any, run_dir: Path) -> None:
         f"  MongoDB          {backends.mongo_uri}",
         f"  TLS CA           {cluster.ca_file or '(plain HTTP)'}",
         f"  logs             {run_dir / 'logs'}",
+        "First admin (in another shell): .venv/bin/livecomments users create-admin NAME",
         "Ctrl-C stops everything.",
     ]
     click.echo("\n".join(line for line in lines if line))

@@ -243,12 +243,7 @@ class Comments:
             raise Conflict(f"the comment was already {held.get('state')}", code="already_settled")
         doc = {k: v for k, v in held.items() if k not in ("state", "score", "reasons")}
         now = utcnow()
-        doc.update(
-            status=events.STATUS_VISIBLE,
-            approved_by=actor.user_id,
-            approved_at=now,
-            created_at_ms=int(now.timestamp() * 1000),
-        )
+        doc.update(status=events.STATUS_VISIBLE, approved_by=actor.user_id, approved_at=now)
         try:
             await self._publish(doc)
         except Conflict as exc:

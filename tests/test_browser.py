@@ -3,20 +3,32 @@
 Checks what only a browser checks: the page over HTTPS opens an EventSource
 through the 307 to an RTMS node on another origin (TLS, CORS on the redirect
 and on the stream), shows comments live, and lets a logged-in user post.
+Then what users see of each other's actions, each in their own browser
+context: deletes, replies, reactions and the held-for-review queue.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    ConsoleMessage,
+    Locator,
+    Page,
+    async_playwright,
+    expect,
+)
 
 from livecomments.cluster import Cluster
-from tests.support import Api, unique
+from tests.support import PASSWORD, Api, staff, unique
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 pytestmark = pytest.mark.slow
+LIVE = 10000  # ms a live change may take to reach another page
 
 
 @pytest.fixture
@@ -38,6 +50,57 @@ async def browser() -> AsyncIterator[Browser]:
         )
         yield launched
         await launched.close()
+
+
+class Pages:
+    """Opens the viewer page, one browser context per user; records script errors
+    and failed requests (the browser also logs those as console errors)."""
+
+    def __init__(self, browser: Browser, base: str) -> None:
+        self.browser = browser
+        self.base = base
+        self.errors: list[str] = []
+        self.failed: list[str] = []
+
+    async def open(self, video: str, username: str | None = None) -> Page:
+        context = await self.browser.new_context(ignore_https_errors=True)
+        page = await context.new_page()
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        page.on("console", self._console)
+        page.on(
+            "response",
+            lambda r: self.failed.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+        )
+        await page.goto(f"{self.base}/?v={video}")
+        await expect(page.locator("#status")).to_have_text("live", timeout=15000)
+        if username is not None:
+            await page.fill("#username", username)
+            await page.fill("#password", PASSWORD)
+            await page.click("#login")
+            await expect(page.locator("#logout")).to_be_visible(timeout=10000)
+        return page
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.errors.append(message.text)
+
+    def assert_clean(self) -> None:
+        assert (self.errors, self.failed) == ([], [])
+
+
+@pytest.fixture
+def pages(cluster: Cluster, browser: Browser) -> Pages:
+    return Pages(browser, cluster.services["comment-1"].url)
+
+
+async def username(api: Api, token: str) -> str:
+    status, me, _ = await api.request("GET", "/api/auth/me", token=token)
+    assert status == 200, me
+    return str(me["username"])
+
+
+def comment(page: Page, comment_id: str) -> Locator:
+    return page.locator(f'#comments .comment[data-id="{comment_id}"]')
 
 
 @pytest.mark.timeout(90)
@@ -79,3 +142,206 @@ async def test_viewer_page_shows_comments_live_and_posts(
     )
     await expect(poster.locator("#comments .comment")).to_have_count(3)
     assert not [e for e in errors if "CORS" in e or "EventSource" in e], errors
+
+
+@pytest.mark.timeout(90)
+async def test_moderator_delete_shows_a_tombstone_live(
+    cluster: Cluster, api: Api, pages: Pages
+) -> None:
+    video = unique("del")
+    author = unique("author")
+    author_token = await api.register(author)
+    mod_token, _ = await staff(api, cluster)
+    doomed = await api.post(video, "this text must vanish", author_token)
+    kept = await api.post(video, "this one stays", author_token)
+
+    viewer = await pages.open(video, await username(api, await api.register(unique("viewer"))))
+    moderator = await pages.open(video, await username(api, mod_token))
+    own = await pages.open(video, author)
+    await expect(viewer.locator("#comments .comment .text")).to_have_text(
+        ["this text must vanish", "this one stays"]
+    )
+    # Only the author and staff are offered Delete; everyone else may report.
+    await expect(viewer.locator("#comments .delete")).to_have_count(0)
+    await expect(viewer.locator("#comments select.report")).to_have_count(2)
+    await expect(own.locator("#comments .delete")).to_have_count(2)
+
+    await comment(moderator, doomed["id"]).locator(".delete").click()
+
+    for page in (viewer, own, moderator):
+        tombstone = comment(page, doomed["id"])
+        await expect(tombstone).to_have_class(re.compile(r"\bdeleted\b"), timeout=LIVE)
+        await expect(tombstone.locator(".text")).to_have_text("comment deleted")
+        await expect(tombstone.locator(".reactions, .delete, .author")).to_have_count(0)
+    # Later events (a new comment, a reload from history) never bring the text back.
+    await api.post(video, "after the delete", author_token)
+    await expect(comment(viewer, kept["id"])).to_be_visible()
+    await expect(viewer.locator("#comments .comment .text")).to_have_text(
+        ["comment deleted", "this one stays", "after the delete"], timeout=LIVE
+    )
+    await viewer.reload()
+    await expect(viewer.locator("#status")).to_have_text("live", timeout=15000)
+    await expect(viewer.locator("#comments .comment .text")).to_have_text(
+        ["comment deleted", "this one stays", "after the delete"]
+    )
+    assert "this text must vanish" not in await viewer.content()
+    pages.assert_clean()
+
+
+@pytest.mark.timeout(90)
+async def test_replies_nest_under_their_parent_live_and_from_history(
+    api: Api, pages: Pages
+) -> None:
+    video = unique("reply")
+    token = await api.register(unique("asker"))
+    replier = unique("replier")
+    await api.register(replier)
+    first = await api.post(video, "first question", token)
+    second = await api.post(video, "second question", token)
+
+    viewer = await pages.open(video)
+    writer = await pages.open(video, replier)
+    await expect(viewer.locator("#comments > .comment")).to_have_count(2)
+
+    # A reply through the API goes under its parent, not at the end of the list.
+    reply = await api.post(video, "an answer", token, parent_id=first["id"])
+    nested = comment(viewer, first["id"]).locator(".replies > .comment")
+    await expect(nested.locator(".text")).to_have_text(["an answer"], timeout=LIVE)
+    await expect(nested).to_have_attribute("data-id", reply["id"])
+    await expect(viewer.locator("#comments > .comment")).to_have_count(2)
+    await expect(nested.locator(".reply")).to_have_count(0)  # one level of replies
+
+    # A reply from the page: Reply on the second comment, then Send.
+    await comment(writer, second["id"]).locator(".reply").first.click()
+    await expect(writer.locator("#reply-to")).to_contain_text("Replying to")
+    await writer.fill("#comment-text", "answered in the page")
+    await writer.click("#send")
+    await expect(writer.locator("#reply-to")).to_be_hidden()
+    second_replies = comment(viewer, second["id"]).locator(".replies > .comment .text")
+    await expect(second_replies).to_have_text(["answered in the page"], timeout=LIVE)
+
+    await viewer.reload()
+    await expect(viewer.locator("#status")).to_have_text("live", timeout=15000)
+    await expect(viewer.locator("#comments > .comment")).to_have_count(2)
+    await expect(nested.locator(".text")).to_have_text(["an answer"])
+    await expect(second_replies).to_have_text(["answered in the page"])
+    pages.assert_clean()
+
+
+@pytest.mark.timeout(90)
+async def test_a_reaction_in_one_page_updates_the_count_in_another(api: Api, pages: Pages) -> None:
+    video = unique("react")
+    token = await api.register(unique("poster"))
+    target = await api.post(video, "react to me", token)
+    status, body, _ = await api.request("GET", "/api/reactions")
+    assert status == 200, body
+    like = {r["name"]: r["emoji"] for r in body["reactions"]}["like"]
+
+    clicker_name = unique("clicker")
+    await api.register(clicker_name)
+    clicker = await pages.open(video, clicker_name)
+    watcher = await pages.open(video)
+    mine = comment(clicker, target["id"]).locator(".reactions button[data-reaction=like]")
+    seen = comment(watcher, target["id"]).locator(".reactions button[data-reaction=like]")
+    await expect(seen).to_have_text(like)
+
+    await mine.click()
+    await expect(mine).to_have_text(f"{like} 1")
+    await expect(mine).to_have_attribute("aria-pressed", "true")
+    await expect(seen).to_have_text(f"{like} 1", timeout=LIVE)
+
+    # A second click takes the reaction back, everywhere.
+    await mine.click()
+    await expect(mine).to_have_attribute("aria-pressed", "false")
+    await expect(seen).to_have_text(like, timeout=LIVE)
+    pages.assert_clean()
+
+
+@pytest.mark.timeout(90)
+async def test_a_held_comment_appears_only_after_a_moderator_approves_it(
+    cluster: Cluster, api: Api, pages: Pages
+) -> None:
+    video = unique("held")
+    author_name = unique("linker")
+    await api.register(author_name)
+    mod_token, _ = await staff(api, cluster)
+    held_text = "check https://example.com"
+
+    author = await pages.open(video, author_name)
+    viewer = await pages.open(video)
+    moderator = await pages.open(video, await username(api, mod_token))
+    await expect(author.locator("#held")).to_be_hidden()
+    await expect(moderator.locator("#held")).to_be_visible()
+
+    await author.fill("#comment-text", held_text)
+    await author.click("#send")
+    await expect(author.locator("#error")).to_contain_text("awaiting review")
+    pending = author.locator("#comments .comment.held")
+    await expect(pending.locator(".text")).to_have_text(held_text)
+    await expect(pending.locator(".note")).to_have_text("awaiting review")
+
+    await moderator.click("#held-refresh")
+    item = moderator.locator("#held-list .held-item", has_text=held_text)
+    await expect(item).to_have_count(1, timeout=LIVE)
+    await asyncio.sleep(1)  # give a wrongly published comment time to show up
+    for page in (viewer, moderator):
+        await expect(page.locator("#comments .comment")).to_have_count(0)
+
+    await item.locator(".approve").click()
+    await expect(item).to_have_count(0)
+    for page in (viewer, moderator, author):
+        await expect(page.locator("#comments .comment .text")).to_have_text(
+            [held_text], timeout=LIVE
+        )
+    await expect(author.locator("#comments .comment.held")).to_have_count(0)
+    await expect(author.locator("#comments .comment .note")).to_have_count(0)
+    pages.assert_clean()
+
+
+@pytest.mark.timeout(90)
+async def test_refusals_are_shown_with_the_server_message_and_logout_revokes(
+    cluster: Cluster, api: Api, pages: Pages
+) -> None:
+    video = unique("refuse")
+    name = unique("talker")
+    user_id = await api.user_id(await api.register(name))
+    mod_token, _ = await staff(api, cluster)
+    page = await pages.open(video, name)
+    error = page.locator("#error")
+
+    async def send(text: str) -> None:
+        await page.fill("#comment-text", text)
+        await page.click("#send")
+
+    await send("kys")  # refused outright by the content filter: 422
+    await expect(error).to_have_text("this comment was refused by the content filter")
+    await expect(page.locator("#comment-text")).to_have_value("kys")  # kept for editing
+
+    status, body, _ = await api.request(
+        "PATCH", f"/api/videos/{video}/settings", json={"slow_mode_seconds": 60}, token=mod_token
+    )
+    assert status == 200, body
+    await send("first")
+    await expect(page.locator("#comments .comment .text")).to_have_text(["first"])
+    await expect(error).to_have_text("")
+    await send("second")  # slow mode: 429 with Retry-After
+    await expect(error).to_have_text(
+        re.compile(r"^slow mode is on: .*\(try again in (60|59|58) s\)$")
+    )
+
+    status, body, _ = await api.request(
+        "PUT", f"/api/videos/{video}/bans/{user_id}", json={"reason": "test"}, token=mod_token
+    )
+    assert status == 200, body
+    await send("third")
+    await expect(error).to_have_text("you are banned from commenting on this video")
+    await expect(page.locator("#comments .comment")).to_have_count(1)
+    assert pages.errors == []
+
+    # Log out revokes the token on the server, not just in the tab.
+    token = await page.evaluate("JSON.parse(sessionStorage.getItem('lc_auth')).token")
+    await page.click("#logout")
+    await expect(page.locator("#login")).to_be_visible()
+    await expect(page.locator("#send")).to_be_disabled()
+    status, body, _ = await api.request("GET", "/api/auth/me", token=token)
+    assert status == 401, body

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from livecomments.errors import Forbidden, NotFound, Unauthorized, Unavailable, ValidationError
-from livecomments.ids import Snowflake
+from livecomments.ids import Snowflake, parse_id
 from livecomments.store import Store, utcnow
 
 ROLES = ("viewer", "moderator", "admin")
@@ -131,11 +131,16 @@ class Accounts:
         except jwt.PyJWTError as exc:
             raise Unauthorized("the token is not valid", code="invalid_token") from exc
         role, name, jti = claims.get("role"), claims.get("name"), claims.get("jti")
-        try:
-            user_id = int(claims["sub"])
-        except (TypeError, ValueError) as exc:
-            raise Unauthorized("the token is not valid", code="invalid_token") from exc
-        if role not in ROLES or not isinstance(name, str) or not isinstance(jti, str):
+        # Even a correctly signed token is checked like input: these reach the store.
+        user_id = parse_id(claims["sub"])
+        if (
+            user_id is None
+            or role not in ROLES
+            or not isinstance(name, str)
+            or not 3 <= len(name) <= 32
+            or not set(name) <= _USERNAME_CHARS
+            or not isinstance(jti, str)
+        ):
             raise Unauthorized("the token is not valid", code="invalid_token")
         return Principal(user_id, name, role, jti, int(claims["exp"]))
 

@@ -23,6 +23,11 @@ from livecomments.ids import parse_id
 
 # Bidi overrides/isolates and other invisible controls abused to disguise text.
 _FORBIDDEN_FORMAT = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Allowed inside a text (ZWJ joins emoji, combining marks accent letters), but a
+# text of nothing else draws nothing: the "blank message" trick. The Hangul
+# fillers and the blank braille pattern are letters and symbols that draw nothing.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Mn", "Me", "Zs", "Zl", "Zp"})
+_BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 async def json_object(
@@ -70,6 +75,7 @@ def comment_text(value: Any, max_chars: int) -> str:
             code="text_too_long",
             details={"max": max_chars},
         )
+    visible = False
     for ch in text:
         category = unicodedata.category(ch)
         if category in ("Cc", "Cs", "Co", "Cn") or ch in _FORBIDDEN_FORMAT:
@@ -78,6 +84,9 @@ def comment_text(value: Any, max_chars: int) -> str:
                 code="invalid_characters",
                 details={"codepoint": f"U+{ord(ch):04X}"},
             )
+        visible = visible or (category not in _INVISIBLE_CATEGORIES and ch not in _BLANK)
+    if not visible:
+        raise ValidationError("text has no visible characters", code="empty_text")
     return text
 
 

@@ -376,3 +376,31 @@ async def snapshot(cluster: Cluster) -> dict[str, int]:
         }
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "99999999999999999999999"},
+        {"sub": "-1"},
+        {"sub": "0"},
+        {"sub": " 5 "},
+        {"sub": "1_0"},
+        {"name": "\u202e\x00"},
+        {"name": {"$gt": ""}},
+        {"role": "superuser"},
+    ],
+    ids=["huge sub", "negative sub", "zero sub", "padded sub", "underscore sub",
+         "control name", "object name", "unknown role"],
+)  # fmt: skip
+async def test_signed_tokens_with_bad_claims_are_refused(
+    cluster: Cluster, api: Api, claims: dict[str, Any]
+) -> None:
+    """Even a token signed with our secret is input: its claims are checked before use."""
+    now = int(time.time())
+    base = {"sub": "12345", "name": "someone", "role": "viewer", "iss": "livecomments",
+            "iat": now, "exp": now + 600, "jti": "x"}  # fmt: skip
+    token = jwt.encode({**base, **claims}, cluster.jwt_secret, algorithm="HS256")
+    for method, path in (("GET", "/api/auth/me"), ("POST", "/api/videos/v/comments")):
+        status, body, _ = await api.request(method, path, json={"text": "hi"}, token=token)
+        assert (status, body["error"]["code"]) == (401, "invalid_token"), (method, body)

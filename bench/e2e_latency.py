@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/e2e_latency.py --base https://127.0.0.1:8443 --ca .run/tls/ca.pem
 
+One user posts everything from one address, faster than the default limits allow
+(20/30 s per user, 60/30 s per address): start the system for it with
+``LIVECOMMENTS_POST_LIMIT_USER=100000/1 LIVECOMMENTS_POST_LIMIT_IP=100000/1 make run``.
+
 Opens V viewers of one video (spread over the RTMS nodes through the stream
 redirect and directly), posts N comments at R/s through the HTTPS API, and
 reports, per delivery: from the moment the POST was sent, and from the
@@ -86,6 +90,8 @@ async def main() -> None:
                 headers=headers,
             ) as r:
                 body = await r.json()
+                if r.status != 201:
+                    raise SystemExit(f"POST answered {r.status}: {body} (see the docstring)")
             sent[body["id"]] = (t0, body["created_at_ms"] / 1000)
             await asyncio.sleep(max(0.0, 1 / args.rate - (time.time() - t0)))
         await asyncio.sleep(1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -30,7 +31,6 @@ from comment_service.validation import (
     path_id,
     query_int,
 )
-from coord import rendezvous
 from livecomments import events
 from livecomments.errors import (
     Forbidden,
@@ -269,21 +269,21 @@ async def react(request: web.Request) -> web.Response:
 
 
 async def stream(request: web.Request) -> web.Response:
-    """307 to the RTMS node placed for the video, carrying the resume point along."""
+    """307 to an RTMS node placed for the video, carrying the resume point along.
+
+    The node is marked as chosen by a redirect (``redirected=1``) so it serves
+    the viewer even if its own view of placement is a moment behind ours.
+    """
     server = server_of(request)
     video_id = video_id_of(request)
-    nodes = {
-        node_id: info
-        for node_id, info in server.rtms_nodes.nodes.items()
-        if isinstance(info.get("sse_url"), str) and not info.get("draining")
-    }
-    if not nodes:
+    placed = server.placement.placed(video_id)
+    if not placed:
         raise Unavailable("no realtime node is available", code="no_rtms_node")
-    (chosen,) = rendezvous(video_id, nodes, 1)
-    location = f"{nodes[chosen]['sse_url']}/stream/{video_id}"
+    base = server.placement.url(random.choice(placed))
+    location = f"{base}/stream/{video_id}?redirected=1"
     last_id = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     if last_id and events.parse_event_id(last_id) is not None:
-        location += f"?last_event_id={quote(last_id, safe='')}"
+        location += f"&last_event_id={quote(last_id, safe='')}"
     headers = {"Location": location, "Cache-Control": "no-store"}
     headers.update(server.cors_headers(request))
     return web.Response(status=307, headers=headers)

@@ -18,7 +18,7 @@ from comment_service.limits import Limiter, PostLimits, Rate
 from comment_service.moderation import Moderation
 from comment_service.policy import Policies
 from comment_service.reactions import Reactions
-from coord import ZK, NodeDirectory
+from coord import ZK, NodeDirectory, Placement, Policy
 from coord.membership import WorkerLease
 from livecomments.ids import Snowflake
 from livecomments.sequencer import Sequencer
@@ -51,6 +51,7 @@ class CommentServer:
         self.sequencer = Sequencer(self.redis, settings.redis_prefix, self.store)
         self.dispatchers = NodeDirectory(self.zk, self.zk.paths.dispatchers)
         self.rtms_nodes = NodeDirectory(self.zk, self.zk.paths.rtms_nodes)
+        self.placement = Placement(self.zk, Policy.from_settings(settings), self.rtms_nodes)
         self.dispatch = DispatchClient(self.dispatchers, settings.dispatch_timeout)
         self.lease = WorkerLease(self.zk)
         self.accounts = Accounts(
@@ -114,6 +115,7 @@ class CommentServer:
         await self.zk.start()
         await self.dispatchers.start()
         await self.rtms_nodes.start()
+        await self.placement.start()
         worker = await self.lease.acquire()
         ids = Snowflake(worker)
         self.comments = Comments(

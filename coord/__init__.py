@@ -9,7 +9,7 @@ from coord.client import ZK
 from coord.membership import Membership
 from coord.mirror import NodeDirectory, RoutingTable
 from coord.paths import Paths
-from coord.placement import rendezvous
+from coord.placement import Placement, Policy, place, rendezvous
 from coord.registry import HostedRegistry
 
 __all__ = [
@@ -18,6 +18,9 @@ __all__ = [
     "Membership",
     "NodeDirectory",
     "Paths",
+    "Placement",
+    "Policy",
     "RoutingTable",
+    "place",
     "rendezvous",
 ]

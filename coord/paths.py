@@ -42,6 +42,11 @@ class Paths:
     def drain(self) -> str:
         return f"{self.root}/drain"
 
+    @property
+    def rebalance(self) -> str:
+        """Persistent sequential children: each one asks every RTMS node to re-place."""
+        return f"{self.root}/rebalance"
+
     def rtms_node(self, node_id: str) -> str:
         return f"{self.rtms_nodes}/{check_name(node_id)}"
 
@@ -69,4 +74,5 @@ class Paths:
             self.hosted,
             self.placement,
             self.drain,
+            self.rebalance,
         ]

@@ -37,6 +37,10 @@ class BackendSettings:
     mongo_db: str = "livecomments"
     mongo_timeout: float = 5.0
     log_level: str = "INFO"
+    # Placement (everyone computes it the same way, so these must agree cluster-wide).
+    min_spread: int = 1  # RTMS nodes every video is placed on
+    spread_viewers: int = 5000  # a video gets one more node per this many viewers
+    max_spread: int = 4  # and at most this many
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +62,7 @@ class RTMSSettings(BackendSettings):
     gap_deadline: float = 3.0  # give up on a seq the store still lacks after this long
     replay_limit: int = 5000  # most events replayed to one resuming viewer
     max_viewers: int = 18000  # the process has 20K file descriptors
+    load_report_interval: float = 5.0  # how often connections and viewers go to ZooKeeper
 
 
 @dataclasses.dataclass(frozen=True)

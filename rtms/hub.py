@@ -83,11 +83,19 @@ class Channel:
 
 
 class Stats:
-    __slots__ = ("accepted", "duplicates", "gap_filled", "gap_skipped", "slow_dropped", "unhosted")
+    __slots__ = (
+        "accepted",
+        "duplicates",
+        "gap_filled",
+        "gap_skipped",
+        "moved",
+        "slow_dropped",
+        "unhosted",
+    )
 
     def __init__(self) -> None:
         self.accepted = self.duplicates = self.unhosted = 0
-        self.gap_filled = self.gap_skipped = self.slow_dropped = 0
+        self.gap_filled = self.gap_skipped = self.slow_dropped = self.moved = 0
 
 
 class Hub:
@@ -168,7 +176,9 @@ class Hub:
         replay: list[bytes] = [head]
         if resume is not None:
             epoch, seq = resume
-            if channel.epoch is not None and epoch != channel.epoch:
+            # Epoch 0 is "whatever epoch the video had": a viewer moved off a node
+            # before the video's first event knew no epoch yet.
+            if channel.epoch is not None and epoch not in (0, channel.epoch):
                 replay.append(reset_frame("epoch_changed", channel.epoch))
             elif channel.last_seq - seq > self._replay_limit:
                 replay.append(reset_frame("too_far_behind", channel.epoch))
@@ -416,13 +426,29 @@ class Hub:
             for viewer in channel.viewers:
                 viewer.transport.write(HEARTBEAT)
 
-    def close_all(self, frame: bytes) -> None:
-        """Write a last frame to every viewer and close its connection."""
-        for channel in list(self.channels.values()):
-            for viewer in list(channel.viewers):
-                viewer.transport.write(frame)
-                self.detach(viewer)
-                viewer.transport.close()
+    def move(self, video_id: str, base_url: str | None, reason: str) -> int:
+        """Send the video's viewers elsewhere with a ``moved`` event, and close them.
+
+        The URL carries the last event id they got, so following it they miss
+        nothing (the new node replays from there) and see nothing twice. The
+        frame is the same for every viewer of the video: encoded once.
+        """
+        channel = self.channels.get(video_id)
+        if channel is None or not channel.viewers:
+            return 0
+        last = events.event_id(channel.epoch or 0, channel.last_seq)
+        url = None
+        if base_url:
+            url = f"{base_url}/stream/{video_id}?redirected=1&last_event_id={last}"
+        body = {"reason": reason, "url": url, "last_event_id": last}
+        frame = events.sse_frame("moved", orjson.dumps(body))
+        viewers = list(channel.viewers)
+        for viewer in viewers:
+            viewer.transport.write(frame)
+            self.detach(viewer)
+            viewer.transport.close()
+        self.stats.moved += len(viewers)
+        return len(viewers)
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

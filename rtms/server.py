@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from typing import Any
 
 import grpc
-import orjson
 from redis.asyncio import Redis
 
-from coord import ZK, HostedRegistry, Membership
-from livecomments import events
+from coord import ZK, HostedRegistry, Membership, Placement, Policy
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.sequencer import Sequencer
 from livecomments.settings import RTMSSettings, default_node_id
@@ -24,7 +23,7 @@ from rtms.sse import SSEListener
 
 log = logging.getLogger(__name__)
 
-LOAD_REPORT_INTERVAL = 5.0
+TOP_VIDEOS = 1000  # per-video viewer counts published in the node's znode
 
 
 class _Backend:
@@ -82,13 +81,18 @@ class RTMSServer:
             gap_deadline=settings.gap_deadline,
             replay_limit=settings.replay_limit,
         )
+        self.placement = Placement(self.zk, Policy.from_settings(settings))
         self.listener = SSEListener(
             self.hub,
             retry_ms=settings.retry_ms,
             cors_origins=settings.cors_origins,
             max_viewers=settings.max_viewers,
             health=self.health,
+            elsewhere=self._elsewhere,
         )
+        self._rebalances_seen: set[str] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._enforcing: asyncio.Handle | None = None
         self._sse: asyncio.Server | None = None
         self._grpc: grpc.aio.Server | None = None
         self._timers: list[asyncio.Task[None]] = []
@@ -108,16 +112,69 @@ class RTMSServer:
             "gap_filled": self.hub.stats.gap_filled,
             "gap_skipped": self.hub.stats.gap_skipped,
             "slow_dropped": self.hub.stats.slow_dropped,
+            "moved": self.hub.stats.moved,
+            "draining": self.draining,
         }
 
+    @property
+    def draining(self) -> bool:
+        return self.node_id in self.placement.drains.nodes
+
     def _info(self) -> dict[str, Any]:
+        counts = sorted(
+            ((len(c.viewers), v) for v, c in self.hub.channels.items() if c.viewers), reverse=True
+        )
         return {
             "sse_url": self.public_url,
             "grpc": f"{self.settings.host}:{self.settings.grpc_port}",
             "connections": self.hub.viewer_count,
             "videos": len(self.hub.channels),
-            "draining": False,
+            "draining": self.draining,
+            "viewers_by_video": {video: n for n, video in counts[:TOP_VIDEOS]},
         }
+
+    # -- placement ----------------------------------------------------------------
+
+    def _elsewhere(self, video_id: str) -> str | None:
+        """The base URL of a node placed for ``video_id`` if this one is not, else None."""
+        placed = self.placement.placed(video_id)
+        if not placed or self.node_id in placed:
+            return None
+        return self.placement.url(random.choice(placed))
+
+    def _placement_changed(self) -> None:
+        """Pins, drains or rebalance requests changed: act once the burst settles."""
+        if self._enforcing is None and self._started:
+            self._enforcing = asyncio.get_running_loop().call_later(0.05, self._enforce)
+
+    def _enforce(self) -> None:
+        """Move viewers of videos this node should no longer serve.
+
+        Only operator intent moves viewers: a pin elsewhere, draining this node,
+        or a rebalance request. A node joining or a video shrinking back changes
+        where *new* viewers go, not where existing ones are.
+        """
+        self._enforcing = None
+        requests = set(self.placement.rebalances.nodes)
+        rebalance = bool(requests - self._rebalances_seen)
+        self._rebalances_seen = requests
+        draining = self.draining
+        if draining != self.membership.info.get("draining"):
+            task = asyncio.ensure_future(self._report_load_safely())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        for video_id in list(self.hub.channels):
+            pinned = video_id in self.placement.pins.nodes
+            if not (draining or pinned or rebalance):
+                continue
+            placed = self.placement.placed(video_id)
+            if self.node_id in placed:
+                continue
+            target = self.placement.url(random.choice(placed)) if placed else None
+            reason = "drain" if draining else "rebalance" if rebalance and not pinned else "moved"
+            moved = self.hub.move(video_id, target, reason)
+            if moved:
+                log.info("moved %d viewers of %s to %s (%s)", moved, video_id, target, reason)
 
     async def start(self) -> None:
         if self._started:
@@ -135,11 +192,16 @@ class RTMSServer:
         self._sse = await loop.create_server(
             self.listener.protocol, s.host, s.port, ssl=ssl_ctx, backlog=4096, reuse_address=True
         )
+        await self.placement.start()
+        self._rebalances_seen = set(self.placement.rebalances.nodes)  # only new ones count
+        for mirror in (self.placement.pins, self.placement.drains, self.placement.rebalances):
+            mirror.add_listener(self._placement_changed)
         await self.membership.join(self._info())
         self._timers = [
             asyncio.create_task(self._every(s.heartbeat_interval, self._heartbeat)),
-            asyncio.create_task(self._every(LOAD_REPORT_INTERVAL, self._report_load)),
+            asyncio.create_task(self._every(s.load_report_interval, self._report_load)),
         ]
+        self._placement_changed()  # a node that restarts while drained stays drained
         log.info("rtms %s: SSE %s, gRPC %s:%d", self.node_id, self.public_url, s.host, s.grpc_port)
 
     async def _every(self, interval: float, job: Any) -> None:
@@ -152,6 +214,12 @@ class RTMSServer:
 
     async def _heartbeat(self) -> None:
         self.hub.heartbeat()
+
+    async def _report_load_safely(self) -> None:
+        try:
+            await self._report_load()
+        except Exception as exc:  # the periodic report tries again
+            log.warning("publishing the draining flag failed: %s", exc)
 
     async def _report_load(self) -> None:
         info = self._info()
@@ -171,8 +239,12 @@ class RTMSServer:
         if self._grpc is not None:
             await self._grpc.stop(grace=min(1.0, timeout))
         # 2. tell viewers to go elsewhere; they resume with their last event id
-        moved = events.sse_frame("moved", orjson.dumps({"reason": "shutdown", "url": None}))
-        self.hub.close_all(moved)
+        if self._enforcing is not None:
+            self._enforcing.cancel()
+        for video_id in list(self.hub.channels):
+            placed = self.placement.placed(video_id, exclude={self.node_id})
+            target = self.placement.url(random.choice(placed)) if placed else None
+            self.hub.move(video_id, target, "shutdown")
         for conn in list(self.listener.connections):
             if conn.transport is not None:
                 conn.transport.close()

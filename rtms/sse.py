@@ -31,6 +31,7 @@ MAX_REQUEST_BYTES = 8192
 _REASONS = {
     200: "OK",
     204: "No Content",
+    307: "Temporary Redirect",
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
@@ -51,8 +52,10 @@ class SSEListener:
         cors_origins: tuple[str, ...],
         max_viewers: int,
         health: Callable[[], dict[str, Any]],
+        elsewhere: Callable[[str], str | None] = lambda video_id: None,
     ) -> None:
         self.hub = hub
+        self._elsewhere = elsewhere
         self._preamble = f"retry: {retry_ms}\n\n".encode()
         self._cors = cors_origins
         self._max_viewers = max_viewers
@@ -103,12 +106,24 @@ class SSEListener:
         if self.hub.viewer_count >= self._max_viewers:
             conn.error(503, "node_full", "this node holds as many viewers as it can", cors)
             return
+        params = parse_qs(query)
         raw_id = conn.last_event_id
         if raw_id is None:
-            values = parse_qs(query).get("last_event_id")
+            values = params.get("last_event_id")
             raw_id = values[-1] if values else None
         # A malformed id is treated as none at all: the viewer starts live.
         resume = events.parse_event_id(raw_id)
+        # A viewer of a video placed elsewhere goes there, unless it was sent here
+        # by a redirect or a `moved` event already (two views of placement that
+        # differ for a moment must not bounce it back and forth).
+        target = None if "redirected" in params else self._elsewhere(video_id)
+        if target is not None:
+            location = f"{target}/stream/{video_id}?redirected=1"
+            if resume is not None:
+                location += f"&last_event_id={events.event_id(*resume)}"
+            extra = b"Location: " + location.encode() + b"\r\nCache-Control: no-store\r\n"
+            conn.respond(307, b"", cors + extra)
+            return
         head = (
             b"HTTP/1.1 200 OK\r\n"
             b"Content-Type: text/event-stream; charset=utf-8\r\n"

@@ -29,7 +29,12 @@ NO_LIMITS = {
         "POST_LIMIT_USER", "POST_LIMIT_IP", "LOGIN_LIMIT_ACCOUNT", "LOGIN_LIMIT_IP",
         "REGISTER_LIMIT_IP", "REACT_LIMIT_USER", "REPORT_LIMIT_USER", "MODERATE_LIMIT_USER",
     )
-} | {"LIVECOMMENTS_DUPLICATE_WINDOW": "0"}  # fmt: skip
+} | {
+    "LIVECOMMENTS_DUPLICATE_WINDOW": "0",
+    # Every video placed on both RTMS nodes, so tests may open streams on either
+    # node directly; the placement tests set 1 and see the redirects.
+    "LIVECOMMENTS_MIN_SPREAD": "2",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from comment_service.auth import Principal
 from comment_service.dispatch import DispatchClient
 from comment_service.filter import ContentFilter, Verdict
 from comment_service.limits import Limiter, PostLimits
+from comment_service.outbox import Outbox
 from comment_service.policy import Policies
 from livecomments import events
 from livecomments.errors import (
@@ -59,6 +60,7 @@ class Comments:
         limiter: Limiter,
         policies: Policies,
         post_limits: PostLimits,
+        outbox: Outbox,
     ) -> None:
         self._store = store
         self._sequencer = sequencer
@@ -68,6 +70,7 @@ class Comments:
         self._limiter = limiter
         self._policies = policies
         self._post_limits = post_limits
+        self._outbox = outbox
         self.dispatch_failures = 0
 
     # -- posting --------------------------------------------------------------
@@ -174,8 +177,11 @@ class Comments:
         try:
             await self._dispatcher.dispatch([event])
         except Unavailable as exc:
+            # Stored, so acknowledged all the same: the outbox sweep sends it later.
             self.dispatch_failures += 1
             log.error("%s seq %d stored but not dispatched: %s", event.video_id, event.seq, exc)
+            return
+        await self._outbox.done(event.video_id, event.seq)
 
     # -- changes ----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from comment_service.dispatch import DispatchClient
 from comment_service.filter import ContentFilter, load_scorer
 from comment_service.limits import Limiter, PostLimits, Rate
 from comment_service.moderation import Moderation
+from comment_service.outbox import Outbox
 from comment_service.policy import Policies
 from comment_service.reactions import Reactions
 from coord import ZK, NodeDirectory, Placement, Policy
@@ -48,11 +49,19 @@ class CommentServer:
         self.redis: Redis = Redis.from_url(
             settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
         )
-        self.sequencer = Sequencer(self.redis, settings.redis_prefix, self.store)
+        self.sequencer = Sequencer(self.redis, settings.redis_prefix, self.store, outbox=True)
         self.dispatchers = NodeDirectory(self.zk, self.zk.paths.dispatchers)
         self.rtms_nodes = NodeDirectory(self.zk, self.zk.paths.rtms_nodes)
         self.placement = Placement(self.zk, Policy.from_settings(settings), self.rtms_nodes)
         self.dispatch = DispatchClient(self.dispatchers, settings.dispatch_timeout)
+        self.outbox = Outbox(
+            self.redis,
+            settings.redis_prefix,
+            self.store,
+            self.dispatch,
+            age=settings.outbox_age,
+            interval=settings.outbox_interval,
+        )
         self.lease = WorkerLease(self.zk)
         self.accounts = Accounts(
             self.store, self.redis, settings.redis_prefix, settings.jwt_secret, settings.jwt_ttl
@@ -104,6 +113,7 @@ class CommentServer:
             "dispatchers": len(self.dispatchers.nodes),
             "rtms_nodes": len(self.rtms_nodes.nodes),
             "dispatch_failures": self.comments.dispatch_failures if self.comments else 0,
+            "outbox_redispatched": self.outbox.redispatched,
         }
 
     async def start(self) -> None:
@@ -127,9 +137,11 @@ class CommentServer:
             limiter=self.limiter,
             policies=self.policies,
             post_limits=self.post_limits,
+            outbox=self.outbox,
         )
         self.moderation = Moderation(self.store, self.comments, ids, s.flag_threshold)
         self.reactions.start()
+        self.outbox.start()
         self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert else None
@@ -144,6 +156,7 @@ class CommentServer:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.reactions.stop()
+        await self.outbox.stop()
         try:
             await asyncio.wait_for(self.lease.release(), timeout)
         except Exception as exc:

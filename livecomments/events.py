@@ -135,17 +135,29 @@ def change_event(marker: dict[str, Any]) -> pb.Event:
     )
 
 
+def _replay_kind(doc: dict[str, Any]) -> int | None:
+    status = doc.get("status", STATUS_VISIBLE)
+    if status == STATUS_VISIBLE:
+        return pb.COMMENT_UPDATED if doc.get("edited_at") else pb.COMMENT
+    if status == STATUS_DELETED:
+        return pb.COMMENT_DELETED
+    return None  # held for review (not stored in `comments` any more, but older data may be)
+
+
 def replay_frame(doc: dict[str, Any]) -> bytes | None:
     """The frame a stored document replays as (resume, gap fill), in its current state."""
     if doc.get("marker"):
         return marker_frame(doc)
-    status = doc.get("status", STATUS_VISIBLE)
-    if status == STATUS_VISIBLE:
-        kind = pb.COMMENT_UPDATED if doc.get("edited_at") else pb.COMMENT
-        return comment_frame(doc, kind)
-    if status == STATUS_DELETED:
-        return comment_frame(doc, pb.COMMENT_DELETED)
-    return None
+    kind = _replay_kind(doc)
+    return None if kind is None else comment_frame(doc, kind)
+
+
+def replay_event(doc: dict[str, Any]) -> pb.Event | None:
+    """The wire event for a stored document in its current state (outbox re-dispatch)."""
+    if doc.get("marker"):
+        return change_event(doc)
+    kind = _replay_kind(doc)
+    return None if kind is None else comment_event(doc, kind)
 
 
 def retarget(frame: bytes, epoch: int, seq: int) -> bytes | None:

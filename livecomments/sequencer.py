@@ -20,12 +20,19 @@ from livecomments.errors import Unavailable
 if TYPE_CHECKING:
     from livecomments.store import Store
 
-# KEYS[1] seq counter, KEYS[2] epoch. Returns {seq, epoch} or {-1, 0} when the
-# counter has to be (re)seeded first.
+# KEYS[1] seq counter, KEYS[2] epoch, KEYS[3] the outbox (or none). ARGV[1] the
+# video id. Returns {seq, epoch} or {-1, 0} when the counter has to be (re)seeded
+# first. The outbox entry is made in the same step as the seq: whatever happens
+# to the writer afterwards, a seq that reaches the store is also in the outbox
+# until it has been dispatched (see comment_service/outbox.py).
 _NEXT = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then return {-1, 0} end
 local seq = redis.call('INCR', KEYS[1])
+if #KEYS > 2 then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1] .. '|' .. seq)
+end
 return {seq, tonumber(epoch)}
 """
 
@@ -51,11 +58,20 @@ def video_key(prefix: str, video_id: str, name: str) -> str:
     return f"{prefix}v:{{{video_id}}}:{name}"
 
 
+def outbox_key(prefix: str) -> str:
+    # One key for every video, so one sweep finds them all. (On Redis Cluster
+    # this would want one outbox per slot; see the README.)
+    return f"{prefix}outbox"
+
+
 class Sequencer:
-    def __init__(self, redis: Redis, prefix: str, store: Store | None = None) -> None:
+    def __init__(
+        self, redis: Redis, prefix: str, store: Store | None = None, *, outbox: bool = False
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._store = store
+        self._outbox = outbox
         self._next = redis.register_script(_NEXT)
         self._seed = redis.register_script(_SEED)
         self._advance = redis.register_script(_ADVANCE)
@@ -67,11 +83,13 @@ class Sequencer:
         ]
 
     async def next(self, video_id: str) -> tuple[int, int]:
-        """``(seq, epoch)`` for the next comment of ``video_id``."""
+        """``(seq, epoch)`` for the next event of ``video_id`` (entered in the outbox too)."""
         keys = self._keys(video_id)
+        if self._outbox:
+            keys.append(outbox_key(self._prefix))
         try:
             for _ in range(3):
-                seq, epoch = await self._next(keys=keys)
+                seq, epoch = await self._next(keys=keys, args=[video_id])
                 if seq > 0:
                     return int(seq), int(epoch)
                 if self._store is None:

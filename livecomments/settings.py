@@ -110,6 +110,10 @@ class CommentServiceSettings(BackendSettings):
     flag_threshold: int = 5  # reports against a user's comments before the user is flagged
     reaction_push_interval: float = 1.0  # at most one reactions event per video this often
     reaction_flush_interval: float = 5.0  # reaction counts written to the store this often
+    # Events whose dispatch is not confirmed after outbox_age seconds are sent again
+    # (their writer died, or no dispatcher answered); swept every outbox_interval.
+    outbox_age: float = 2.0
+    outbox_interval: float = 1.0
 
 
 S = TypeVar("S", bound=BackendSettings)

@@ -8,10 +8,13 @@ import time
 import aiohttp
 import grpc
 import pytest
+from redis.asyncio import Redis
 
 from livecomments.cluster import Cluster
 from livecomments.pb import livecomments_pb2 as pb
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.sequencer import Sequencer
+from livecomments.store import Store, utcnow
 from tests.support import Api, Viewer, unique
 
 SESSION_TIMEOUT = 4.0
@@ -107,3 +110,72 @@ async def test_a_killed_dispatcher_is_failed_over(
     finally:
         await viewer.close()
         cluster.restart("dispatcher-1")
+
+
+async def test_writer_dying_between_persist_and_dispatch_loses_nothing(
+    cluster: Cluster, session: aiohttp.ClientSession
+) -> None:
+    """What a comment service killed right after its insert leaves: seq + outbox entry + doc.
+
+    No later comment shows anyone the gap; the outbox sweep of the surviving
+    replica delivers it all the same.
+    """
+    api = Api(cluster.services["comment-1"].url, session)
+    video = unique("orphan")
+    token = await api.register(unique("poster"))
+    viewer = await Viewer(f"{cluster.services['rtms-1'].url}/stream/{video}", session).connect()
+    first = await api.post(video, "one", token)
+    await viewer.wait_for(1)
+    await asyncio.sleep(2.0)  # past the node's join-time catch-up reads (0.3 s, 1.5 s)
+    redis = Redis.from_url(cluster.backends.redis_url)
+    store = Store(cluster.backends.mongo_uri, cluster.namespace)
+    await store.start(create_indexes=False)
+    try:
+        sequencer = Sequencer(redis, f"{cluster.namespace}:", store, outbox=True)
+        seq, epoch = await sequencer.next(video)  # the writer's own code path...
+        doc = {
+            "_id": int(first["id"]) + 1, "video_id": video, "seq": seq, "epoch": epoch,
+            "user_id": int(first["user_id"]), "author": first["author"],
+            "text": "acknowledged, then the writer died", "parent_id": None,
+            "status": "visible", "created_at": utcnow(), "created_at_ms": 0,
+            "edited_at": None, "rev": 0, "reactions": {},
+        }  # fmt: skip
+        await store.insert_comment(doc)  # ... up to the insert, and then nothing
+    finally:
+        await redis.aclose()
+        await store.stop()
+    started = time.monotonic()
+    (_, orphan) = await viewer.wait_for(2, timeout=10)
+    took = time.monotonic() - started
+    assert orphan.json()["text"] == "acknowledged, then the writer died"
+    assert orphan.id == f"{epoch}-{seq}"
+    print(f"outbox delivered the orphan after {took:.2f} s")
+    await asyncio.sleep(0.5)
+    assert len(viewer.of("comment")) == 2
+    await viewer.close()
+
+
+@pytest.mark.timeout(90)
+async def test_comments_stored_while_every_dispatcher_is_down_arrive_when_one_is_back(
+    cluster: Cluster, session: aiohttp.ClientSession
+) -> None:
+    api = Api(cluster.services["comment-1"].url, session)
+    video = unique("nodisp")
+    token = await api.register(unique("poster"))
+    viewer = await Viewer(f"{cluster.services['rtms-2'].url}/stream/{video}", session).connect()
+    await asyncio.sleep(2.0)  # past the node's join-time catch-up reads (0.3 s, 1.5 s)
+    for name in ("dispatcher-1", "dispatcher-2"):
+        cluster.services[name].proc.kill()
+    try:
+        # Stored, so acknowledged (201), though nobody could carry them yet.
+        posted = [await api.post(video, f"while down {n}", token) for n in range(3)]
+        await asyncio.sleep(1.0)
+        assert viewer.of("comment") == []
+    finally:
+        for name in ("dispatcher-1", "dispatcher-2"):
+            cluster.restart(name)
+    got = await viewer.wait_for(3, timeout=20)
+    assert [e.json()["id"] for e in got] == [c["id"] for c in posted]
+    await asyncio.sleep(0.5)
+    assert len(viewer.of("comment")) == 3
+    await viewer.close()

@@ -247,3 +247,135 @@ def client_session(
 
 def unique(prefix: str) -> str:
     return f"{prefix}_{time.time_ns() % 10**12}"
+
+
+@dataclass
+class Follower:
+    """A viewer that behaves like the viewer page: it follows ``moved``, reconnects
+    with backoff through the stream endpoint with its last event id, reloads
+    history after ``reset``, and records every comment it is shown.
+    """
+
+    api: Api
+    video: str
+    seqs: list[int] = field(default_factory=list)  # comment seqs in arrival order
+    ids: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)  # where each connection landed
+    moves: int = 0
+    resets: int = 0
+    reconnects: int = 0
+    catch_up: list[float] = field(default_factory=list)  # s from disconnect to first event
+    last_id: str | None = None
+    _next_url: str | None = None
+    _task: asyncio.Task[None] | None = None
+    _seen: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def start(self) -> Follower:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        lost_at: float | None = None
+        while True:
+            url = self._next_url or f"{self.api.base}/api/videos/{self.video}/stream"
+            self._next_url = None
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            try:
+                async with self.api.session.get(
+                    url, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_read=30)
+                ) as response:
+                    if response.status != 200:
+                        raise ConnectionError(f"{url}: {response.status}")
+                    self.nodes.append(f"{response.url.host}:{response.url.port}")
+                    backoff = 0.05
+                    buffer = b""
+                    async for chunk in response.content.iter_any():
+                        buffer += chunk
+                        while b"\n\n" in buffer:
+                            block, buffer = buffer.split(b"\n\n", 1)
+                            if lost_at is not None and b"data:" in block:
+                                self.catch_up.append(time.monotonic() - lost_at)
+                                lost_at = None
+                            if await self._block(block.decode()):
+                                break
+            except (aiohttp.ClientError, ConnectionError, TimeoutError):
+                pass
+            if lost_at is None:
+                lost_at = time.monotonic()
+            self.reconnects += 1
+            if self._next_url is None:  # not told where to go: wait a little, then retry
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    async def _block(self, block: str) -> bool:
+        """Handle one SSE block; True when the connection should be left."""
+        event, data, ident = "message", "", None
+        for line in block.split("\n"):
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                event = value
+            elif name == "data":
+                data = value
+            elif name == "id":
+                ident = value
+        if ident:
+            self.last_id = ident
+        if event == "comment":
+            body = orjson.loads(data)
+            self.seqs.append(int(body["seq"]))
+            self.ids.append(body["id"])
+            self._seen.set()
+        elif event == "moved":
+            body = orjson.loads(data)
+            self.moves += 1
+            self._next_url = body.get("url")
+            if body.get("last_event_id"):
+                self.last_id = body["last_event_id"]
+            return True
+        elif event == "reset":
+            self.resets += 1
+            await self._reload(orjson.loads(data).get("epoch"))
+        return False
+
+    async def _reload(self, epoch: int | None) -> None:
+        """After a reset: what history has after the last comment shown, then live again."""
+        after = self.seqs[-1] if self.seqs else 0
+        while True:
+            status, page, _ = await self.api.request(
+                "GET", f"/api/videos/{self.video}/comments?after={after}&limit=100"
+            )
+            if status != 200:
+                await asyncio.sleep(0.2)
+                continue
+            for item in page["items"]:
+                for doc in (item, *item.get("replies", ())):
+                    if doc["seq"] > after and doc["id"] not in self.ids:
+                        self.seqs.append(int(doc["seq"]))
+                        self.ids.append(doc["id"])
+            if page["next_after"] is None:
+                break
+            after = page["next_after"]
+        if epoch is not None and self.seqs:
+            self.last_id = f"{epoch}-{max(self.seqs)}"
+
+
+async def cli(cluster: Cluster, *args: str, check: bool = True) -> tuple[int, Any, str]:
+    """Run ``livecomments ARGS --json`` as an operator would; (exit code, JSON, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "livecomments", *args, "--json",
+        env={**os.environ, **cluster.base_env()},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    code = proc.returncode if proc.returncode is not None else -1
+    if check:
+        assert code == 0, (args, err.decode())
+    return code, orjson.loads(out) if out.strip() else None, err.decode()

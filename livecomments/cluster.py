@@ -15,11 +15,13 @@ from livecomments import settings as cfg
 from livecomments.launcher import (
     Proc,
     free_port,
+    respawn,
     start_component,
     start_redis,
     start_store,
     start_zookeeper,
     wait_zookeeper,
+    zookeeper_mode,
 )
 from livecomments.tls import make_dev_certificates
 
@@ -84,6 +86,18 @@ class Backends:
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
             proc.stop()
+
+    def restart(self, name: str) -> Proc:
+        """Start a backend process (``redis``, ``zookeeper-2``, ...) again after a kill."""
+        self.procs[name] = respawn(self.procs[name])
+        return self.procs[name]
+
+    def zookeeper_leader(self) -> str | None:
+        """The name of the ensemble member that leads right now."""
+        for name, proc in self.procs.items():
+            if name.startswith("zookeeper") and zookeeper_mode(proc.port) == "leader":
+                return name
+        return None
 
 
 @dataclass

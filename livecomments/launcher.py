@@ -107,7 +107,39 @@ def spawn(
             env=full_env,
             start_new_session=True,  # Ctrl-C in the terminal reaches `up`, which stops us in order
         )
-    return Proc(name, popen, log_path, port, offset)
+    proc = Proc(name, popen, log_path, port, offset)
+    proc.extra.update(argv=list(argv), env=dict(env or {}), log_dir=log_dir)
+    return proc
+
+
+def respawn(proc: Proc, timeout: float = 30.0) -> Proc:
+    """Start a stopped or killed backend again, same command, same port; wait for the port."""
+    proc.stop()
+    new = spawn(
+        proc.name,
+        proc.extra["argv"],  # type: ignore[arg-type]
+        proc.extra["log_dir"],  # type: ignore[arg-type]
+        proc.extra["env"],  # type: ignore[arg-type]
+        proc.port,
+    )
+    wait_until(new, lambda: port_open(new.port), timeout, "restarting")
+    return new
+
+
+def zookeeper_mode(port: int) -> str:
+    """"leader", "follower" or "standalone" from the ``srvr`` command; "" if it does not answer."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"srvr")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+    except OSError:
+        return ""
+    for line in answer.decode(errors="replace").splitlines():
+        if line.startswith("Mode:"):
+            return line.split(":", 1)[1].strip()
+    return ""
 
 
 def wait_until(proc: Proc, check: object, timeout: float, what: str) -> None:

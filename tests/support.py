@@ -258,6 +258,7 @@ class Follower:
 
     api: Api
     video: str
+    others: list[Api] = field(default_factory=list)  # other comment services to fall back on
     seqs: list[int] = field(default_factory=list)  # comment seqs in arrival order
     ids: list[str] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)  # where each connection landed
@@ -306,7 +307,9 @@ class Follower:
                             if await self._block(block.decode()):
                                 break
             except (aiohttp.ClientError, ConnectionError, TimeoutError):
-                pass
+                if self.others and self._next_url is None:  # try the next comment service
+                    self.others.append(self.api)
+                    self.api = self.others.pop(0)
             if lost_at is None:
                 lost_at = time.monotonic()
             self.reconnects += 1

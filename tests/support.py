@@ -275,6 +275,15 @@ class Follower:
         self._task = asyncio.create_task(self._run())
         return self
 
+    @staticmethod
+    async def all_connected(followers: list[Follower], timeout: float = 10.0) -> None:
+        """Until each one has a stream open (from then on it is owed every comment)."""
+        for _ in range(int(timeout / 0.05)):
+            if all(f.nodes for f in followers):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("followers did not connect")
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

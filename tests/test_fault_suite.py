@@ -143,10 +143,10 @@ async def test_no_acknowledged_comment_is_lost_while_processes_die(
         async def rtms_of(video: str) -> str:
             _, table, _ = await cli(cluster, "videos")
             entry = next(v for v in table["videos"] if v["video"] == video)
-            return str((entry["hosting"] or entry["placed"])[0])
+            return str((entry["hosted"] or entry["placed"])[0])
 
         try:
-            await asyncio.sleep(1.5)
+            await Follower.all_connected(list(followers.values()))
             async with background(poster.run(every=0.04)):
                 await asyncio.sleep(2.0)
                 await step("kill -9 rtms-1", cluster.services["rtms-1"].proc.kill, 1.5)

@@ -126,6 +126,7 @@ async def test_move_and_pin_carry_viewers_over_without_loss(
     token = await api.register(unique("poster"))
     await api.post(video, "before anyone watches", token)
     followers_of.extend(Follower(api, video).start() for _ in range(4))
+    await Follower.all_connected(followers_of)
     async with Posting(api, video, token).running() as posting:
         await asyncio.sleep(1.0)
         assert all(landed(cluster, f) == ["rtms-1"] for f in followers_of)
@@ -150,6 +151,7 @@ async def test_drain_empties_a_node_and_undrain_reopens_it(
     token = await api.register(unique("poster"))
     placed = node_of(cluster, await location(api, f"/api/videos/{video}/stream"))
     followers_of.extend(Follower(api, video).start() for _ in range(3))
+    await Follower.all_connected(followers_of)
     async with Posting(api, video, token).running() as posting:
         await asyncio.sleep(1.0)
         await cli(cluster, "drain", placed)
@@ -161,7 +163,10 @@ async def test_drain_empties_a_node_and_undrain_reopens_it(
     assert node_of(cluster, target) != placed
     await cli(cluster, "undrain", placed)
     await asyncio.sleep(0.3)
-    assert node_of(cluster, await location(api, f"/api/videos/{video}/stream")) == placed
+    targets = {
+        node_of(cluster, await location(api, f"/api/videos/{video}/stream")) for _ in range(30)
+    }
+    assert placed in targets  # placed again (with 3 viewers, alongside a second node)
 
 
 async def test_rebalance_moves_viewers_left_on_unplaced_nodes(
@@ -173,7 +178,9 @@ async def test_rebalance_moves_viewers_left_on_unplaced_nodes(
     home = rendezvous(video, NODES)[0]
     await cli(cluster, "pin", video, "rtms-3")
     token = await api.register(unique("poster"))
-    followers_of.extend(Follower(api, video).start() for _ in range(3))
+    # Two viewers: fewer than SPREAD_VIEWERS, so the video is placed on one node.
+    followers_of.extend(Follower(api, video).start() for _ in range(2))
+    await Follower.all_connected(followers_of)
     async with Posting(api, video, token).running() as posting:
         await asyncio.sleep(1.0)
         await cli(cluster, "unpin", video)  # viewers stay where they are ...

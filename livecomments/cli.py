@@ -5,18 +5,26 @@ The CLI only adapts: options -> settings -> server -> run.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from livecomments import settings as cfg
 from livecomments.launcher import READY_MARK, LaunchError, missing_system_packages
 from livecomments.runtime import serve, setup_logging
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from livecomments.ops import Ops
 
 
 def _ready() -> None:
@@ -221,3 +229,344 @@ def _print_urls(cluster: Any, backends: Any, run_dir: Path) -> None:
         "Ctrl-C stops everything.",
     ]
     click.echo("\n".join(line for line in lines if line))
+
+
+# -- operators: read and change placement in ZooKeeper -----------------------------
+#
+# Each command adapts: options -> BackendSettings -> one ZooKeeper session (ops.Ops)
+# -> a JSON-ready dict -> a table for people or one JSON document for scripts.
+
+as_json = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document on stdout (for scripts)."
+)
+
+
+@contextmanager
+def _zookeeper() -> Iterator[Ops]:
+    """A session for one command; our errors become one clear line on stderr, exit 1."""
+    from livecomments.errors import LiveCommentsError
+    from livecomments.ops import Ops
+
+    try:
+        with Ops.connect(cfg.load(cfg.BackendSettings)) as ops:
+            yield ops
+    except LiveCommentsError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+def _emit(doc: dict[str, Any], json_out: bool, render: Callable[[Console, Any], None]) -> None:
+    if json_out:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    from rich.console import Console
+
+    # No guessing at what to colour in free text ("viewer(s)" is not a call).
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        # Piped into grep or a file: whole lines, not folded at rich's default 80 columns.
+        console = Console(highlight=False, width=10_000)
+    render(console, doc)
+
+
+def _table(*columns: str, title: str | None = None) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=None, header_style="bold")
+    for name in columns:
+        # Ids and URLs are copied into the next command: never cut them short.
+        table.add_column(name, overflow="fold")
+    return table
+
+
+def _names(nodes: list[str]) -> str:
+    return ", ".join(nodes) if nodes else "-"
+
+
+def _render_nodes(console: Console, doc: dict[str, Any]) -> None:
+    table = _table("node", "connections", "videos", "draining", "sse url", "grpc", title="RTMS")
+    for row in doc["rtms"]:
+        if not row["live"]:
+            draining = "yes (node gone)"
+        elif row["draining"]:
+            draining = "yes" if row["draining_reported"] else "yes (requested)"
+        else:
+            draining = "no"
+        live = row["live"]
+        table.add_row(
+            row["node"],
+            str(row["connections"]) if live else "-",
+            str(row["videos"]) if live else "-",
+            draining,
+            row["sse_url"] or "-",
+            row["grpc"] or "-",
+        )
+    console.print(table if doc["rtms"] else "no RTMS node is live")
+    console.print()
+    dispatchers = _table("dispatcher", "grpc", title="dispatchers")
+    for row in doc["dispatchers"]:
+        dispatchers.add_row(row["id"], row["grpc"] or "-")
+    console.print(dispatchers if doc["dispatchers"] else "no dispatcher is live")
+    workers = doc["comment_workers"]
+    console.print(
+        f"\ncomment-service workers: {len(workers)}"
+        + (f" (ids {', '.join(str(w['worker_id']) for w in workers)})" if workers else "")
+    )
+
+
+def _render_videos(console: Console, doc: dict[str, Any]) -> None:
+    if not doc["videos"]:
+        console.print("no video is hosted or pinned")
+        return
+    table = _table("video", "viewers", "hosted on (viewers)", "placed on", "pinned to")
+    for row in doc["videos"]:
+        hosted = ", ".join(f"{n} ({row['viewers_by_node'].get(n, 0)})" for n in row["hosted"])
+        pinned = row["pinned"]
+        table.add_row(
+            row["video"],
+            str(row["viewers"]),
+            hosted or "-",
+            _names(row["placed"]),
+            "-" if pinned is None else _names(pinned),
+        )
+    console.print(table)
+
+
+def _moving(moving: dict[str, int]) -> str:
+    total = sum(moving.values())
+    if not total:
+        return "no viewers on other nodes"
+    where = ", ".join(f"{node}: {n}" for node, n in moving.items())
+    return f"{total} viewer(s) on other nodes are being moved ({where})"
+
+
+def _render_pin(console: Console, doc: dict[str, Any]) -> None:
+    was = f" (was pinned to {_names(doc['previous'])})" if doc["previous"] is not None else ""
+    console.print(f"pinned {doc['video']} to {_names(doc['nodes'])}{was}")
+    console.print(_moving(doc["moving"]))
+    console.print(f"it stays pinned until: livecomments unpin {doc['video']}")
+
+
+@main.command()
+@click.argument("video")
+@click.argument("nodes", nargs=-1, required=True)
+@as_json
+def pin(video: str, nodes: tuple[str, ...], as_json: bool) -> None:
+    """Pin VIDEO to NODES (live RTMS nodes) until `unpin`.
+
+    Nodes hosting VIDEO that are not in the pin send their viewers a `moved`
+    event pointing at a pinned node, and close them. New viewers go to the
+    pinned nodes only.
+    """
+    with _zookeeper() as ops:
+        doc = ops.pin(video, nodes)
+    _emit(doc, as_json, _render_pin)
+
+
+@main.command()
+@click.argument("video")
+@click.option("--to", "node", required=True, help="The RTMS node to move VIDEO to.")
+@as_json
+def move(video: str, node: str, as_json: bool) -> None:
+    """Move every viewer of VIDEO to NODE, now.
+
+    This pins VIDEO to NODE alone: it stays there, also for new viewers, until
+    `livecomments unpin VIDEO`. VIDEO must be hosted somewhere or pinned.
+    """
+    with _zookeeper() as ops:
+        doc = ops.move(video, node)
+    _emit(doc, as_json, _render_pin)
+
+
+@main.command()
+@click.argument("video")
+@as_json
+def unpin(video: str, as_json: bool) -> None:
+    """Remove VIDEO's pin (connected viewers stay put).
+
+    New viewers go where hashing places them. Viewers already connected stay
+    where they are until `livecomments rebalance` moves them.
+    """
+    with _zookeeper() as ops:
+        doc = ops.unpin(video)
+
+    def render(console: Console, doc: dict[str, Any]) -> None:
+        console.print(
+            f"unpinned {doc['video']} (was pinned to {_names(doc['unpinned'])}); connected "
+            "viewers stay where they are until `livecomments rebalance`",
+        )
+
+    _emit(doc, as_json, render)
+
+
+@main.command()
+@click.argument("node")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Then wait up to SECONDS for the node to report no connections (exit 1 if it does not).",
+)
+@as_json
+def drain(node: str, wait: float | None, as_json: bool) -> None:
+    """Move every viewer off NODE; it takes no new ones.
+
+    NODE must be a live RTMS node (or already drained). Its viewers get a
+    `moved` event pointing at a node placed for their video. The drain stays,
+    also across the node's restarts, until `livecomments undrain NODE`.
+    """
+    with _zookeeper() as ops:
+        doc = ops.drain(node)
+        if not as_json:
+            _emit(doc, False, _render_drain)
+        if wait is not None:
+
+            def progress(left: int) -> None:
+                click.echo(f"{node}: {left} connection(s) left", err=True)
+
+            doc["connections_left"] = ops.wait_drained(node, wait, progress)
+    if as_json:
+        _emit(doc, True, _render_drain)
+    left = doc.get("connections_left", 0)
+    if left:
+        raise click.ClickException(
+            f"{node} still reports {left} connection(s) after {wait:g}s (it stays drained)"
+        )
+
+
+def _render_drain(console: Console, doc: dict[str, Any]) -> None:
+    if doc["already"]:
+        console.print(f"{doc['node']} was already drained (by {doc['by']} at {doc['at']})")
+    else:
+        console.print(
+            f"draining {doc['node']}: it moves its viewers away and takes no new ones "
+            f"(until `livecomments undrain {doc['node']}`)",
+        )
+
+
+@main.command()
+@click.argument("node")
+@as_json
+def undrain(node: str, as_json: bool) -> None:
+    """Let the drained NODE take new viewers again.
+
+    Viewers moved away do not come back on their own; `rebalance` moves them.
+    """
+    with _zookeeper() as ops:
+        doc = ops.undrain(node)
+
+    def render(console: Console, doc: dict[str, Any]) -> None:
+        console.print(f"{doc['node']} takes new viewers again")
+
+    _emit(doc, as_json, render)
+
+
+@main.command()
+@as_json
+def nodes(as_json: bool) -> None:
+    """List RTMS nodes, dispatchers and comment workers.
+
+    Each RTMS node with its connections, videos and whether it drains. A
+    drained node that is gone is listed too: its drain stays until `undrain`.
+    """
+    with _zookeeper() as ops:
+        doc = ops.nodes()
+    _emit(doc, as_json, _render_nodes)
+
+
+@main.command()
+@as_json
+def videos(as_json: bool) -> None:
+    """List hosted and pinned videos: viewers, hosts, placement.
+
+    "placed on" is where new viewers go (the pin, or rendezvous hashing over
+    live, non-draining nodes); "hosted on" is where viewers are now.
+    """
+    with _zookeeper() as ops:
+        doc = ops.videos()
+    _emit(doc, as_json, _render_videos)
+
+
+def _render_plan(console: Console, doc: dict[str, Any]) -> None:
+    plan = doc["plan"]
+    if not plan:
+        console.print("nothing to rebalance: every hosted video is on a node placed for it")
+        return
+    table = _table("video", "from", "to", "viewers", title="rebalance plan")
+    for item in plan:
+        table.add_row(item["video"], item["from"], _names(item["to"]), str(item["viewers"]))
+    console.print(table)
+    viewers = sum(item["viewers"] for item in plan)
+    console.print(f"{viewers} viewer(s) of {len({i['video'] for i in plan})} video(s) to move")
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only show the plan.")
+@click.option("--yes", is_flag=True, help="Apply the plan without asking.")
+@as_json
+def rebalance(dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Move viewers off nodes not placed for their video.
+
+    Shows the plan (video, from, to, viewers), then asks RTMS nodes to carry
+    it out: each sends those viewers a `moved` event to a placed node. Without
+    --yes it asks first (and refuses when stdin is not a terminal).
+    """
+    if dry_run and yes:
+        raise click.UsageError("--dry-run and --yes contradict each other")
+    with _zookeeper() as ops:
+        doc: dict[str, Any] = {"plan": ops.plan(), "applied": False, "request": None}
+        if not as_json:
+            _emit(doc, False, _render_plan)
+        if doc["plan"] and not dry_run:
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise click.ClickException(
+                        "not applied: stdin is not a terminal; "
+                        "pass --yes to apply, or --dry-run to only show the plan"
+                    )
+                click.confirm("apply this plan?", abort=True, err=True)
+            doc["request"] = ops.request_rebalance(doc["plan"])
+            doc["applied"] = True
+    if as_json:
+        _emit(doc, True, _render_plan)
+    elif doc["applied"]:
+        click.echo(f"requested: {doc['request']['request']}; the RTMS nodes move the viewers now")
+
+
+def _render_status(console: Console, doc: dict[str, Any]) -> None:
+    zk = doc["zookeeper"]
+    table = _table("", "")
+    table.show_header = False
+    reach = "reachable" if zk["reachable"] else f"UNREACHABLE: {zk.get('error')}"
+    mode = f", {zk['mode']}" if zk.get("mode") else ""
+    version = f", {zk['version']}" if zk.get("version") else ""
+    table.add_row("zookeeper", f"{zk['hosts']} root {zk['root']}: {reach}{mode}{version}")
+    for key in ("rtms_nodes", "dispatchers", "comment_workers", "hosted_videos", "viewers"):
+        table.add_row(key.replace("_", " "), _or_dash(doc[key]))
+    for key in ("pins", "drains", "rebalance_requests"):
+        table.add_row(key.replace("_", " "), _or_dash(doc[key]))
+    console.print(table)
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+@main.command()
+@as_json
+def status(as_json: bool) -> None:
+    """Summarise ZooKeeper, counts, viewers, pins and drains.
+
+    Exits 1 when ZooKeeper cannot be reached (and says so, also with --json).
+    """
+    from livecomments.errors import Unavailable
+    from livecomments.ops import Ops, unreachable_status
+
+    settings = cfg.load(cfg.BackendSettings)
+    try:
+        with Ops.connect(settings) as ops:
+            doc = ops.status()
+    except Unavailable as exc:
+        # Still one document: "unreachable" is the answer a script asked for.
+        _emit(unreachable_status(settings, exc.message), as_json, _render_status)
+        raise click.ClickException(exc.message) from exc
+    _emit(doc, as_json, _render_status)

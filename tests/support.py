@@ -270,6 +270,7 @@ class Follower:
     _next_url: str | None = None
     _task: asyncio.Task[None] | None = None
     _seen: asyncio.Event = field(default_factory=asyncio.Event)
+    _reloaded: set[str] = field(default_factory=set)
 
     def start(self) -> Follower:
         self._task = asyncio.create_task(self._run())
@@ -342,6 +343,11 @@ class Follower:
             self.last_id = ident
         if event == "comment":
             body = orjson.loads(data)
+            if body["id"] in self._reloaded:
+                # Loaded from history after a reset and then sent live too: the page
+                # shows it once (it keys comments by id), so do we.
+                self._reloaded.discard(body["id"])
+                return False
             self.seqs.append(int(body["seq"]))
             self.ids.append(body["id"])
             self._seen.set()
@@ -372,6 +378,7 @@ class Follower:
                     if doc["seq"] > after and doc["id"] not in self.ids:
                         self.seqs.append(int(doc["seq"]))
                         self.ids.append(doc["id"])
+                        self._reloaded.add(doc["id"])
             if page["next_after"] is None:
                 break
             after = page["next_after"]

@@ -127,7 +127,7 @@ def respawn(proc: Proc, timeout: float = 30.0) -> Proc:
 
 
 def zookeeper_mode(port: int) -> str:
-    """"leader", "follower" or "standalone" from the ``srvr`` command; "" if it does not answer."""
+    """ "leader", "follower" or "standalone" from the ``srvr`` command; "" if it does not answer."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
             sock.sendall(b"srvr")

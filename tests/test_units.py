@@ -6,7 +6,7 @@ import pytest
 
 from comment_service.validation import comment_text
 from coord.paths import Paths
-from coord.placement import rendezvous
+from coord.placement import Policy, place, rendezvous
 from livecomments import settings as cfg
 from livecomments.errors import ValidationError
 from livecomments.events import event_id, parse_event_id, sse_frame
@@ -113,3 +113,25 @@ def test_comment_text_rejects(text: object, code: str) -> None:
 def test_comment_text_normalises() -> None:
     assert comment_text("  cafe\u0301  ", 500) == "caf\u00e9"
     assert comment_text("é" * 500, 500) == "é" * 500
+
+
+def test_placement_pins_drains_and_spread() -> None:
+    nodes = {f"n{i}": {"sse_url": f"https://n{i}"} for i in range(1, 5)}
+    policy = Policy(min_spread=1, spread_viewers=100, max_spread=3)
+    (home,) = place("v", nodes, {}, (), policy)
+    assert home == rendezvous("v", nodes)[0]
+    # A pin wins while one of its nodes is alive and not draining ...
+    other = next(n for n in nodes if n != home)
+    assert place("v", nodes, {"v": {"nodes": [other]}}, (), policy) == [other]
+    # ... and falls back to hashing when none is.
+    assert place("v", nodes, {"v": {"nodes": [other]}}, {other}, policy)[0] != other
+    assert place("v", nodes, {"v": {"nodes": ["gone"]}}, (), policy) == [home]
+    # Draining nodes and excluded nodes take nothing new.
+    assert home not in place("v", nodes, {}, {home}, policy)
+    assert home not in place("v", nodes, {}, (), policy, exclude={home})
+    # Viewers over all nodes' reports spread the video, best node first, up to max_spread.
+    busy = {n: {**info, "viewers_by_video": {"v": 90}} for n, info in nodes.items()}  # 360
+    spread = place("v", busy, {}, (), policy)
+    assert spread == rendezvous("v", nodes, 3) and spread[0] == home
+    assert place("v", nodes, {}, (), Policy(min_spread=2)) == rendezvous("v", nodes, 2)
+    assert place("v", {}, {}, (), policy) == []

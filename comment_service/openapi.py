@@ -312,6 +312,7 @@ def _schemas(settings: CommentServiceSettings) -> dict[str, Schema]:
                 "dispatchers": {"type": "integer", "minimum": 0},
                 "rtms_nodes": {"type": "integer", "minimum": 0},
                 "dispatch_failures": {"type": "integer", "minimum": 0},
+                "outbox_redispatched": {"type": "integer", "minimum": 0},
             }
         ),
         # -- request bodies --

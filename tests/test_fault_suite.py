@@ -159,8 +159,9 @@ async def test_no_acknowledged_comment_is_lost_while_processes_die(
             await Follower.all_connected(list(followers.values()))
             async with background(poster.run(every=0.04)):
                 await asyncio.sleep(2.0)
-                await step("kill -9 rtms-1", cluster.services["rtms-1"].proc.kill, 1.5)
-                await step("restart rtms-1", lambda: cluster.restart("rtms-1"))
+                victim = await rtms_of(videos[2])  # a node with viewers on it
+                await step(f"kill -9 {victim}", cluster.services[victim].proc.kill, 1.5)
+                await step(f"restart {victim}", lambda: cluster.restart(victim))
                 await step("kill -9 dispatcher-1", cluster.services["dispatcher-1"].proc.kill)
                 await step("restart dispatcher-1", lambda: cluster.restart("dispatcher-1"))
                 await step("kill -9 comment-1", cluster.services["comment-1"].proc.kill)

@@ -47,7 +47,8 @@ def backends(run_root: Path) -> Iterator[Backends]:
     missing = missing_system_packages()
     if missing:
         pytest.fail(f"missing system packages (run `make test` as root): {' '.join(missing)}")
-    started = Backends.start(run_root / "backends", memory_store=True)
+    # A 3-member ZooKeeper ensemble, as in production (deploy/zookeeper).
+    started = Backends.start(run_root / "backends", zk_members=3, memory_store=True)
     yield started
     started.stop()
 

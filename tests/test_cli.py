@@ -319,12 +319,14 @@ async def test_status_summarises_the_cluster(
         doc = await eventually(summary)
         zk = doc["zookeeper"]
         assert zk["reachable"] is True and zk["error"] is None
-        assert zk["mode"] == "standalone" and zk["version"]  # the test ZooKeeper allows srvr
+        # The tests run on a 3-member ensemble; srvr is allowed there.
+        assert zk["mode"] in ("leader", "follower") and zk["version"]
         assert zk["root"] == f"/{cluster.namespace}"
         assert (doc["rtms_nodes"], doc["dispatchers"], doc["comment_workers"]) == (2, 2, 1)
         assert doc["pins"] >= 1 and doc["drains"] == 0
         table = await run(cluster, "status")
-        assert table.code == 0 and "standalone" in table.out, table.err
+        # (each run may talk to another member of the ensemble)
+        assert table.code == 0 and ("leader" in table.out or "follower" in table.out), table.err
         await cli(cluster, "unpin", pinned)
     finally:
         await viewer.close()

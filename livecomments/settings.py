@@ -59,6 +59,7 @@ class RTMSSettings(BackendSettings):
     host_grace: float = 30.0  # keep hosting a video this long after its last viewer left
     max_viewer_buffer: int = 256 * 1024  # bytes queued for one viewer before it is dropped
     reorder_window: float = 0.05  # wait this long for a missing seq before asking the store
+    coalesce_window: float = 0.005  # events within this long share one write per viewer
     gap_deadline: float = 3.0  # give up on a seq the store still lacks after this long
     replay_limit: int = 5000  # most events replayed to one resuming viewer
     max_viewers: int = 18000  # the process has 20K file descriptors

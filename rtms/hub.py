@@ -61,8 +61,11 @@ class Channel:
         "epoch",
         "fill_to",
         "filling",
+        "flush_handle",
         "idle_handle",
+        "last_flush",
         "last_seq",
+        "outbox",
         "pending",
         "ring",
         "video_id",
@@ -80,6 +83,9 @@ class Channel:
         self.filling: asyncio.Task[None] | None = None
         self.fill_to = 0  # fill from the store up to here even without a later event
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.outbox: list[bytes] = []  # accepted, not yet written to the viewers
+        self.flush_handle: asyncio.Handle | None = None
+        self.last_flush = 0.0
 
 
 class Stats:
@@ -109,8 +115,10 @@ class Hub:
         reorder_window: float = 0.05,
         gap_deadline: float = 3.0,
         replay_limit: int = 5000,
+        coalesce_window: float = 0.005,
     ) -> None:
         self._backend = backend
+        self._window = coalesce_window
         self._ring_size = ring_size
         self._host_grace = host_grace
         self._max_buffer = max_viewer_buffer
@@ -187,6 +195,9 @@ class Hub:
         if viewer.closed:
             self._maybe_idle(channel)
             return
+        # What is accepted but not yet written is in the ring, so in the replay:
+        # write it to the others now, so this viewer does not get it twice.
+        self._flush(channel)
         viewer.transport.write(b"".join(replay))
         viewer.channel = channel
         channel.viewers.add(viewer)
@@ -233,6 +244,9 @@ class Hub:
         del self.channels[channel.video_id]
         if channel.filling is not None:
             channel.filling.cancel()
+        if channel.flush_handle is not None:
+            channel.flush_handle.cancel()
+            channel.flush_handle = None
         try:
             await self._backend.unhost(channel.video_id)
         except LiveCommentsError as exc:
@@ -259,7 +273,7 @@ class Hub:
                 duplicates += 1
         for channel, frames in out.items():
             if frames:
-                self._broadcast(channel, b"".join(frames))
+                self._queue(channel, frames)
         self.stats.accepted += accepted
         self.stats.duplicates += duplicates
         self.stats.unhosted += unhosted
@@ -320,6 +334,34 @@ class Hub:
             if entry is None:
                 break
             self._accept(channel, channel.last_seq + 1, entry[0], frames, entry[1])
+
+    def _queue(self, channel: Channel, frames: list[bytes]) -> None:
+        """Coalesce: at most one write per viewer per window, whatever the event rate.
+
+        An event for a quiet video goes out on the next loop turn; while events
+        keep coming, they wait for the window to end and share one write (one
+        send per viewer is what fan-out costs, so fewer sends is the lever).
+        """
+        channel.outbox.extend(frames)
+        if channel.flush_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._window - (loop.time() - channel.last_flush)
+        if wait <= 0:
+            channel.flush_handle = loop.call_soon(self._flush, channel)
+        else:
+            channel.flush_handle = loop.call_later(wait, self._flush, channel)
+
+    def _flush(self, channel: Channel) -> None:
+        if channel.flush_handle is not None:
+            channel.flush_handle.cancel()
+            channel.flush_handle = None
+        if not channel.outbox:
+            return
+        data = b"".join(channel.outbox)
+        channel.outbox.clear()
+        channel.last_flush = asyncio.get_running_loop().time()
+        self._broadcast(channel, data)
 
     def _broadcast(self, channel: Channel, data: bytes) -> None:
         limit = self._max_buffer
@@ -397,7 +439,7 @@ class Hub:
                     channel.last_seq = hi
                 self._drain(channel, frames)
             if frames:
-                self._broadcast(channel, b"".join(frames))
+                self._queue(channel, frames)
             if self._gap_end(channel) <= channel.last_seq:
                 return
             await asyncio.sleep(delay)
@@ -436,6 +478,7 @@ class Hub:
         channel = self.channels.get(video_id)
         if channel is None or not channel.viewers:
             return 0
+        self._flush(channel)  # they have everything up to last_seq before they go
         last = events.event_id(channel.epoch or 0, channel.last_seq)
         url = None
         if base_url:
@@ -463,6 +506,7 @@ class Hub:
 
     async def stop(self) -> None:
         for channel in self.channels.values():
+            self._flush(channel)
             if channel.idle_handle is not None:
                 channel.idle_handle.cancel()
         for task in list(self._tasks):

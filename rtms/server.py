@@ -80,6 +80,7 @@ class RTMSServer:
             reorder_window=settings.reorder_window,
             gap_deadline=settings.gap_deadline,
             replay_limit=settings.replay_limit,
+            coalesce_window=settings.coalesce_window,
         )
         self.placement = Placement(self.zk, Policy.from_settings(settings))
         self.listener = SSEListener(

@@ -20,6 +20,7 @@ from comment_service.limits import Limiter, PostLimits
 from comment_service.outbox import Outbox
 from comment_service.policy import Policies
 from livecomments import events
+from livecomments.batching import Batcher
 from livecomments.errors import (
     Conflict,
     LiveCommentsError,
@@ -72,6 +73,9 @@ class Comments:
         self._post_limits = post_limits
         self._outbox = outbox
         self.dispatch_failures = 0
+        # Group commit: concurrent posts share one insert and one Dispatch call.
+        self._inserts: Batcher[dict[str, Any], None] = Batcher(store.insert_comments)
+        self._dispatches: Batcher[pb.Event, None] = Batcher(self._dispatch_batch)
 
     # -- posting --------------------------------------------------------------
 
@@ -162,7 +166,7 @@ class Comments:
         for _ in range(5):
             doc["seq"], doc["epoch"] = await self._sequencer.next(video_id)
             try:
-                await self._store.insert_comment(doc)
+                await self._inserts.submit(doc)
                 return
             except Conflict as exc:
                 if exc.code != "seq_conflict":
@@ -173,9 +177,13 @@ class Comments:
                 await self._sequencer.advance(video_id, await self._store.max_seq(video_id))
         raise Unavailable("could not assign a sequence number")
 
+    async def _dispatch_batch(self, batch: list[pb.Event]) -> list[None]:
+        await self._dispatcher.dispatch(batch)
+        return [None] * len(batch)
+
     async def _dispatch(self, event: pb.Event) -> None:
         try:
-            await self._dispatcher.dispatch([event])
+            await self._dispatches.submit(event)
         except Unavailable as exc:
             # Stored, so acknowledged all the same: the outbox sweep sends it later.
             self.dispatch_failures += 1

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from comment_service.dispatch import DispatchClient
 from livecomments import events
+from livecomments.batching import Batcher
 from livecomments.errors import LiveCommentsError
 from livecomments.sequencer import outbox_key
 from livecomments.store import Store
@@ -63,14 +64,19 @@ class Outbox:
         self._batch = batch
         self._claim = redis.register_script(_CLAIM)
         self._task: asyncio.Task[None] | None = None
+        self._removals: Batcher[str, None] = Batcher(self._remove, max_batch=1000)
         self.redispatched = 0
 
     async def done(self, video_id: str, seq: int) -> None:
-        """The event was dispatched: nothing left to sweep."""
+        """The event was dispatched: nothing left to sweep (removals are batched)."""
         try:
-            await self._redis.zrem(self._key, f"{video_id}|{seq}")
+            await self._removals.submit(f"{video_id}|{seq}")
         except RedisError as exc:
             log.debug("outbox: %s", exc)  # the sweep re-dispatches it; harmless
+
+    async def _remove(self, members: list[str]) -> list[None]:
+        await self._redis.zrem(self._key, *members)
+        return [None] * len(members)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())

@@ -13,9 +13,9 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from livecomments.errors import Conflict, Unavailable
+from livecomments.errors import Conflict, LiveCommentsError, Unavailable
 
 Doc = dict[str, Any]
 
@@ -107,6 +107,28 @@ class Store:
             if "_id" in ((exc.details or {}).get("keyPattern") or {}):
                 raise Conflict("comment already stored", code="duplicate_id") from exc
             raise Conflict("sequence number already used", code="seq_conflict") from exc
+
+    async def insert_comments(self, docs: list[Doc]) -> list[LiveCommentsError | None]:
+        """Persist many in one round trip (group commit); per document, None or its Conflict."""
+        results: list[LiveCommentsError | None] = [None] * len(docs)
+        try:
+            with _guard():
+                await self.comments.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors", []):
+                index = int(error.get("index", -1))
+                if not 0 <= index < len(docs):
+                    continue
+                if error.get("code") == 11000:
+                    pattern = error.get("keyPattern") or {}
+                    results[index] = (
+                        Conflict("comment already stored", code="duplicate_id")
+                        if "_id" in pattern
+                        else Conflict("sequence number already used", code="seq_conflict")
+                    )
+                else:
+                    results[index] = Unavailable(f"store: {error.get('errmsg', 'write failed')}")
+        return results
 
     async def comments_by_seq(self, video_id: str, lo: int, hi: int) -> list[Doc]:
         """Comments and change markers with ``lo <= seq <= hi``, ascending by seq."""
@@ -308,7 +330,7 @@ def _guard(what: str = "") -> Iterator[None]:
     """Store failures become ``Unavailable``; duplicate keys are left to the caller."""
     try:
         yield
-    except DuplicateKeyError:
+    except (DuplicateKeyError, BulkWriteError):
         raise
     except PyMongoError as exc:
         raise Unavailable(f"store: {what + ': ' if what else ''}{exc}") from exc

@@ -135,3 +135,29 @@ def test_placement_pins_drains_and_spread() -> None:
     assert spread == rendezvous("v", nodes, 3) and spread[0] == home
     assert place("v", nodes, {}, (), Policy(min_spread=2)) == rendezvous("v", nodes, 2)
     assert place("v", {}, {}, (), policy) == []
+
+
+async def test_batcher_groups_what_arrives_during_a_call() -> None:
+    import asyncio
+
+    from livecomments.batching import Batcher
+
+    calls: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int | BaseException]:
+        calls.append(items)
+        await asyncio.sleep(0.01)
+        return [ValueError(i) if i == 3 else i * 10 for i in items]
+
+    batcher: Batcher[int, int] = Batcher(run, max_batch=4)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(7)), return_exceptions=True)
+    assert calls == [[0], [1, 2, 3, 4], [5, 6]]  # the first alone, then what queued meanwhile
+    assert results[:3] == [0, 10, 20] and isinstance(results[3], ValueError)
+    assert results[4:] == [40, 50, 60]
+
+    async def broken(items: list[int]) -> list[int | BaseException]:
+        raise RuntimeError("down")
+
+    failing: Batcher[int, int] = Batcher(broken)
+    outcome = await asyncio.gather(failing.submit(1), failing.submit(2), return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) for o in outcome)

@@ -146,7 +146,8 @@ async def me(request: web.Request) -> web.Response:
 async def post_comment(request: web.Request) -> web.Response:
     server = server_of(request)
     video_id = video_id_of(request)
-    principal = await caller(request)
+    # A logged-out token is refused by the admission step (one Redis call for both).
+    principal = await caller(request, revocation_checked_later=True)
     body = await json_object(
         request, server.settings.max_body_bytes, frozenset({"text", "parent_id"})
     )

@@ -144,14 +144,14 @@ class Accounts:
             raise Unauthorized("the token is not valid", code="invalid_token")
         return Principal(user_id, name, role, jti, int(claims["exp"]))
 
-    def _revoked_key(self, token_id: str) -> str:
+    def revoked_key(self, token_id: str) -> str:
         return f"{self._prefix}revoked:{token_id}"
 
     async def authenticate(self, token: str) -> Principal:
         """A verified token that has not been logged out."""
         principal = self.verify(token)
         try:
-            revoked = await self._redis.exists(self._revoked_key(principal.token_id))
+            revoked = await self._redis.exists(self.revoked_key(principal.token_id))
         except RedisError as exc:
             raise Unavailable(f"session store: {exc}") from exc
         if revoked:
@@ -161,7 +161,7 @@ class Accounts:
     async def logout(self, principal: Principal) -> None:
         left = max(1, principal.expires - int(time.time()) + 1)
         try:
-            await self._redis.set(self._revoked_key(principal.token_id), b"1", ex=left)
+            await self._redis.set(self.revoked_key(principal.token_id), b"1", ex=left)
         except RedisError as exc:
             raise Unavailable(f"session store: {exc}") from exc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ class Comments:
         policies: Policies,
         post_limits: PostLimits,
         outbox: Outbox,
+        revoked_key: Callable[[str], str],
     ) -> None:
         self._store = store
         self._sequencer = sequencer
@@ -72,6 +74,7 @@ class Comments:
         self._policies = policies
         self._post_limits = post_limits
         self._outbox = outbox
+        self._revoked_key = revoked_key
         self.dispatch_failures = 0
         # Group commit: concurrent posts share one insert and one Dispatch call.
         self._inserts: Batcher[dict[str, Any], None] = Batcher(store.insert_comments)
@@ -145,6 +148,7 @@ class Comments:
                 text=text,
                 limits=self._post_limits,
                 exempt=exempt,
+                revoked_key=self._revoked_key(author.token_id),
             )
             if verdict == "ok":
                 return

@@ -42,8 +42,12 @@ def video_id_of(request: web.Request) -> str:
     return video_id
 
 
-async def caller(request: web.Request) -> Principal:
-    """The logged-in user sending the request (401 for anyone else)."""
+async def caller(request: web.Request, *, revocation_checked_later: bool = False) -> Principal:
+    """The logged-in user sending the request (401 for anyone else).
+
+    ``revocation_checked_later``: the caller folds the logout check into a Redis
+    call it makes anyway (posting does, in its admission script).
+    """
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -52,7 +56,10 @@ async def caller(request: web.Request) -> Principal:
             code="unauthorized",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return await server_of(request).accounts.authenticate(token.strip())
+    accounts = server_of(request).accounts
+    if revocation_checked_later:
+        return accounts.verify(token.strip())
+    return await accounts.authenticate(token.strip())
 
 
 def client_ip(request: web.Request) -> str:

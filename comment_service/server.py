@@ -138,6 +138,7 @@ class CommentServer:
             policies=self.policies,
             post_limits=self.post_limits,
             outbox=self.outbox,
+            revoked_key=self.accounts.revoked_key,
         )
         self.moderation = Moderation(self.store, self.comments, ids, s.flag_threshold)
         self.reactions.start()

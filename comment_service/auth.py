@@ -21,6 +21,7 @@ from livecomments.store import Store, utcnow
 
 ROLES = ("viewer", "moderator", "admin")
 RANK = {role: rank for rank, role in enumerate(ROLES)}
+VERIFIED_CACHE = 50_000  # verified tokens remembered per process
 ISSUER = "livecomments"
 _USERNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 # Verifying against this keeps a login for an unknown user as slow as a real one.
@@ -73,6 +74,7 @@ class Accounts:
         self._prefix = prefix
         self._secret = secret
         self._ttl = ttl
+        self._verified: dict[str, Principal] = {}
 
     async def register(
         self, username: str, password: str, ids: Snowflake, role: str = "viewer"
@@ -118,6 +120,24 @@ class Accounts:
         return self._ttl
 
     def verify(self, token: str) -> Principal:
+        """The principal of a valid token; verified tokens are remembered until they expire.
+
+        Checking the HMAC is most of a post's authentication cost, and a chatty
+        user sends the same token many times a minute. A remembered token is
+        still refused once it expires (and logout is checked in Redis, always).
+        """
+        known = self._verified.get(token)
+        if known is not None:
+            if known.expires > time.time():
+                return known
+            del self._verified[token]
+        principal = self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE:
+            self._verified.pop(next(iter(self._verified)))  # the oldest
+        self._verified[token] = principal
+        return principal
+
+    def _verify(self, token: str) -> Principal:
         try:
             claims = jwt.decode(
                 token,

@@ -62,3 +62,17 @@ typecheck: venv
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
+
+# The fan-out benchmark: livecomments against nginx+nchan and Pushpin on this machine
+# (docs/benchmarks.md). `make bench BENCH_ARGS="--viewers 10000 --rate 6"`, `--find-max`.
+# As root the peers' Debian packages are installed when missing; otherwise the
+# harness names them.
+.PHONY: bench
+bench: bootstrap
+	@if [ "$$(id -u)" = 0 ] && { ! command -v nginx >/dev/null || ! command -v pushpin >/dev/null \
+	    || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; }; then \
+	  echo "installing the benchmark's peers: nginx-light libnginx-mod-nchan pushpin"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    nginx-light libnginx-mod-nchan pushpin; \
+	fi
+	$(BIN)/python -m bench.fanout $(BENCH_ARGS)

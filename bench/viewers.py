@@ -1,0 +1,405 @@
+"""One viewer load-generator process: up to ~9,000 SSE connections on one event loop.
+
+Started by ``bench.fanout`` as ``python -m bench.viewers``; it reads its JSON
+config as the first line on stdin, then one JSON command per line, and answers
+each with one JSON line on stdout:
+
+- ``connect``: open every connection (each bound to its own 127.0.0.x source
+  address), answer when all have their response head (or failed).
+- ``count``: events received since the last ``window`` (for draining).
+- ``window``: start a measured window (zero the counters and the histogram).
+- ``collect``: the window's results: a 1-ms latency histogram, per-video
+  counts of new, duplicated and reordered events, disconnects, this process's CPU.
+- ``close``: close everything and exit.
+
+The hot path is ``Viewer.data_received``: no JSON decoding, no per-frame
+objects. A received chunk is cut at its last ``\\n\\n``; inside it each event
+is found by a bytes search for ``"seq":`` followed by ``"created_at_ms":``
+(every target's payload carries these two keys in this order, each followed
+by a comma), and the two integers are sliced out. One clock read per chunk: frames
+that arrived together were received at the same moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import socket
+import sys
+import time
+from typing import Any
+
+SEQ_KEY = b'"seq":'
+TS_KEY = b'"created_at_ms":'
+HIST_MS = 120_000  # latencies past 120 s land in the last bin
+IP_BIND_ADDRESS_NO_PORT = 24  # pick the port at connect(): source ports per destination
+
+
+class Gen:
+    """Counters shared by every connection of this process."""
+
+    __slots__ = ("disconnects", "events", "first_recv", "hist", "last_recv", "parse_errors")
+
+    def __init__(self) -> None:
+        self.hist = [0] * HIST_MS
+        self.events = 0
+        self.first_recv = 0.0
+        self.last_recv = 0.0
+        self.disconnects = 0
+        self.parse_errors = 0
+
+    def reset(self) -> None:
+        self.hist = [0] * HIST_MS
+        self.events = 0
+        self.first_recv = self.last_recv = 0.0
+        self.parse_errors = 0
+        self.disconnects = 0
+
+
+class Viewer(asyncio.Protocol):
+    __slots__ = (
+        "buf",
+        "cbuf",
+        "chunk_left",
+        "chunked",
+        "closing",
+        "counted",
+        "dups",
+        "gen",
+        "head",
+        "holes",
+        "last_seq",
+        "late",
+        "lost",
+        "ready",
+        "status",
+        "transport",
+        "unique",
+        "video",
+    )
+
+    def __init__(self, gen: Gen, video: int, ready: asyncio.Future[bool]) -> None:
+        self.gen = gen
+        self.video = video
+        self.ready: asyncio.Future[bool] | None = ready
+        self.head = True  # still reading the response head
+        self.status = 0
+        self.buf = b""
+        self.chunked = False  # Transfer-Encoding: chunked (Pushpin answers HTTP/1.1 so)
+        self.chunk_left = 0  # bytes of the current chunk still to come, its CRLF included
+        self.cbuf = b""  # an incomplete chunk-size line
+        self.last_seq = -1  # unknown until the first event
+        self.unique = self.dups = self.late = 0
+        self.holes: set[int] | None = None  # seqs skipped over, still not received
+        self.closing = False  # we close it: not a disconnect
+        self.lost = False
+        self.counted = True  # connected when the window started: expected to get everything
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_result(False)
+        elif not self.closing:
+            self.gen.disconnects += 1
+
+    def _read_head(self, data: bytes) -> bytes | None:
+        data = self.buf + data
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            self.buf = data
+            return None
+        self.buf = b""
+        self.head = False
+        parts = data[: data.find(b"\r\n")].split(b" ", 2)
+        self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        ready, self.ready = self.ready, None
+        if self.status != 200:
+            if ready is not None and not ready.done():
+                ready.set_result(False)
+            self.closing = True
+            self.transport.close()
+            return None
+        if ready is not None and not ready.done():
+            ready.set_result(True)
+        self.chunked = b"transfer-encoding: chunked" in data[:end].lower()
+        rest = data[end + 4 :]
+        return self._dechunk(rest) if self.chunked and rest else rest
+
+    def _dechunk(self, data: bytes) -> bytes:
+        """The chunks' payload: a frame may be split over chunks (Pushpin does that)."""
+        if self.cbuf:
+            data, self.cbuf = self.cbuf + data, b""
+        out = []
+        pos, n = 0, len(data)
+        while pos < n:
+            if self.chunk_left:
+                take = min(self.chunk_left, n - pos)
+                payload = min(take, self.chunk_left - 2)  # the chunk's CRLF is dropped
+                if payload > 0:
+                    out.append(data[pos : pos + payload])
+                pos += take
+                self.chunk_left -= take
+                continue
+            eol = data.find(b"\r\n", pos)
+            if eol < 0:
+                self.cbuf = data[pos:]
+                break
+            try:
+                self.chunk_left = int(data[pos:eol].split(b";", 1)[0], 16) + 2
+            except ValueError:
+                self.gen.parse_errors += 1
+                if self.gen.parse_errors <= 3:
+                    print(f"bad chunk size line: {data[pos : eol + 2]!r}", file=sys.stderr)
+                self.chunk_left = 0
+            pos = eol + 2
+        return b"".join(out)
+
+    def data_received(self, data: bytes) -> None:
+        if self.head:
+            rest = self._read_head(data)
+            if not rest:
+                return
+            data = rest
+        else:
+            if self.chunked:
+                data = self._dechunk(data)
+            if self.buf:
+                data = self.buf + data
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self.buf = data
+            return
+        self.buf = data[end + 2 :]
+        now = time.time() * 1000.0
+        gen = self.gen
+        find = data.find
+        hist = gen.hist
+        last = self.last_seq
+        pos = 0
+        count = 0
+        while True:
+            i = find(SEQ_KEY, pos, end)
+            if i < 0:
+                break
+            i += 6
+            j = find(TS_KEY, i, end)
+            if j < 0:
+                gen.parse_errors += 1
+                if gen.parse_errors <= 3:
+                    print(f"event without a timestamp: {data[i - 80 : i + 300]!r}", file=sys.stderr)
+                break
+            j += 16
+            k = find(b",", j, end)
+            try:
+                seq = int(data[i : find(b",", i, j)])
+                ts = int(data[j:k])
+            except ValueError:
+                gen.parse_errors += 1
+                if gen.parse_errors <= 3:  # show what confused us, a few times only
+                    print(f"unparsable event: {data[max(0, i - 80) : k + 40]!r}", file=sys.stderr)
+                pos = j
+                continue
+            pos = k
+            count += 1
+            lat = int(now - ts)
+            if lat < 0:
+                lat = 0
+            elif lat >= HIST_MS:
+                lat = HIST_MS - 1
+            hist[lat] += 1
+            if seq == last + 1 or last < 0:
+                last = seq
+                self.unique += 1
+            else:
+                self._out_of_line(seq, last)
+                last = max(last, seq)
+        if count:
+            self.last_seq = last
+            gen.events += count
+            if not gen.first_recv:
+                gen.first_recv = now
+            gen.last_recv = now
+
+    def _out_of_line(self, seq: int, last: int) -> None:
+        """Not the next seq: a skip (remember the holes), a late one, or a duplicate."""
+        holes = self.holes
+        if seq > last:
+            if holes is None:
+                holes = self.holes = set()
+            holes.update(range(last + 1, seq))
+            self.unique += 1
+        elif holes is not None and seq in holes:
+            holes.discard(seq)
+            self.unique += 1
+            self.late += 1  # arrived after a later seq: reordered, not lost
+        else:
+            self.dups += 1
+
+
+class Generator:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.host: str = config["host"]
+        self.port: int = config["port"]
+        # Viewers lo..hi-1 of the scenario: viewer i watches video i % len(videos)
+        # from source address sources[i % len(sources)].
+        videos: list[str] = config["videos"]
+        sources: list[str] = config["sources"]
+        template: str = config["path"]  # e.g. "/sub/{video}"
+        self.conns = [
+            (i % len(videos), template.format(video=videos[i % len(videos)]),
+             sources[i % len(sources)])
+            for i in range(config["lo"], config["hi"])
+        ]  # fmt: skip
+        self.concurrency: int = config.get("concurrency", 200)
+        self.extra_headers: str = config.get("headers", "")
+        self.gen = Gen()
+        self.viewers: list[Viewer] = []
+        self.failed = 0
+        self.cpu0 = self._cpu()
+
+    @staticmethod
+    def _cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    async def _try_open(self, video: int, source: str, request: bytes) -> Viewer | None:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[bool] = loop.create_future()
+        viewer = Viewer(self.gen, video, ready)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+            await loop.sock_connect(sock, (self.host, self.port))
+            await loop.create_connection(lambda: viewer, sock=sock)
+        except OSError:
+            sock.close()
+            return None
+        viewer.transport.write(request)
+        try:
+            ok = await asyncio.wait_for(ready, 30)
+        except TimeoutError:
+            ok = False
+        if not ok:
+            viewer.closing = True
+            viewer.transport.close()
+            return None
+        return viewer
+
+    async def _open(self, video: int, path: str, source: str, sem: asyncio.Semaphore) -> float:
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Accept: text/event-stream\r\nCache-Control: no-cache\r\n{self.extra_headers}\r\n"
+        ).encode()
+        for attempt in range(3):
+            async with sem:
+                viewer = await self._try_open(video, source, request)
+            if viewer is not None:
+                self.viewers.append(viewer)
+                return time.time()
+            await asyncio.sleep(0.2 * (attempt + 1))
+        self.failed += 1
+        return 0.0
+
+    async def connect(self) -> dict[str, Any]:
+        sem = asyncio.Semaphore(self.concurrency)
+        started = time.time()
+        times = await asyncio.gather(*(self._open(v, p, s, sem) for v, p, s in self.conns))
+        done = [t for t in times if t]
+        return {
+            "connected": len(self.viewers),
+            "failed": self.failed,
+            "started": started,
+            "last_ready": max(done) if done else started,
+        }
+
+    def window(self) -> dict[str, Any]:
+        """Start a window; answers how many viewers of each video are connected now."""
+        dropped_before = self.gen.disconnects
+        self.gen.reset()
+        alive: dict[str, int] = {}
+        for viewer in self.viewers:
+            viewer.unique = viewer.dups = viewer.late = 0
+            viewer.counted = not viewer.lost
+            if viewer.counted:
+                alive[str(viewer.video)] = alive.get(str(viewer.video), 0) + 1
+        self.cpu0 = self._cpu()
+        return {"alive": alive, "dropped_before": dropped_before}
+
+    def collect(self) -> dict[str, Any]:
+        gen = self.gen
+        per_video: dict[int, list[int]] = {}
+        for viewer in self.viewers:
+            if not viewer.counted:
+                continue
+            row = per_video.setdefault(viewer.video, [0, 0, 0, 0])
+            row[0] += 1
+            row[1] += viewer.unique
+            row[2] += viewer.dups
+            row[3] += viewer.late
+        hist = {str(ms): n for ms, n in enumerate(gen.hist) if n}
+        alive = sum(1 for v in self.viewers if not v.lost)
+        return {
+            "events": gen.events,
+            "first_recv": gen.first_recv,
+            "last_recv": gen.last_recv,
+            "hist": hist,
+            "videos": {str(v): row for v, row in per_video.items()},  # conns, new, dups, late
+            "disconnects": gen.disconnects,
+            "alive": alive,
+            "parse_errors": gen.parse_errors,
+            "cpu": self._cpu() - self.cpu0,
+        }
+
+    def close(self) -> None:
+        for viewer in self.viewers:
+            viewer.closing = True
+            viewer.transport.abort()
+
+
+async def serve(config: dict[str, Any]) -> None:
+    generator = Generator(config)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def answer(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    answer({"hello": True})
+    while line := await reader.readline():
+        cmd = json.loads(line)["cmd"]
+        if cmd == "connect":
+            answer(await generator.connect())
+        elif cmd == "count":
+            answer({"events": generator.gen.events, "last_recv": generator.gen.last_recv})
+        elif cmd == "window":
+            answer(generator.window())
+        elif cmd == "collect":
+            answer(generator.collect())
+        elif cmd == "close":
+            generator.close()
+            answer({"ok": True})
+            await asyncio.sleep(0.1)
+            return
+    generator.close()  # the parent went away
+
+
+def main() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    config = json.loads(sys.stdin.buffer.readline())
+    import uvloop
+
+    uvloop.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

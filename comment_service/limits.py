@@ -8,6 +8,7 @@ one Lua call so the hot path costs one round trip.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class Rate:
     per: float
 
     @classmethod
+    @functools.cache  # limits are parsed on every rate-limited request: parse each once
     def parse(cls, spec: str) -> Rate:
         count, sep, seconds = spec.partition("/")
         try:

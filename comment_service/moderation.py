@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from comment_service.auth import Principal
 from comment_service.comments import Comments
 from livecomments import events
 from livecomments.errors import Conflict, NotFound, ValidationError
+from livecomments.events import iso
 from livecomments.ids import Snowflake
 from livecomments.store import Store, utcnow
 
 REPORT_REASONS = ("spam", "harassment", "hate", "sexual", "violence", "misinformation", "other")
 REPORT_STATES = ("open", "dismissed", "actioned")
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat(timespec="seconds").replace("+00:00", "Z") if value else None
 
 
 def report_json(doc: dict[str, Any]) -> dict[str, Any]:
@@ -29,7 +25,7 @@ def report_json(doc: dict[str, Any]) -> dict[str, Any]:
         "note": doc.get("note") or "",
         "reporter_id": str(doc["reporter_id"]),
         "status": doc["status"],
-        "created_at": _iso(doc["created_at"]),
+        "created_at": iso(doc["created_at"], "seconds"),
         "comment": doc["comment"],
     }
 
@@ -48,8 +44,8 @@ def user_json(user: dict[str, Any]) -> dict[str, Any]:
         "role": user.get("role", "viewer"),
         "report_count": int(user.get("report_count", 0)),
         "flagged": bool(user.get("flagged")),
-        "flagged_at": _iso(user.get("flagged_at")),
-        "created_at": _iso(user.get("created_at")),
+        "flagged_at": iso(user.get("flagged_at"), "seconds"),
+        "created_at": iso(user.get("created_at"), "seconds"),
     }
 
 

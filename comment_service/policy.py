@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from comment_service.limits import Limiter
 from livecomments.errors import Unavailable
+from livecomments.events import iso
 from livecomments.store import Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,9 @@ def ban_json(doc: dict[str, Any]) -> dict[str, Any]:
         "video_id": None if doc["scope"] == GLOBAL else doc["scope"],
         "reason": doc.get("reason") or "",
         "banned_by": str(doc["by"]),
-        "created_at": _iso(doc["created_at"]),
-        "expires_at": _iso(expires) if expires else None,
+        "created_at": iso(doc["created_at"], "seconds"),
+        "expires_at": iso(expires, "seconds"),
     }
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Policies:

@@ -45,12 +45,13 @@ def parse_event_id(raw: str | None) -> tuple[int, int] | None:
     return epoch, seq
 
 
-def _iso(value: dt.datetime | None) -> str | None:
+def iso(value: dt.datetime | None, timespec: str = "milliseconds") -> str | None:
+    """A stored time as JSON: UTC ISO 8601 with a ``Z`` (None stays None)."""
     if value is None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def comment_json(doc: dict[str, Any]) -> dict[str, Any]:
@@ -71,9 +72,9 @@ def comment_json(doc: dict[str, Any]) -> dict[str, Any]:
         "text": None if deleted else doc.get("text"),
         "parent_id": str(parent) if parent is not None else None,
         "status": doc.get("status", STATUS_VISIBLE),
-        "created_at": _iso(doc.get("created_at")),
+        "created_at": iso(doc.get("created_at")),
         "created_at_ms": doc.get("created_at_ms"),
-        "edited_at": _iso(doc.get("edited_at")),
+        "edited_at": iso(doc.get("edited_at")),
         "rev": doc.get("rev", 0),
         "reactions": doc.get("reactions") or {},
     }

@@ -60,6 +60,12 @@ class RTMSSettings(BackendSettings):
     max_viewer_buffer: int = 256 * 1024  # bytes queued for one viewer before it is dropped
     reorder_window: float = 0.05  # wait this long for a missing seq before asking the store
     coalesce_window: float = 0.005  # events within this long share one write per viewer
+    # Viral mode: a video whose local viewers x events/s reach viral_deliveries
+    # (0: never) is written at most once per viral_window, until it falls below
+    # half of that. 100,000/s is ~10,000 viewers x 10 comments/s, where one
+    # video's sends (~6 us each) start to fill a core.
+    viral_deliveries: float = 100_000.0
+    viral_window: float = 0.25
     gap_deadline: float = 3.0  # give up on a seq the store still lacks after this long
     replay_limit: int = 5000  # most events replayed to one resuming viewer
     max_viewers: int = 18000  # the process has 20K file descriptors

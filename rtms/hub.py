@@ -4,12 +4,17 @@ A :class:`Channel` is one video on this node: its viewers, the last seq it has
 delivered, a ring of recent frames for resume, and frames waiting for a missing
 seq. Frames arrive already encoded; a burst is joined once and the same bytes
 are written to every viewer's transport, with no task and no await per viewer.
+
+Viral mode: a video whose local fan-out demand (viewers x events/s) passes a
+threshold is flushed at most once per ``viral_window`` (0.25 s) instead of per
+``coalesce_window`` (5 ms); see :class:`Hub`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Iterable
@@ -24,6 +29,10 @@ from livecomments.pb import livecomments_pb2 as pb
 log = logging.getLogger(__name__)
 
 HEARTBEAT = b": hb\n\n"
+# Time constant of a channel's decayed event rate: long enough that one gRPC
+# batch does not read as a storm, short enough to follow a video within seconds.
+RATE_TAU = 1.0
+VIRAL_EXIT = 0.5  # leave viral mode below this fraction of the threshold
 
 
 class Transport(Protocol):
@@ -67,12 +76,25 @@ class Channel:
         "last_seq",
         "outbox",
         "pending",
+        "rate",
+        "rate_at",
         "ring",
+        "sent_epoch",
+        "sent_seq",
         "video_id",
         "viewers",
+        "viral",
+        "window",
     )
 
-    def __init__(self, video_id: str, last_seq: int, epoch: int | None, ring_size: int) -> None:
+    def __init__(
+        self,
+        video_id: str,
+        last_seq: int,
+        epoch: int | None,
+        ring_size: int,
+        window: float = 0.005,
+    ) -> None:
         self.video_id = video_id
         self.viewers: set[Viewer] = set()
         self.ring: deque[tuple[int, bytes]] = deque(maxlen=ring_size)
@@ -86,6 +108,18 @@ class Channel:
         self.outbox: list[bytes] = []  # accepted, not yet written to the viewers
         self.flush_handle: asyncio.Handle | None = None
         self.last_flush = 0.0
+        self.window = window  # the coalescing window now in force (normal or viral)
+        # Everything up to (sent_epoch, sent_seq) was written to the viewers; the
+        # outbox holds what came after.
+        self.sent_seq = last_seq
+        self.sent_epoch = epoch
+        self.rate = 0.0  # events/s, exponentially decayed (RATE_TAU), as of rate_at
+        self.rate_at = 0.0
+        self.viral = False
+
+    def rate_now(self, now: float) -> float:
+        """The decayed event rate at ``now`` (no event since ``rate_at``)."""
+        return self.rate * math.exp((self.rate_at - now) / RATE_TAU)
 
 
 class Stats:
@@ -97,14 +131,38 @@ class Stats:
         "moved",
         "slow_dropped",
         "unhosted",
+        "viral_entered",
+        "viral_left",
     )
 
     def __init__(self) -> None:
         self.accepted = self.duplicates = self.unhosted = 0
         self.gap_filled = self.gap_skipped = self.slow_dropped = self.moved = 0
+        self.viral_entered = self.viral_left = 0
 
 
 class Hub:
+    """Every video hosted on this node, and the fan-out of their events.
+
+    Delivery modes, per video:
+
+    - *normal*: at most one write per viewer per ``coalesce_window`` (5 ms). An
+      event for a quiet video goes out on the next loop turn.
+    - *viral*: at most one write per viewer per ``viral_window`` (0.25 s), all
+      events of the window in seq order in that one write. A video enters it when
+      the deliveries/s it demands from this node, local viewers x events/s, reach
+      ``viral_deliveries``, and leaves below half of that (hysteresis, so a video
+      near the line does not flap). 0 turns viral mode off.
+
+    One threshold on the product rather than one on viewers and one on the rate:
+    what the node pays is one send per viewer per write (~6 us on the benchmark
+    box), so the product is the cost, whatever mix of viewers and comments makes
+    it. A few viewers of a busy video cost little whatever the rate, many viewers
+    of a quiet one too. The window also costs nothing on a quiet video: an event
+    after a pause still goes out at once; only events closer together than the
+    window wait, and they then share a write.
+    """
+
     def __init__(
         self,
         backend: Backend,
@@ -116,9 +174,13 @@ class Hub:
         gap_deadline: float = 3.0,
         replay_limit: int = 5000,
         coalesce_window: float = 0.005,
+        viral_deliveries: float = 100_000,
+        viral_window: float = 0.25,
     ) -> None:
         self._backend = backend
         self._window = coalesce_window
+        self._viral_deliveries = viral_deliveries
+        self._viral_window = viral_window
         self._ring_size = ring_size
         self._host_grace = host_grace
         self._max_buffer = max_viewer_buffer
@@ -126,6 +188,7 @@ class Hub:
         self._gap_deadline = gap_deadline
         self._replay_limit = replay_limit
         self.channels: dict[str, Channel] = {}
+        self.viral: dict[str, Channel] = {}  # the channels in viral mode
         self._joining: dict[str, asyncio.Future[Channel]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.viewer_count = 0
@@ -147,7 +210,7 @@ class Hub:
             # Read the head before announcing ourselves: anything sequenced after
             # it reaches us by dispatch, or by filling the gap from the store.
             last_seq, epoch = await self._backend.head(video_id)
-            channel = Channel(video_id, last_seq, epoch, self._ring_size)
+            channel = Channel(video_id, last_seq, epoch, self._ring_size, self._window)
             self.channels[video_id] = channel
             try:
                 await self._backend.host(video_id)
@@ -181,27 +244,50 @@ class Hub:
         if channel.idle_handle is not None:
             channel.idle_handle.cancel()
             channel.idle_handle = None
-        replay: list[bytes] = [head]
+        replay: list[tuple[int, bytes]] = [(0, head)]  # (seq, frame); 0: not sequenced
         if resume is not None:
             epoch, seq = resume
             # Epoch 0 is "whatever epoch the video had": a viewer moved off a node
             # before the video's first event knew no epoch yet.
             if channel.epoch is not None and epoch not in (0, channel.epoch):
-                replay.append(reset_frame("epoch_changed", channel.epoch))
+                replay.append((0, reset_frame("epoch_changed", channel.epoch)))
             elif channel.last_seq - seq > self._replay_limit:
-                replay.append(reset_frame("too_far_behind", channel.epoch))
+                replay.append((0, reset_frame("too_far_behind", channel.epoch)))
             elif seq < channel.last_seq:
                 replay.extend(await self._replay(channel, seq))
         if viewer.closed:
             self._maybe_idle(channel)
             return
-        # What is accepted but not yet written is in the ring, so in the replay:
-        # write it to the others now, so this viewer does not get it twice.
-        self._flush(channel)
-        viewer.transport.write(b"".join(replay))
+        if self._joins_mid_window(channel, resume):
+            # The outbox reaches this viewer with the others at the window's end,
+            # so the replay stops where the last write stopped.
+            sent = channel.sent_seq
+            viewer.transport.write(b"".join(f for s, f in replay if s <= sent))
+        else:
+            # What is accepted but not yet written is in the ring, so in the replay:
+            # write it to the others now, so this viewer does not get it twice.
+            self._flush(channel)
+            viewer.transport.write(b"".join(f for _, f in replay))
         viewer.channel = channel
         channel.viewers.add(viewer)
         self.viewer_count += 1
+
+    @staticmethod
+    def _joins_mid_window(channel: Channel, resume: tuple[int, int] | None) -> bool:
+        """Whether a viewer may join a viral video without cutting its window short.
+
+        Viral videos are the ones people flock to: flushing for every joiner
+        would turn a 0.25 s window back into one write per join. Instead the
+        joiner gets what was written so far and then the outbox with everyone
+        else. Not when it already has part of the outbox (it resumes from
+        beyond the last write) or the outbox starts a new epoch: then flush.
+        """
+        return (
+            channel.viral
+            and bool(channel.outbox)
+            and channel.sent_epoch == channel.epoch
+            and (resume is None or resume[1] <= channel.sent_seq)
+        )
 
     def detach(self, viewer: Viewer) -> None:
         viewer.closed = True
@@ -211,14 +297,14 @@ class Hub:
             self.viewer_count -= 1
             self._maybe_idle(channel)
 
-    async def _replay(self, channel: Channel, after: int) -> list[bytes]:
-        """Frames with seq > ``after`` up to the channel head, in order (ring, then store)."""
-        frames: list[bytes] = []
+    async def _replay(self, channel: Channel, after: int) -> list[tuple[int, bytes]]:
+        """(seq, frame) with seq > ``after`` up to the channel head, in order (store, then ring)."""
+        frames: list[tuple[int, bytes]] = []
         cursor = after
         while True:
             ring_start = channel.ring[0][0] if channel.ring else channel.last_seq + 1
             if cursor + 1 >= ring_start:
-                frames.extend(f for s, f in channel.ring if s > cursor)
+                frames.extend(entry for entry in channel.ring if entry[0] > cursor)
                 return frames
             # Older than the ring: read the store up to where the ring starts. No
             # await separates the final ring read from joining the live set.
@@ -226,7 +312,7 @@ class Hub:
             for doc in docs:
                 frame = events.replay_frame(doc)
                 if frame is not None:
-                    frames.append(frame)
+                    frames.append((doc["seq"], frame))
             cursor = ring_start - 1
 
     def _maybe_idle(self, channel: Channel) -> None:
@@ -247,6 +333,9 @@ class Hub:
         if channel.flush_handle is not None:
             channel.flush_handle.cancel()
             channel.flush_handle = None
+        if channel.viral:
+            now = asyncio.get_running_loop().time()
+            self._set_viral(channel, False, channel.rate_now(now), now)
         try:
             await self._backend.unhost(channel.video_id)
         except LiveCommentsError as exc:
@@ -343,10 +432,17 @@ class Hub:
         send per viewer is what fan-out costs, so fewer sends is the lever).
         """
         channel.outbox.extend(frames)
-        if channel.flush_handle is not None:
-            return
         loop = asyncio.get_running_loop()
-        wait = self._window - (loop.time() - channel.last_flush)
+        now = loop.time()
+        # O(1) per batch and video: the decayed rate, then the mode it calls for.
+        channel.rate = channel.rate_now(now) + len(frames) / RATE_TAU
+        channel.rate_at = now
+        self._judge(channel, now)
+        if channel.flush_handle is None:
+            self._schedule(channel, loop, now)
+
+    def _schedule(self, channel: Channel, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        wait = channel.window - (now - channel.last_flush)
         if wait <= 0:
             channel.flush_handle = loop.call_soon(self._flush, channel)
         else:
@@ -360,8 +456,69 @@ class Hub:
             return
         data = b"".join(channel.outbox)
         channel.outbox.clear()
+        channel.sent_seq, channel.sent_epoch = channel.last_seq, channel.epoch
         channel.last_flush = asyncio.get_running_loop().time()
         self._broadcast(channel, data)
+
+    # -- viral mode ---------------------------------------------------------
+
+    def _judge(self, channel: Channel, now: float) -> None:
+        """Enter viral mode at ``viral_deliveries``/s, leave below half of it."""
+        threshold = self._viral_deliveries
+        if threshold <= 0:
+            return
+        rate = channel.rate_now(now)
+        demand = len(channel.viewers) * rate
+        if channel.viral:
+            if demand < threshold * VIRAL_EXIT:
+                self._set_viral(channel, False, rate, now)
+        elif demand >= threshold:
+            self._set_viral(channel, True, rate, now)
+
+    def _set_viral(self, channel: Channel, on: bool, rate: float, now: float) -> None:
+        channel.viral = on
+        viewers = len(channel.viewers)
+        if on:
+            channel.window = self._viral_window
+            self.viral[channel.video_id] = channel
+            self.stats.viral_entered += 1
+            log.info(
+                "%s: viral mode on (%d viewers x %.1f events/s = %.0f deliveries/s"
+                " >= %.0f): one write per viewer every %.0f ms",
+                channel.video_id, viewers, rate, viewers * rate,
+                self._viral_deliveries, self._viral_window * 1000,
+            )  # fmt: skip
+            return
+        channel.window = self._window
+        self.viral.pop(channel.video_id, None)
+        self.stats.viral_left += 1
+        log.info(
+            "%s: viral mode off (%d viewers x %.1f events/s = %.0f deliveries/s < %.0f)",
+            channel.video_id, viewers, rate, viewers * rate,
+            self._viral_deliveries * VIRAL_EXIT,
+        )  # fmt: skip
+        if channel.flush_handle is not None:
+            # A flush set for the end of a viral window: bring it forward.
+            channel.flush_handle.cancel()
+            channel.flush_handle = None
+            self._schedule(channel, asyncio.get_running_loop(), now)
+
+    def viral_videos(self) -> dict[str, int]:
+        """Videos in viral mode, with the deliveries/s each demands of this node.
+
+        Judges them again first, so a video whose comments stopped leaves viral
+        mode here (the load report calls this every few seconds) without
+        waiting for its next event, and without a timer per video.
+        """
+        if not self.viral:
+            return {}
+        now = asyncio.get_running_loop().time()
+        for channel in list(self.viral.values()):
+            self._judge(channel, now)
+        return {
+            video: round(len(channel.viewers) * channel.rate_now(now))
+            for video, channel in self.viral.items()
+        }
 
     def _broadcast(self, channel: Channel, data: bytes) -> None:
         limit = self._max_buffer

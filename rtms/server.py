@@ -81,6 +81,8 @@ class RTMSServer:
             gap_deadline=settings.gap_deadline,
             replay_limit=settings.replay_limit,
             coalesce_window=settings.coalesce_window,
+            viral_deliveries=settings.viral_deliveries,
+            viral_window=settings.viral_window,
         )
         self.placement = Placement(self.zk, Policy.from_settings(settings))
         self.listener = SSEListener(
@@ -114,6 +116,9 @@ class RTMSServer:
             "gap_skipped": self.hub.stats.gap_skipped,
             "slow_dropped": self.hub.stats.slow_dropped,
             "moved": self.hub.stats.moved,
+            "viral": self.hub.viral_videos(),
+            "viral_entered": self.hub.stats.viral_entered,
+            "viral_left": self.hub.stats.viral_left,
             "draining": self.draining,
         }
 
@@ -132,6 +137,8 @@ class RTMSServer:
             "videos": len(self.hub.channels),
             "draining": self.draining,
             "viewers_by_video": {video: n for n, video in counts[:TOP_VIDEOS]},
+            # Videos this node batches every viral_window (/healthz adds their demand).
+            "viral_videos": sorted(self.hub.viral_videos())[:TOP_VIDEOS],
         }
 
     # -- placement ----------------------------------------------------------------

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from comment_service.admission import Admission, Ticket
 from comment_service.auth import Principal
 from comment_service.dispatch import DispatchClient
 from comment_service.filter import ContentFilter, Verdict
-from comment_service.limits import Limiter, PostLimits
+from comment_service.limits import Limiter
 from comment_service.outbox import Outbox
 from comment_service.policy import Policies
 from livecomments import events
@@ -61,7 +62,7 @@ class Comments:
         content_filter: ContentFilter,
         limiter: Limiter,
         policies: Policies,
-        post_limits: PostLimits,
+        admission: Admission,
         outbox: Outbox,
         revoked_key: Callable[[str], str],
     ) -> None:
@@ -72,9 +73,9 @@ class Comments:
         self._filter = content_filter
         self._limiter = limiter
         self._policies = policies
-        self._post_limits = post_limits
         self._outbox = outbox
         self._revoked_key = revoked_key
+        self._admission = admission
         self.dispatch_failures = 0
         # Group commit: concurrent posts share one insert and one Dispatch call.
         self._inserts: Batcher[dict[str, Any], None] = Batcher(store.insert_comments)
@@ -90,6 +91,7 @@ class Comments:
         Once this returns, the comment is durable: if the dispatch fails, RTMS
         nodes still find it in the store when they notice the seq gap.
         """
+        now = utcnow()  # accepted: the time the event carries (latency probes start here)
         if parent_id is not None:
             await self._check_parent(video_id, parent_id)
         exempt = author.at_least("moderator")
@@ -99,8 +101,17 @@ class Comments:
                 "this comment was refused by the content filter",
                 details={"reasons": list(score.reasons) if score else []},
             )
-        await self._admit(author, video_id, text, ip, exempt)
-        now = utcnow()
+        seq = await self._admit(
+            Ticket(
+                user_id=author.user_id,
+                ip=ip,
+                video_id=video_id,
+                text=text,
+                exempt=exempt,
+                revoked_key=self._revoked_key(author.token_id),
+                sequence=verdict is Verdict.PUBLISH,
+            )
+        )
         doc: dict[str, Any] = {
             "_id": self.ids.next_id(),
             "video_id": video_id,
@@ -122,7 +133,7 @@ class Comments:
                 held.update(score=score.value, reasons=list(score.reasons))
                 await self._store.insert_held(held)
                 return Posted(held, held=True)
-            await self._publish(doc)
+            await self._publish(doc, seq)
         except Unavailable:
             await self._limiter.release_post(author.user_id, video_id, text)
             raise
@@ -137,38 +148,37 @@ class Comments:
         if parent.get("status") == events.STATUS_DELETED:
             raise Conflict("the parent comment was deleted", code="parent_deleted")
 
-    async def _admit(
-        self, author: Principal, video_id: str, text: str, ip: str, exempt: bool
-    ) -> None:
+    async def _admit(self, ticket: Ticket) -> tuple[int, int] | None:
+        """Admit the post or raise its refusal; ``(seq, epoch)`` if one was asked for."""
         for _ in range(3):
-            verdict = await self._limiter.admit_post(
-                user_id=author.user_id,
-                ip=ip,
-                video_id=video_id,
-                text=text,
-                limits=self._post_limits,
-                exempt=exempt,
-                revoked_key=self._revoked_key(author.token_id),
-            )
-            if verdict == "ok":
-                return
-            if verdict == "load_bans":
+            admitted = await self._admission.admit(ticket)
+            if admitted.verdict == "ok":
+                if not ticket.sequence:
+                    return None
+                if admitted.seq > 0:
+                    return admitted.seq, admitted.epoch
+                return await self._sequencer.next(ticket.video_id)  # seeds the counter
+            if admitted.verdict == "load_bans":
                 await self._policies.load_bans()
+            elif admitted.verdict == "load_settings":
+                await self._policies.cache_video_settings(ticket.video_id)
             else:
-                await self._policies.cache_video_settings(video_id)
+                raise self._limiter.refusal(admitted.verdict, admitted.ms)
         raise Unavailable("could not load the video's settings into Redis")
 
-    async def _publish(self, doc: dict[str, Any]) -> None:
-        await self._sequence(doc)
+    async def _publish(self, doc: dict[str, Any], seq: tuple[int, int] | None = None) -> None:
+        await self._sequence(doc, seq)
         if doc.get("parent_id") is not None:
             await self._store.count_reply(doc["video_id"], doc["parent_id"])
         await self._dispatch(events.comment_event(doc))
 
-    async def _sequence(self, doc: dict[str, Any]) -> None:
-        """Give ``doc`` the video's next seq and store it."""
+    async def _sequence(self, doc: dict[str, Any], seq: tuple[int, int] | None = None) -> None:
+        """Give ``doc`` the video's next seq (or ``seq``, taken at admission) and store it."""
         video_id = doc["video_id"]
         for _ in range(5):
-            doc["seq"], doc["epoch"] = await self._sequencer.next(video_id)
+            if seq is None:
+                seq = await self._sequencer.next(video_id)
+            (doc["seq"], doc["epoch"]), seq = seq, None
             try:
                 await self._inserts.submit(doc)
                 return

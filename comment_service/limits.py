@@ -2,8 +2,9 @@
 
 Token buckets (all-or-nothing over several buckets, on Redis' clock so replicas
 with skewed clocks agree), and the admission check of a post: bans, the
-video's slow mode, duplicate suppression and the posting buckets, decided in
-one Lua call so the hot path costs one round trip.
+video's slow mode, duplicate suppression and the posting buckets, decided by
+one Lua function that comment_service/admission.py runs for a whole batch of
+posts in one call.
 """
 
 from __future__ import annotations
@@ -88,55 +89,60 @@ end
 return {0, 0}
 """
 
-# Admission of a post. KEYS: 1 global ban, 2 video ban, 3 bans-loaded marker,
-# 4 video settings, 5 user bucket, 6 ip bucket, 7 slow-mode mark, 8 duplicate mark,
-# 9 the token's logout mark (checked here to save the post a round trip).
-# ARGV: user cap, user rate, ip cap, ip rate, duplicate window ms, exempt (1/0).
-# Returns {verdict, ms}: ok, load_bans, load_settings, banned_global,
-# banned_video, slow_mode, duplicate, rate_user, rate_ip.
-_ADMIT = """
-if redis.call('EXISTS', KEYS[9]) == 1 then return {'revoked', 0} end
-if redis.call('EXISTS', KEYS[3]) == 0 then return {'load_bans', 0} end
-local ban = redis.call('PTTL', KEYS[1])
-if ban ~= -2 then return {'banned_global', ban} end
-ban = redis.call('PTTL', KEYS[2])
-if ban ~= -2 then return {'banned_video', ban} end
-if redis.call('EXISTS', KEYS[4]) == 0 then return {'load_settings', 0} end
-local exempt = ARGV[6] == '1'
-local slow = tonumber(redis.call('HGET', KEYS[4], 'slow_mode') or '0') or 0
-if not exempt then
-  if slow > 0 then
-    local left = redis.call('PTTL', KEYS[7])
-    if left > 0 then return {'slow_mode', left} end
+# Admission of a post, as a Lua function (comment_service/admission.py runs it for
+# every post of a batch in one call). K: 1 global ban, 2 video ban, 3 bans-loaded
+# marker, 4 video settings, 5 user bucket, 6 ip bucket, 7 slow-mode mark,
+# 8 duplicate mark, 9 the token's logout mark. A: user cap, user rate, ip cap,
+# ip rate, duplicate window ms, exempt (1/0). Returns verdict, ms: ok,
+# load_bans, load_settings, revoked, banned_global, banned_video, slow_mode,
+# duplicate, rate_user, rate_ip. Nothing is written unless the verdict is ok.
+ADMIT_LUA = """
+local function admit(K, A)
+  if redis.call('EXISTS', K[9]) == 1 then return 'revoked', 0 end
+  if redis.call('EXISTS', K[3]) == 0 then return 'load_bans', 0 end
+  local ban = redis.call('PTTL', K[1])
+  if ban ~= -2 then return 'banned_global', ban end
+  ban = redis.call('PTTL', K[2])
+  if ban ~= -2 then return 'banned_video', ban end
+  if redis.call('EXISTS', K[4]) == 0 then return 'load_settings', 0 end
+  local exempt = A[6] == '1'
+  local slow = tonumber(redis.call('HGET', K[4], 'slow_mode') or '0') or 0
+  if not exempt then
+    if slow > 0 then
+      local left = redis.call('PTTL', K[7])
+      if left > 0 then return 'slow_mode', left end
+    end
+    local dup = redis.call('PTTL', K[8])
+    if dup > 0 then return 'duplicate', dup end
   end
-  local dup = redis.call('PTTL', KEYS[8])
-  if dup > 0 then return {'duplicate', dup} end
-end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local levels = {}
-for i = 5, 6 do
-  local cap, rate = tonumber(ARGV[(i - 5) * 2 + 1]), tonumber(ARGV[(i - 5) * 2 + 2])
-  local v = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
-  local tokens, ts = tonumber(v[1]), tonumber(v[2])
-  if tokens == nil or ts == nil then tokens, ts = cap, now end
-  tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
-  if tokens < 1 then
-    return {i == 5 and 'rate_user' or 'rate_ip', math.ceil((1 - tokens) / rate)}
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  local levels = {}
+  for i = 5, 6 do
+    local cap, rate = tonumber(A[(i - 5) * 2 + 1]), tonumber(A[(i - 5) * 2 + 2])
+    local v = redis.call('HMGET', K[i], 'tokens', 'ts')
+    local tokens, ts = tonumber(v[1]), tonumber(v[2])
+    if tokens == nil or ts == nil then tokens, ts = cap, now end
+    tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
+    if tokens < 1 then
+      return (i == 5 and 'rate_user' or 'rate_ip'), math.ceil((1 - tokens) / rate)
+    end
+    levels[i] = tokens
   end
-  levels[i] = tokens
+  for i = 5, 6 do
+    local cap, rate = tonumber(A[(i - 5) * 2 + 1]), tonumber(A[(i - 5) * 2 + 2])
+    redis.call('HSET', K[i], 'tokens', tostring(levels[i] - 1), 'ts', tostring(now))
+    redis.call('PEXPIRE', K[i], math.ceil(cap / rate) + 1000)
+  end
+  if not exempt then
+    if slow > 0 then redis.call('SET', K[7], '1', 'PX', slow * 1000) end
+    if tonumber(A[5]) > 0 then redis.call('SET', K[8], '1', 'PX', A[5]) end
+  end
+  return 'ok', 0
 end
-for i = 5, 6 do
-  local cap, rate = tonumber(ARGV[(i - 5) * 2 + 1]), tonumber(ARGV[(i - 5) * 2 + 2])
-  redis.call('HSET', KEYS[i], 'tokens', tostring(levels[i] - 1), 'ts', tostring(now))
-  redis.call('PEXPIRE', KEYS[i], math.ceil(cap / rate) + 1000)
-end
-if not exempt then
-  if slow > 0 then redis.call('SET', KEYS[7], '1', 'PX', slow * 1000) end
-  if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[8], '1', 'PX', ARGV[5]) end
-end
-return {'ok', 0}
 """
+ADMIT_KEYS = 9
+ADMIT_ARGS = 6
 
 _REFUSALS: dict[str, tuple[str, str]] = {
     "slow_mode": ("slow_mode", "slow mode is on: wait before commenting again"),
@@ -160,7 +166,6 @@ class Limiter:
         self._redis = redis
         self._prefix = prefix
         self._buckets = redis.register_script(_BUCKETS)
-        self._admit = redis.register_script(_ADMIT)
 
     def key(self, *parts: str | int) -> str:
         return self._prefix + ":".join(str(p) for p in parts)
@@ -182,23 +187,11 @@ class Limiter:
         digest = hashlib.blake2b(text.casefold().encode(), digest_size=12).hexdigest()
         return self.key("dup", user_id, video_id, digest)
 
-    async def admit_post(
-        self,
-        *,
-        user_id: int,
-        ip: str,
-        video_id: str,
-        text: str,
-        limits: PostLimits,
-        exempt: bool,
-        revoked_key: str,
-    ) -> str:
-        """One Redis call deciding whether the post may go ahead.
-
-        Returns "ok", or "load_bans" / "load_settings" when the caller must
-        refill Redis from the store first; raises the refusal otherwise.
-        """
-        keys = [
+    def admission_keys(
+        self, *, user_id: int, ip: str, video_id: str, text: str, revoked_key: str
+    ) -> list[str]:
+        """The ``ADMIT_KEYS`` keys of ``ADMIT_LUA`` for one post."""
+        return [
             self.key("ban", "*", user_id),
             self.key("ban", video_id, user_id),
             self.key("bans-loaded"),
@@ -209,7 +202,11 @@ class Limiter:
             self.duplicate_key(user_id, video_id, text),
             revoked_key,
         ]
-        args: list[Any] = [
+
+    @staticmethod
+    def admission_args(limits: PostLimits, exempt: bool) -> list[Any]:
+        """The ``ADMIT_ARGS`` arguments of ``ADMIT_LUA``."""
+        return [
             limits.user.capacity,
             repr(limits.user.per_ms),
             limits.ip.capacity,
@@ -217,16 +214,12 @@ class Limiter:
             int(limits.duplicate_window * 1000),
             1 if exempt else 0,
         ]
-        try:
-            verdict_raw, ms_raw = await self._admit(keys=keys, args=args)
-        except RedisError as exc:
-            raise Unavailable(f"rate limiter: {exc}") from exc
-        verdict = verdict_raw.decode() if isinstance(verdict_raw, bytes) else str(verdict_raw)
-        ms = int(ms_raw)
-        if verdict in ("ok", "load_bans", "load_settings"):
-            return verdict
+
+    @staticmethod
+    def refusal(verdict: str, ms: int) -> LiveCommentsError:
+        """The error a refused post gets for an ``ADMIT_LUA`` verdict."""
         if verdict == "revoked":
-            raise Unauthorized("the token was logged out", code="token_revoked")
+            return Unauthorized("the token was logged out", code="token_revoked")
         if verdict.startswith("banned_"):
             scope = "global" if verdict == "banned_global" else "video"
             details: dict[str, Any] = {"scope": scope}
@@ -237,9 +230,9 @@ class Limiter:
             )
             if ms > 0:
                 message += f" for another {details['retry_after']} s"
-            raise Forbidden(message, code="banned", details=details)
+            return Forbidden(message, code="banned", details=details)
         code, message = _REFUSALS[verdict]
-        raise TooManyRequests(message, ms, code=code)
+        return TooManyRequests(message, ms, code=code)
 
     async def release_post(self, user_id: int, video_id: str, text: str) -> None:
         """Undo the slow-mode and duplicate marks of a post that then failed."""

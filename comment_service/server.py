@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
+from comment_service.admission import Admission
 from comment_service.app import build_app
 from comment_service.auth import Accounts
 from comment_service.comments import Comments
@@ -136,7 +137,7 @@ class CommentServer:
             content_filter=self.content_filter,
             limiter=self.limiter,
             policies=self.policies,
-            post_limits=self.post_limits,
+            admission=Admission(self.redis, self.limiter, self.sequencer, self.post_limits),
             outbox=self.outbox,
             revoked_key=self.accounts.revoked_key,
         )

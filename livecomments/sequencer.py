@@ -20,21 +20,34 @@ from livecomments.errors import Unavailable
 if TYPE_CHECKING:
     from livecomments.store import Store
 
-# KEYS[1] seq counter, KEYS[2] epoch, KEYS[3] the outbox (or none). ARGV[1] the
-# video id. Returns {seq, epoch} or {-1, 0} when the counter has to be (re)seeded
-# first. The outbox entry is made in the same step as the seq: whatever happens
-# to the writer afterwards, a seq that reaches the store is also in the outbox
-# until it has been dispatched (see comment_service/outbox.py).
-_NEXT = """
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then return {-1, 0} end
-local seq = redis.call('INCR', KEYS[1])
-if #KEYS > 2 then
-  local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1] .. '|' .. seq)
+# The next seq of a video, as a Lua function so that other scripts (the comment
+# service's batched admission) can take a seq in the same step. Arguments: the seq
+# counter key, the epoch key, the outbox key (or false) and the video id. Returns
+# seq, epoch, or -1, 0 when the counter has to be (re)seeded first. The outbox
+# entry is made in the same step as the seq: whatever happens to the writer
+# afterwards, a seq that reaches the store is also in the outbox until it has
+# been dispatched (see comment_service/outbox.py).
+NEXT_LUA = """
+local function next_seq(seq_key, epoch_key, outbox_key, video)
+  local epoch = redis.call('GET', epoch_key)
+  if not epoch then return -1, 0 end
+  local seq = redis.call('INCR', seq_key)
+  if outbox_key then
+    local t = redis.call('TIME')
+    redis.call('ZADD', outbox_key, t[1] * 1000 + math.floor(t[2] / 1000), video .. '|' .. seq)
+  end
+  return seq, tonumber(epoch)
 end
-return {seq, tonumber(epoch)}
 """
+
+# KEYS[1] seq counter, KEYS[2] epoch, KEYS[3] the outbox (or none). ARGV[1] the video id.
+_NEXT = (
+    NEXT_LUA
+    + """
+local seq, epoch = next_seq(KEYS[1], KEYS[2], KEYS[3] or false, ARGV[1])
+return {seq, epoch}
+"""
+)
 
 # ARGV[1] the store's highest seq, ARGV[2] the new epoch. Only the first seeder wins.
 _SEED = """
@@ -71,12 +84,13 @@ class Sequencer:
         self._redis = redis
         self._prefix = prefix
         self._store = store
-        self._outbox = outbox
+        self.outbox_key = outbox_key(prefix) if outbox else None
         self._next = redis.register_script(_NEXT)
         self._seed = redis.register_script(_SEED)
         self._advance = redis.register_script(_ADVANCE)
 
-    def _keys(self, video_id: str) -> list[str]:
+    def keys(self, video_id: str) -> list[str]:
+        """The video's counter and epoch keys (for scripts that take a seq themselves)."""
         return [
             video_key(self._prefix, video_id, "seq"),
             video_key(self._prefix, video_id, "epoch"),
@@ -84,9 +98,9 @@ class Sequencer:
 
     async def next(self, video_id: str) -> tuple[int, int]:
         """``(seq, epoch)`` for the next event of ``video_id`` (entered in the outbox too)."""
-        keys = self._keys(video_id)
-        if self._outbox:
-            keys.append(outbox_key(self._prefix))
+        keys = self.keys(video_id)
+        if self.outbox_key:
+            keys.append(self.outbox_key)
         try:
             for _ in range(3):
                 seq, epoch = await self._next(keys=keys, args=[video_id])
@@ -103,14 +117,14 @@ class Sequencer:
     async def advance(self, video_id: str, taken: int) -> None:
         """Make sure the next seq handed out is above ``taken``."""
         try:
-            await self._advance(keys=self._keys(video_id)[:1], args=[taken])
+            await self._advance(keys=self.keys(video_id)[:1], args=[taken])
         except RedisError as exc:
             raise Unavailable(f"redis: {exc}") from exc
 
     async def head(self, video_id: str) -> tuple[int, int] | None:
         """``(last assigned seq, epoch)``, or None when the video has no counter."""
         try:
-            seq, epoch = await self._redis.mget(self._keys(video_id))
+            seq, epoch = await self._redis.mget(self.keys(video_id))
         except RedisError as exc:
             raise Unavailable(f"redis: {exc}") from exc
         if epoch is None:

@@ -132,3 +132,30 @@ async def test_duplicate_messages_are_suppressed(apis: tuple[Api, Api]) -> None:
     other = await apis[0].register(unique("echo"))
     status, _, _ = await post(apis[0], video, "Same Words", other, "10.2.0.2")
     assert status == 201
+
+
+async def test_concurrent_posts_share_one_admission_call_and_keep_every_limit(
+    apis: tuple[Api, Api],
+) -> None:
+    """Posts that arrive together are admitted in one Redis call (comment_service/
+    admission.py), one after the other inside it: a burst meets the same limits as a
+    sequence, and only admitted posts take a seq, so the stored seqs stay contiguous."""
+    video = unique("burst")
+    token = await apis[0].register(unique("burst"))
+    # 12 different texts at once from one user: the 5/30 user bucket admits 5.
+    results = await asyncio.gather(
+        *(post(apis[n % 2], video, f"burst {n}", token, f"10.1.0.{n}") for n in range(12))
+    )
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [201] * 5 + [429] * 7
+    # The same text 6 times at once from another user: one gets through.
+    other = await apis[1].register(unique("echo"))
+    results = await asyncio.gather(
+        *(post(apis[0], video, "same words", other, f"10.2.0.{n}") for n in range(6))
+    )
+    assert sorted(status for status, _, _ in results) == [201] + [429] * 5
+    assert {body["error"]["code"] for status, body, _ in results if status == 429} == {
+        "duplicate_message"
+    }
+    page = await apis[0].page(video, limit=50)
+    assert sorted(int(c["seq"]) for c in page["items"]) == list(range(1, 7))

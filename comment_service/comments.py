@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from comment_service.filter import ContentFilter, Verdict
 from comment_service.limits import Limiter
 from comment_service.outbox import Outbox
 from comment_service.policy import Policies
+from comment_service.recent import RecentCache
 from livecomments import events
 from livecomments.batching import Batcher
 from livecomments.errors import (
@@ -63,6 +65,7 @@ class Comments:
         limiter: Limiter,
         policies: Policies,
         admission: Admission,
+        recent: RecentCache,
         outbox: Outbox,
         revoked_key: Callable[[str], str],
     ) -> None:
@@ -76,9 +79,11 @@ class Comments:
         self._outbox = outbox
         self._revoked_key = revoked_key
         self._admission = admission
+        self._recent = recent
+        self.page_reads: Counter[str] = Counter()  # history pages answered by cache / store
         self.dispatch_failures = 0
         # Group commit: concurrent posts share one insert and one Dispatch call.
-        self._inserts: Batcher[dict[str, Any], None] = Batcher(store.insert_comments)
+        self._inserts: Batcher[dict[str, Any], None] = Batcher(self._persist)
         self._dispatches: Batcher[pb.Event, None] = Batcher(self._dispatch_batch)
 
     # -- posting --------------------------------------------------------------
@@ -191,6 +196,12 @@ class Comments:
                 await self._sequencer.advance(video_id, await self._store.max_seq(video_id))
         raise Unavailable("could not assign a sequence number")
 
+    async def _persist(self, docs: list[dict[str, Any]]) -> list[LiveCommentsError | None]:
+        """Store a batch, then cache what was stored (before it is dispatched)."""
+        results = await self._store.insert_comments(docs)
+        await self._recent.put([d for d, r in zip(docs, results, strict=True) if r is None])
+        return results
+
     async def _dispatch_batch(self, batch: list[pb.Event]) -> list[None]:
         await self._dispatcher.dispatch(batch)
         return [None] * len(batch)
@@ -300,20 +311,62 @@ class Comments:
 
         Items are top-level comments (deleted ones as tombstones), each with its
         first replies and its reply count; changes are already folded into the
-        documents, so their markers are skipped.
+        documents, so their markers are skipped. Served from the recent-comments
+        cache when it holds the whole range (see ``recent.py``), else from the store.
+
+        An oldest-first page ends before the first seq still in flight (taken,
+        not yet stored), so a client that polls with ``poll_after`` never steps
+        over a comment that is about to appear.
         """
-        head_info = await self._sequencer.head(video_id)
-        head = head_info[0] if head_info else await self._store.max_seq(video_id)
+        window = await self._recent.window(video_id, after=after, before=before, limit=limit)
+        if window is None or window.head < 0:
+            return await self._page_from_store(video_id, before=before, after=after, limit=limit)
+        head, lo, hi = window.head, window.lo, window.hi
+        cursor: dict[str, Any]
         if after is not None:
-            lo, hi = after + 1, min(after + limit, head)
-            docs = await self._store.comments_by_seq(video_id, lo, hi)
-            cursor: dict[str, Any] = {"next_after": hi if hi < head else None}
+            ready = hi if not window.busy else min(hi, window.busy - 1)
+            cursor = {
+                "next_after": ready if ready < head and not window.busy else None,
+                "poll_after": max(after, ready),
+            }
+            hi = ready
         else:
-            top = min(before if before is not None else head + 1, head + 1)
-            lo, hi = max(1, top - limit), top - 1
-            docs = await self._store.comments_by_seq(video_id, lo, hi)
-            docs.reverse()
             cursor = {"next_before": lo if lo > 1 else None}
+        self.page_reads["cache" if window.holes == 0 else "store"] += 1
+        if window.holes:
+            docs = await self._store.comments_by_seq(video_id, lo, hi) if hi >= lo else []
+            items = await self._items_from_store(video_id, docs)
+        else:
+            items = self._items_from_cache(window.entries, lo, hi)
+        if after is None:
+            items.reverse()
+        return {"video_id": video_id, "items": items, "head": head, **cursor}
+
+    @staticmethod
+    def _items_from_cache(
+        entries: dict[int, dict[str, Any]], lo: int, hi: int
+    ) -> list[dict[str, Any]]:
+        tops: list[dict[str, Any]] = []
+        by_id: dict[str, dict[str, Any]] = {}
+        for seq in sorted(entries):
+            entry = entries[seq]
+            if "id" not in entry:
+                continue  # a change marker's stub
+            parent = entry.get("parent_id")
+            if parent is None:
+                if lo <= seq <= hi:
+                    item = {**entry, "reply_count": 0, "replies": []}
+                    tops.append(item)
+                    by_id[entry["id"]] = item
+            elif (top := by_id.get(parent)) is not None:
+                top["reply_count"] += 1
+                if len(top["replies"]) < REPLY_PREVIEW:
+                    top["replies"].append(entry)
+        return tops
+
+    async def _items_from_store(
+        self, video_id: str, docs: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         tops = [d for d in docs if not d.get("marker") and d.get("parent_id") is None]
         previews = await asyncio.gather(
             *(
@@ -329,6 +382,26 @@ class Comments:
             item["reply_count"] = doc.get("reply_count", 0)
             item["replies"] = [events.comment_json(r) for r in replies.get(doc["_id"], [])]
             items.append(item)
+        return items
+
+    async def _page_from_store(
+        self, video_id: str, *, before: int | None, after: int | None, limit: int
+    ) -> dict[str, Any]:
+        """Redis has no counter for the video (new, or Redis lost it): the store decides."""
+        self.page_reads["store"] += 1
+        head = await self._store.max_seq(video_id)
+        cursor: dict[str, Any]
+        if after is not None:
+            lo, hi = after + 1, min(after + limit, head)
+            cursor = {"next_after": hi if hi < head else None, "poll_after": max(after, hi)}
+        else:
+            top = min(before if before is not None else head + 1, head + 1)
+            lo, hi = max(1, top - limit), top - 1
+            cursor = {"next_before": lo if lo > 1 else None}
+        docs = await self._store.comments_by_seq(video_id, lo, hi) if hi >= lo else []
+        items = await self._items_from_store(video_id, docs)
+        if after is None:
+            items.reverse()
         return {"video_id": video_id, "items": items, "head": head, **cursor}
 
     async def replies(

@@ -191,7 +191,20 @@ def _schemas(settings: CommentServiceSettings) -> dict[str, Schema]:
                     "items": {"type": "array", "items": _ref("CommentWithReplies")},
                     "head": {"type": "integer", "minimum": 0, "description": "The newest seq."},
                     "next_before": {"type": ["integer", "null"], "minimum": 1},
-                    "next_after": {"type": ["integer", "null"], "minimum": 1},
+                    "next_after": {
+                        "type": ["integer", "null"],
+                        "minimum": 1,
+                        "description": "More is ready: ask again at once with after=next_after.",
+                    },
+                    "poll_after": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": (
+                            "Oldest-first pages: every seq up to this one is settled; a"
+                            " short-polling client sends it as after= on its next poll."
+                            " Pages stop before a seq that is still being written."
+                        ),
+                    },
                 },
                 required=["video_id", "items", "head"],
             ),
@@ -313,6 +326,16 @@ def _schemas(settings: CommentServiceSettings) -> dict[str, Schema]:
                 "rtms_nodes": {"type": "integer", "minimum": 0},
                 "dispatch_failures": {"type": "integer", "minimum": 0},
                 "outbox_redispatched": {"type": "integer", "minimum": 0},
+                "history_pages": {
+                    "type": "object",
+                    "description": "History pages answered from the recent-comments cache"
+                    " and from the store, since start.",
+                    "properties": {
+                        "cache": {"type": "integer", "minimum": 0},
+                        "store": {"type": "integer", "minimum": 0},
+                    },
+                    "additionalProperties": False,
+                },
             }
         ),
         # -- request bodies --

@@ -20,6 +20,7 @@ from comment_service.moderation import Moderation
 from comment_service.outbox import Outbox
 from comment_service.policy import Policies
 from comment_service.reactions import Reactions
+from comment_service.recent import RecentCache
 from coord import ZK, NodeDirectory, Placement, Policy
 from coord.membership import WorkerLease
 from livecomments.ids import Snowflake
@@ -115,6 +116,7 @@ class CommentServer:
             "rtms_nodes": len(self.rtms_nodes.nodes),
             "dispatch_failures": self.comments.dispatch_failures if self.comments else 0,
             "outbox_redispatched": self.outbox.redispatched,
+            "history_pages": dict(self.comments.page_reads) if self.comments else {},
         }
 
     async def start(self) -> None:
@@ -138,6 +140,13 @@ class CommentServer:
             limiter=self.limiter,
             policies=self.policies,
             admission=Admission(self.redis, self.limiter, self.sequencer, self.post_limits),
+            recent=RecentCache(
+                self.redis,
+                self.sequencer,
+                s.redis_prefix,
+                s.recent_cache_size,
+                s.recent_cache_ttl,
+            ),
             outbox=self.outbox,
             revoked_key=self.accounts.revoked_key,
         )

@@ -121,6 +121,10 @@ class CommentServiceSettings(BackendSettings):
     # (their writer died, or no dispatcher answered); swept every outbox_interval.
     outbox_age: float = 2.0
     outbox_interval: float = 1.0
+    # The recent-comments cache (Redis, per video): the first history page and
+    # short-polling clients (?after=) near the head are served from it.
+    recent_cache_size: int = 500  # newest events kept per video (0 = off)
+    recent_cache_ttl: float = 86400.0  # seconds a video's cache outlives its last write
 
 
 S = TypeVar("S", bound=BackendSettings)

@@ -65,14 +65,20 @@ clean:
 
 # The fan-out benchmark: livecomments against nginx+nchan and Pushpin on this machine
 # (docs/benchmarks.md). `make bench BENCH_ARGS="--viewers 10000 --rate 6"`, `--find-max`.
-# As root the peers' Debian packages are installed when missing; otherwise the
-# harness names them.
-.PHONY: bench
-bench: bootstrap
+# `make bench-posts` measures accepted comments/s of one comment service (wrk drives it).
+# As root the peers' and wrk's Debian packages are installed when missing; otherwise
+# the harness names them.
+.PHONY: bench bench-tools bench-posts
+bench-tools: bootstrap
 	@if [ "$$(id -u)" = 0 ] && { ! command -v nginx >/dev/null || ! command -v pushpin >/dev/null \
-	    || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; }; then \
-	  echo "installing the benchmark's peers: nginx-light libnginx-mod-nchan pushpin"; \
+	    || ! command -v wrk >/dev/null || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; }; then \
+	  echo "installing the benchmark's tools: nginx-light libnginx-mod-nchan pushpin wrk"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    nginx-light libnginx-mod-nchan pushpin; \
+	    nginx-light libnginx-mod-nchan pushpin wrk; \
 	fi
+
+bench: bench-tools
 	$(BIN)/python -m bench.fanout $(BENCH_ARGS)
+
+bench-posts: bench-tools
+	$(BIN)/python -m bench.post_rate $(BENCH_ARGS)

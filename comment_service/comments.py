@@ -20,7 +20,6 @@ from comment_service.auth import Principal
 from comment_service.dispatch import DispatchClient
 from comment_service.filter import ContentFilter, Verdict
 from comment_service.limits import Limiter
-from comment_service.outbox import Outbox
 from comment_service.policy import Policies
 from comment_service.recent import RecentCache
 from livecomments import events
@@ -66,7 +65,6 @@ class Comments:
         policies: Policies,
         admission: Admission,
         recent: RecentCache,
-        outbox: Outbox,
         revoked_key: Callable[[str], str],
     ) -> None:
         self._store = store
@@ -76,14 +74,14 @@ class Comments:
         self._filter = content_filter
         self._limiter = limiter
         self._policies = policies
-        self._outbox = outbox
         self._revoked_key = revoked_key
         self._admission = admission
         self._recent = recent
+        self._settled: Batcher[dict[str, Any], None] = Batcher(recent.settle, max_batch=1000)
         self.page_reads: Counter[str] = Counter()  # history pages answered by cache / store
         self.dispatch_failures = 0
         # Group commit: concurrent posts share one insert and one Dispatch call.
-        self._inserts: Batcher[dict[str, Any], None] = Batcher(self._persist)
+        self._inserts: Batcher[dict[str, Any], None] = Batcher(store.insert_comments)
         self._dispatches: Batcher[pb.Event, None] = Batcher(self._dispatch_batch)
 
     # -- posting --------------------------------------------------------------
@@ -175,7 +173,7 @@ class Comments:
         await self._sequence(doc, seq)
         if doc.get("parent_id") is not None:
             await self._store.count_reply(doc["video_id"], doc["parent_id"])
-        await self._dispatch(events.comment_event(doc))
+        await self._dispatch(events.comment_event(doc), doc)
 
     async def _sequence(self, doc: dict[str, Any], seq: tuple[int, int] | None = None) -> None:
         """Give ``doc`` the video's next seq (or ``seq``, taken at admission) and store it."""
@@ -196,17 +194,11 @@ class Comments:
                 await self._sequencer.advance(video_id, await self._store.max_seq(video_id))
         raise Unavailable("could not assign a sequence number")
 
-    async def _persist(self, docs: list[dict[str, Any]]) -> list[LiveCommentsError | None]:
-        """Store a batch, then cache what was stored (before it is dispatched)."""
-        results = await self._store.insert_comments(docs)
-        await self._recent.put([d for d, r in zip(docs, results, strict=True) if r is None])
-        return results
-
     async def _dispatch_batch(self, batch: list[pb.Event]) -> list[None]:
         await self._dispatcher.dispatch(batch)
         return [None] * len(batch)
 
-    async def _dispatch(self, event: pb.Event) -> None:
+    async def _dispatch(self, event: pb.Event, doc: dict[str, Any]) -> None:
         try:
             await self._dispatches.submit(event)
         except Unavailable as exc:
@@ -214,7 +206,7 @@ class Comments:
             self.dispatch_failures += 1
             log.error("%s seq %d stored but not dispatched: %s", event.video_id, event.seq, exc)
             return
-        await self._outbox.done(event.video_id, event.seq)
+        await self._settled.submit(doc)  # cached, and out of the outbox
 
     # -- changes ----------------------------------------------------------------
 
@@ -266,7 +258,7 @@ class Comments:
             "created_at_ms": int(now.timestamp() * 1000),
         }
         await self._sequence(marker)
-        await self._dispatch(events.change_event(marker))
+        await self._dispatch(events.change_event(marker), marker)
 
     # -- held for review ------------------------------------------------------------
 

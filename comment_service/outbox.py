@@ -2,7 +2,8 @@
 
 The sequencer enters ``{video}|{seq}`` in a Redis sorted set in the same step
 that hands out the seq, scored by time. The writer removes it once a
-dispatcher has taken the event. Every replica sweeps entries older than
+dispatcher has taken the event, in the call that adds the event to the
+recent-comments cache (``recent.py``: "settled"). Every replica sweeps entries older than
 ``age``: it leases them (re-scores them to now, so the other replicas skip
 them for a while), reads the events from the store and dispatches them again.
 RTMS nodes drop what they already have by seq, so a second dispatch shows
@@ -22,8 +23,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from comment_service.dispatch import DispatchClient
+from comment_service.recent import RecentCache
 from livecomments import events
-from livecomments.batching import Batcher
 from livecomments.errors import LiveCommentsError
 from livecomments.sequencer import outbox_key
 from livecomments.store import Store
@@ -50,6 +51,7 @@ class Outbox:
         prefix: str,
         store: Store,
         dispatcher: DispatchClient,
+        recent: RecentCache,
         *,
         age: float = 2.0,
         interval: float = 1.0,
@@ -59,24 +61,13 @@ class Outbox:
         self._key = outbox_key(prefix)
         self._store = store
         self._dispatcher = dispatcher
+        self._recent = recent
         self._age_ms = int(age * 1000)
         self._interval = interval
         self._batch = batch
         self._claim = redis.register_script(_CLAIM)
         self._task: asyncio.Task[None] | None = None
-        self._removals: Batcher[str, None] = Batcher(self._remove, max_batch=1000)
         self.redispatched = 0
-
-    async def done(self, video_id: str, seq: int) -> None:
-        """The event was dispatched: nothing left to sweep (removals are batched)."""
-        try:
-            await self._removals.submit(f"{video_id}|{seq}")
-        except RedisError as exc:
-            log.debug("outbox: %s", exc)  # the sweep re-dispatches it; harmless
-
-    async def _remove(self, members: list[str]) -> list[None]:
-        await self._redis.zrem(self._key, *members)
-        return [None] * len(members)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -107,7 +98,7 @@ class Outbox:
             video, _, seq = (raw.decode() if isinstance(raw, bytes) else str(raw)).rpartition("|")
             if video and seq.isdigit():
                 wanted[video].add(int(seq))
-        batch = []
+        batch, sent = [], []
         for video, seqs in wanted.items():
             docs = await self._store.comments_by_seq(video, min(seqs), max(seqs))
             for doc in docs:
@@ -115,9 +106,11 @@ class Outbox:
                     event = events.replay_event(doc)
                     if event is not None:
                         batch.append(event)
+                        sent.append(doc)
         if batch:
             await self._dispatcher.dispatch(batch)
             self.redispatched += len(batch)
             log.info("outbox: dispatched %d overdue events again", len(batch))
-        await self._redis.zrem(self._key, *claimed)
+        await self._recent.settle(sent)  # the entries that were in the store
+        await self._redis.zrem(self._key, *claimed)  # and the ones that never got there
         return len(batch)

@@ -12,15 +12,17 @@ expiring ``ttl`` after its last write. A comment's entry is its public JSON
 range contiguous, and the changed comment's entry is replaced by the marker's
 snapshot (newer ``rev`` wins, whatever order the writes land in).
 
-Entries are written after the store insert and before the dispatch, and the
-seq's outbox entry (see ``outbox.py``) is removed only after the dispatch, so
-for any seq missing from the cache:
-- if its outbox entry exists, it is in flight (taken, not yet stored or cached):
-  an oldest-first page stops just before it, so a short-polling client never
-  steps over a comment that is about to appear (the store path does the same);
-- otherwise the cache is not complete there (trimmed, Redis restarted, a cache
-  write failed, or a writer died and the seq was never stored): the page is
-  read from the store.
+Entries are written once the event has been dispatched, in the same Redis call
+that removes the seq's outbox entry (see ``outbox.py``; the outbox sweep does the
+same for what it sends again). So for any seq missing from the cache:
+- if its outbox entry exists, it is in flight (taken, not yet stored, cached or
+  dispatched): an oldest-first page stops just before it, so a short-polling
+  client never steps over a comment that is about to appear (the store path
+  does the same);
+- otherwise the cache is not complete there (trimmed, Redis restarted, or a
+  writer died and the seq was never stored): the page is read from the store.
+Writing after the dispatch keeps the cache off the live path: a comment costs
+no Redis round trip between its insert and its delivery.
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ from livecomments.sequencer import Sequencer, video_key
 
 log = logging.getLogger(__name__)
 
-# KEYS: one cache key per entry. ARGV[1] size, ARGV[2] ttl ms, then per entry: seq,
-# JSON, rev, target seq (0: none), the target's JSON. An entry replaces another at
-# the same seq only when its rev is higher (the stored text never goes backwards).
-_PUT = """
+# KEYS[1] the outbox (or ''), then one cache key per entry. ARGV[1] size, ARGV[2]
+# ttl ms, then per entry: seq, JSON, rev, target seq (0: none), the target's JSON,
+# the outbox member. An entry replaces another at the same seq only when its rev
+# is higher (the stored text never goes backwards).
+_SETTLE = """
 local size, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local function put(key, seq, value, rev)
   local old = redis.call('ZRANGEBYSCORE', key, seq, seq)
@@ -52,8 +55,8 @@ local function put(key, seq, value, rev)
   end
   redis.call('ZADD', key, seq, value)
 end
-for i = 1, #KEYS do
-  local a = 2 + (i - 1) * 5
+for i = 2, #KEYS do
+  local a = 2 + (i - 2) * 6
   local key = KEYS[i]
   put(key, tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3]))
   local target = tonumber(ARGV[a + 4])
@@ -61,10 +64,15 @@ for i = 1, #KEYS do
     local ok, snap = pcall(cjson.decode, ARGV[a + 5])
     put(key, target, ARGV[a + 5], ok and tonumber(snap.rev) or 0)
   end
-  redis.call('ZREMRANGEBYRANK', key, 0, -size - 1)
-  redis.call('PEXPIRE', key, ttl)
+  if size > 0 then
+    redis.call('ZREMRANGEBYRANK', key, 0, -size - 1)
+    redis.call('PEXPIRE', key, ttl)
+  else
+    redis.call('DEL', key)
+  end
+  if KEYS[1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[a + 6]) end
 end
-return #KEYS
+return #KEYS - 1
 """
 
 # KEYS: 1 cache, 2 seq counter, 3 epoch, 4 outbox (or ''). ARGV: 1 'after' or
@@ -119,32 +127,37 @@ class RecentCache:
         self._sequencer = sequencer
         self._size = size
         self._ttl_ms = int(ttl * 1000)
-        self._put = redis.register_script(_PUT)
+        self._settle = redis.register_script(_SETTLE)
         self._range = redis.register_script(_RANGE)
         self.enabled = size > 0
 
     def key(self, video_id: str) -> str:
         return video_key(self._prefix, video_id, "recent")
 
-    async def put(self, docs: list[dict[str, Any]]) -> None:
-        """Cache stored comments and markers; a failure only sends readers to the store."""
-        if not self.enabled or not docs:
-            return
-        keys: list[str] = []
+    async def settle(self, docs: list[dict[str, Any]]) -> list[None]:
+        """Dispatched: cache the stored comments and markers, and clear their outbox entries.
+
+        A failure leaves the entries to the outbox sweep, which sends them again
+        and settles them then; until it does, readers stop before them.
+        """
+        if not docs:
+            return []
+        keys: list[str] = [self._sequencer.outbox_key or ""]
         args: list[Any] = [self._size, self._ttl_ms]
         for doc in docs:
-            keys.append(self.key(doc["video_id"]))
+            video_id, seq = doc["video_id"], doc["seq"]
+            keys.append(self.key(video_id))
             if doc.get("marker"):
-                snapshot = doc.get("snapshot") or {}
-                stub = orjson.dumps({"marker": doc["marker"], "seq": doc["seq"]})  # members differ
-                args += [doc["seq"], stub, 0, doc["target_seq"], orjson.dumps(snapshot)]
+                stub = orjson.dumps({"marker": doc["marker"], "seq": seq})  # members differ
+                args += [seq, stub, 0, doc["target_seq"], orjson.dumps(doc.get("snapshot") or {})]
             else:
-                args += [doc["seq"], orjson.dumps(events.comment_json(doc)), doc.get("rev", 0)]
-                args += [0, b""]
+                args += [seq, orjson.dumps(events.comment_json(doc)), doc.get("rev", 0), 0, b""]
+            args.append(f"{video_id}|{seq}")
         try:
-            await self._put(keys=keys, args=args)
+            await self._settle(keys=keys, args=args)
         except RedisError as exc:
-            log.warning("recent-comments cache not written (readers use the store): %s", exc)
+            log.warning("events dispatched but not settled (the outbox sweep will): %s", exc)
+        return [None] * len(docs)
 
     async def window(
         self, video_id: str, *, after: int | None, before: int | None, limit: int

@@ -56,11 +56,19 @@ class CommentServer:
         self.rtms_nodes = NodeDirectory(self.zk, self.zk.paths.rtms_nodes)
         self.placement = Placement(self.zk, Policy.from_settings(settings), self.rtms_nodes)
         self.dispatch = DispatchClient(self.dispatchers, settings.dispatch_timeout)
+        self.recent = RecentCache(
+            self.redis,
+            self.sequencer,
+            settings.redis_prefix,
+            settings.recent_cache_size,
+            settings.recent_cache_ttl,
+        )
         self.outbox = Outbox(
             self.redis,
             settings.redis_prefix,
             self.store,
             self.dispatch,
+            self.recent,
             age=settings.outbox_age,
             interval=settings.outbox_interval,
         )
@@ -140,14 +148,7 @@ class CommentServer:
             limiter=self.limiter,
             policies=self.policies,
             admission=Admission(self.redis, self.limiter, self.sequencer, self.post_limits),
-            recent=RecentCache(
-                self.redis,
-                self.sequencer,
-                s.redis_prefix,
-                s.recent_cache_size,
-                s.recent_cache_ttl,
-            ),
-            outbox=self.outbox,
+            recent=self.recent,
             revoked_key=self.accounts.revoked_key,
         )
         self.moderation = Moderation(self.store, self.comments, ids, s.flag_threshold)

@@ -345,3 +345,30 @@ async def test_refusals_are_shown_with_the_server_message_and_logout_revokes(
     await expect(page.locator("#send")).to_be_disabled()
     status, body, _ = await api.request("GET", "/api/auth/me", token=token)
     assert status == 401, body
+
+
+@pytest.mark.timeout(90)
+async def test_while_its_stream_is_down_the_page_keeps_up_by_polling(
+    api: Api, pages: Pages
+) -> None:
+    """No stream (every stream request fails): the page polls ?after= (the server
+    answers from its recent-comments cache) until the stream is back."""
+    video = unique("poll")
+    token = await api.register(unique("poller"))
+    await api.post(video, "before the outage", token)
+    page = await pages.open(video)
+    texts = page.locator("#comments .comment .text")
+    await expect(texts).to_have_text(["before the outage"])
+    stream = re.compile(r".*/stream(/|\?|$).*")
+    await page.route(stream, lambda route: route.abort())
+    await page.evaluate("es.dispatchEvent(new Event('error'))")  # the open stream breaks
+    await expect(page.locator("#status")).to_have_text("reconnecting")
+    await api.post(video, "during the outage", token)
+    await expect(texts).to_have_text(["before the outage", "during the outage"], timeout=LIVE)
+    assert await page.evaluate("es === null || es.readyState !== EventSource.OPEN")
+    await page.unroute(stream)
+    await expect(page.locator("#status")).to_have_text("live", timeout=20000)
+    await api.post(video, "after the outage", token)
+    await expect(texts).to_have_text(
+        ["before the outage", "during the outage", "after the outage"], timeout=LIVE
+    )

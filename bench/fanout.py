@@ -41,7 +41,7 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class Scenario:
     step_duration: float
     max_rate: float
     p99_limit_ms: float
+    env: dict[str, str] = field(default_factory=dict)  # --env: extra LIVECOMMENTS_* settings
 
 
 # -- the generator processes -------------------------------------------------------
@@ -313,6 +314,7 @@ def summarize(
 
 async def run_target(name: str, sc: Scenario, prefix: str, keep: bool) -> dict[str, Any]:
     target = TARGETS[name](keep_dir=keep)
+    target.env = dict(sc.env)
     gens = Generators()
     poster: Poster | None = None
     failed = True
@@ -490,6 +492,7 @@ def report_tables(doc: dict[str, Any]) -> list[Table_]:
         f"{sc['viewers']:,} viewers / {sc['videos']} videos / "
         + ("find-max" if sc["find_max"] else f"{sc['rate']:g} msg/s for {sc['duration']:g}s")
         + f" — {doc['machine']['cpus']} cores, loopback"
+        + "".join(f", {k}={v}" for k, v in sorted(sc.get("env", {}).items()))
     )
     results = doc["results"]
     rows = [target_rows(r) for r in results]
@@ -630,6 +633,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Scenario, list[str], argp
                    help="most seconds to wait after the last post"
                    " (0: max(5, duration/2))")  # fmt: skip
     p.add_argument("--settle", type=float, default=1.0)
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for livecomments' processes, e.g. "
+                   "LIVECOMMENTS_VIRAL_DELIVERIES=0 (repeatable; other targets ignore it)",
+                   )  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep each target's temp dir and logs")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--report", metavar="FILE", help="print the tables of a saved --json document")
@@ -651,8 +658,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[Scenario, list[str], argp
         connect_concurrency=args.connect_concurrency, post_concurrency=args.post_concurrency,
         drain=args.drain or max(5.0, duration / 2), settle=args.settle, find_max=args.find_max,
         step_duration=args.step_duration, max_rate=args.max_rate, p99_limit_ms=args.p99_limit,
+        env=dict(parse_env(p, item) for item in args.env),
     )  # fmt: skip
     return sc, targets, args
+
+
+def parse_env(p: argparse.ArgumentParser, item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.startswith("LIVECOMMENTS_"):
+        p.error(f"--env {item!r}: expected LIVECOMMENTS_NAME=VALUE")
+    return key, value
 
 
 def check_packages(targets: list[str]) -> None:

@@ -309,6 +309,7 @@ class Target:
     def __init__(self, keep_dir: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         self.keep_dir = keep_dir
+        self.env: dict[str, str] = {}  # extra settings for our processes (--env); peers ignore it
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -366,8 +367,9 @@ class LiveCommentsTarget(Target):
         self.backends = Backends.start(self.dir, memory_store=True)
         try:
             self.cluster = Cluster(
-                self.dir, self.backends, namespace="bench", tls=False, extra_env=self.ENV
-            )
+                self.dir, self.backends, namespace="bench", tls=False,
+                extra_env={**self.ENV, **self.env},
+            )  # fmt: skip
             self.cluster.start(dispatchers=1, rtms=1, comment_services=1)
         except BaseException:
             self.backends.stop()

@@ -1,8 +1,11 @@
 """Finding a live dispatcher replica and failing over between them.
 
-Replicas are read from ``/nodes/dispatcher`` (a watched mirror). Calls go
-round-robin; a failed call is retried on the next replica with bounded,
-jittered backoff under one deadline (tenacity).
+Replicas are read from ``/nodes/dispatcher`` (a watched mirror). Each replica
+gets one channel and one long-lived ``DispatchStream`` on it, opened on first
+use and again after it fails; requests carry an id and their replies come back
+with it. Calls go round-robin; a failed call (the stream broke, or no reply
+within the timeout) is retried on the next replica with bounded, jittered
+backoff under one deadline (tenacity).
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from typing import Any
 
-import grpc
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -24,19 +27,28 @@ from coord import NodeDirectory
 from livecomments.errors import Unavailable
 from livecomments.pb import livecomments_pb2 as pb
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.rpcstream import RequestStream, StreamChannel
 
 log = logging.getLogger(__name__)
+
+_Stream = RequestStream[pb.DispatchRequest, pb.DispatchReply]
+_Replica = StreamChannel[pb.DispatchRequest, pb.DispatchReply]
 
 
 class DispatchFailed(Unavailable):
     code = "dispatch_failed"
 
 
+def _open_stream(channel: Any) -> Any:
+    return pb_grpc.DispatcherStub(channel).DispatchStream(wait_for_ready=False)
+
+
 class DispatchClient:
     def __init__(self, directory: NodeDirectory, timeout: float) -> None:
         self._directory = directory
         self._timeout = timeout
-        self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.DispatcherStub]] = {}
+        self._replicas: dict[str, _Replica] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
         self._turn = itertools.count()
         self._addresses: list[str] = []  # derived from the directory when it changes
         directory.add_listener(self._directory_changed)
@@ -45,21 +57,29 @@ class DispatchClient:
         self._addresses = sorted(
             a for a in (i.get("grpc") for i in self._directory.nodes.values()) if isinstance(a, str)
         )
-        for address in list(self._channels):
+        for address in list(self._replicas):
             if address not in self._addresses:
-                channel, _ = self._channels.pop(address)
-                asyncio.get_running_loop().create_task(channel.close())
+                task = asyncio.get_running_loop().create_task(
+                    self._replicas.pop(address).close(graceful=True)
+                )
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
 
-    def _pick(self) -> tuple[str, pb_grpc.DispatcherStub]:
+    def _pick(self) -> _Stream:
         addresses = self._addresses
         if not addresses:
             raise DispatchFailed("no dispatcher is registered")
         address = addresses[next(self._turn) % len(addresses)]
-        entry = self._channels.get(address)
-        if entry is None:
-            channel = grpc.aio.insecure_channel(address)
-            entry = self._channels[address] = (channel, pb_grpc.DispatcherStub(channel))
-        return address, entry[1]
+        replica = self._replicas.get(address)
+        if replica is None:
+            replica = self._replicas[address] = _Replica(
+                address,
+                _open_stream,
+                name=f"dispatcher {address}",
+                timeout=self._timeout,
+                error=DispatchFailed,
+            )
+        return replica.stream()
 
     async def dispatch(self, events: list[pb.Event]) -> pb.DispatchReply:
         request = pb.DispatchRequest(events=events)
@@ -71,15 +91,15 @@ class DispatchClient:
         )
         async for attempt in retrying:
             with attempt:
-                address, stub = self._pick()
+                stream = self._pick()
                 try:
-                    reply: pb.DispatchReply = await stub.Dispatch(request, timeout=self._timeout)
-                    return reply
-                except grpc.aio.AioRpcError as exc:
-                    log.warning("dispatcher %s failed: %s", address, exc.code().name)
-                    raise DispatchFailed(f"dispatcher {address}: {exc.code().name}") from exc
+                    return await stream.request(request)
+                except DispatchFailed as exc:
+                    log.warning("%s", exc)
+                    raise
         raise DispatchFailed("unreachable")  # pragma: no cover - reraise=True
 
     async def close(self) -> None:
-        channels, self._channels = self._channels, {}
-        await asyncio.gather(*(c.close() for c, _ in channels.values()), return_exceptions=True)
+        replicas, self._replicas = list(self._replicas.values()), {}
+        await asyncio.gather(*(r.close() for r in replicas), return_exceptions=True)
+        await asyncio.gather(*self._retiring, return_exceptions=True)

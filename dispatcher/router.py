@@ -2,35 +2,43 @@
 
 The table (video -> nodes) and the directory (node -> gRPC address) are
 in-memory mirrors of ZooKeeper; nothing here reads ZooKeeper on the hot path.
-Each destination has one long-lived channel and one sender that batches: while
-a Deliver is in flight, events for that node queue up and leave together in
-the next one, so a burst costs one message per hosting node, not one per event.
+Each destination has one long-lived channel, one long-lived ``DeliverStream``
+on it and one sender that batches: while batches are in flight, events for that
+node queue up and leave together in the next message, so a burst costs one
+message per hosting node, not one per event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-
-import grpc
+from typing import Any
 
 from coord import NodeDirectory, RoutingTable
 from livecomments.pb import livecomments_pb2 as pb
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.rpcstream import StreamChannel
 
 log = logging.getLogger(__name__)
 
 SUSPECT_FOR = 3.0  # seconds a node that refused a delivery is skipped (ZooKeeper catches up)
 MAX_BATCH = 2000
+# Batches on one stream awaiting their reply. One would leave the stream idle
+# for a round trip after each batch; a few keep it busy under load while the
+# queue still fills into large batches.
+MAX_IN_FLIGHT = 2
 
 
 class NodeGone(Exception):
     """The node could not be reached; it is treated as dead."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     events: list[pb.Event]
     done: asyncio.Future[None] = field(
@@ -38,53 +46,61 @@ class _Pending:
     )
 
 
+def _open_stream(channel: Any) -> Any:
+    return pb_grpc.DeliveryStub(channel).DeliverStream(wait_for_ready=False)
+
+
 class _Sender:
-    """One destination: a channel, a queue, one Deliver in flight at a time."""
+    """One destination: a channel, one ``DeliverStream``, a queue, a few batches in flight.
+
+    Each batch has the deliver timeout as its deadline. When the stream fails
+    (or a batch outlives its deadline) every batch in flight fails with
+    :class:`NodeGone`, and the next batch opens a new stream.
+    """
 
     def __init__(self, node_id: str, address: str, timeout: float) -> None:
         self.node_id = node_id
         self.address = address
-        self._timeout = timeout
-        self._channel = grpc.aio.insecure_channel(
+        self._channel: StreamChannel[pb.DeliverRequest, pb.DeliverReply] = StreamChannel(
             address,
-            options=[
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 3_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            ],
+            _open_stream,
+            name=f"{node_id} at {address}",
+            timeout=timeout,
+            error=NodeGone,
         )
-        self._stub = pb_grpc.DeliveryStub(self._channel)
-        self._queue: list[_Pending] = []
-        self._wakeup = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"sender-{node_id}")
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._flush_soon: asyncio.Handle | None = None
+        self._closed = False
 
     def send(self, events: list[pb.Event]) -> asyncio.Future[None]:
         pending = _Pending(events)
+        if self._closed:
+            pending.done.set_exception(NodeGone(f"{self.node_id} closed"))
+            return pending.done
         self._queue.append(pending)
-        self._wakeup.set()
+        if self._flush_soon is None:
+            # Everything sent during this turn of the loop goes in one batch.
+            self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
         return pending.done
 
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                batch: list[_Pending] = []
-                size = 0
-                while self._queue and size < MAX_BATCH:
-                    item = self._queue.pop(0)
-                    batch.append(item)
-                    size += len(item.events)
-                await self._deliver(batch)
+    def _flush(self) -> None:
+        self._flush_soon = None
+        queue = self._queue
+        while queue and not self._closed:
+            stream = self._channel.stream()
+            if stream.in_flight >= MAX_IN_FLIGHT:
+                return  # a reply calls us again
+            batch: list[_Pending] = []
+            events: list[pb.Event] = []
+            while queue and len(events) < MAX_BATCH:
+                item = queue.popleft()
+                batch.append(item)
+                events.extend(item.events)
+            reply = stream.request(pb.DeliverRequest(events=events))
+            reply.add_done_callback(functools.partial(self._settle, batch))
 
-    async def _deliver(self, batch: list[_Pending]) -> None:
-        request = pb.DeliverRequest(events=[e for item in batch for e in item.events])
-        error: Exception | None = None
-        try:
-            await self._stub.Deliver(request, timeout=self._timeout, wait_for_ready=False)
-        except grpc.aio.AioRpcError as exc:
-            error = NodeGone(f"{self.node_id} at {self.address}: {exc.code().name} {exc.details()}")
+    def _settle(self, batch: list[_Pending], reply: asyncio.Future[pb.DeliverReply]) -> None:
+        error = NodeGone(f"{self.node_id} closed") if reply.cancelled() else reply.exception()
         for item in batch:
             if item.done.done():
                 continue
@@ -92,14 +108,18 @@ class _Sender:
                 item.done.set_result(None)
             else:
                 item.done.set_exception(error)
+        if self._queue and self._flush_soon is None:
+            self._flush()
 
     async def close(self) -> None:
-        self._task.cancel()
+        self._closed = True
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()
+            self._flush_soon = None
         for item in self._queue:
             if not item.done.done():
                 item.done.set_exception(NodeGone(f"{self.node_id} closed"))
         self._queue.clear()
-        await asyncio.gather(self._task, return_exceptions=True)
         await self._channel.close()
 
 
@@ -131,8 +151,12 @@ class Router:
         sender = self._senders[node_id] = _Sender(node_id, address, self._timeout)
         return sender
 
-    async def dispatch(self, events: list[pb.Event]) -> pb.DispatchReply:
-        """Send each event once to each node hosting its video; wait for their answers."""
+    def submit(self, events: list[pb.Event]) -> Awaitable[pb.DispatchReply]:
+        """Queue each event once for each node hosting its video; await the answers.
+
+        The queueing happens here, before the first await, so calls submitted in
+        order reach every node in that order.
+        """
         now = time.monotonic()
         per_node: dict[str, list[pb.Event]] = {}
         for event in events:
@@ -149,6 +173,15 @@ class Router:
                 dropped += 1
                 continue
             waits.append((node_id, sender.send(batch)))
+        return self._collect(len(per_node), waits, dropped)
+
+    async def dispatch(self, events: list[pb.Event]) -> pb.DispatchReply:
+        """Send each event once to each node hosting its video; wait for their answers."""
+        return await self.submit(events)
+
+    async def _collect(
+        self, nodes: int, waits: list[tuple[str, asyncio.Future[None]]], dropped: int
+    ) -> pb.DispatchReply:
         delivered = 0
         if waits:
             results = await asyncio.gather(*(w for _, w in waits), return_exceptions=True)
@@ -160,7 +193,7 @@ class Router:
                     dropped += 1
                     log.warning("delivery failed, suspecting node: %s", result)
                     self._suspects[node_id] = time.monotonic() + SUSPECT_FOR
-        return pb.DispatchReply(nodes=len(per_node), delivered=delivered, dropped=dropped)
+        return pb.DispatchReply(nodes=nodes, delivered=delivered, dropped=dropped)
 
     async def close(self) -> None:
         senders, self._senders = list(self._senders.values()), {}

@@ -11,6 +11,7 @@ from coord import ZK, Membership, NodeDirectory, RoutingTable
 from dispatcher.router import Router
 from dispatcher.service import DispatcherService
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.rpcstream import SERVER_OPTIONS
 from livecomments.settings import DispatcherSettings, default_node_id
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class DispatcherServer:
         # The table must be whole before any comment service can pick us.
         await self.directory.start()
         await self.table.start()
-        self._grpc = grpc.aio.server()
+        self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
         pb_grpc.add_DispatcherServicer_to_server(DispatcherService(self.router), self._grpc)
         self._grpc.add_insecure_port(self.address)
         await self._grpc.start()

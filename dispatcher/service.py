@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
+
+import grpc
 
 from dispatcher.router import Router
 from livecomments.pb import livecomments_pb2 as pb
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 
 class DispatcherService(pb_grpc.DispatcherServicer):  # type: ignore[misc]
@@ -15,6 +22,53 @@ class DispatcherService(pb_grpc.DispatcherServicer):  # type: ignore[misc]
 
     async def Dispatch(self, request: pb.DispatchRequest, context: Any) -> pb.DispatchReply:
         return await self._router.dispatch(list(request.events))
+
+    async def DispatchStream(
+        self, requests: AsyncIterator[pb.DispatchRequest], context: Any
+    ) -> AsyncIterator[pb.DispatchReply]:
+        """Each request is routed as it arrives (so in order) and answered when its
+        nodes have answered: replies carry the request's id and may overtake each other."""
+        replies: asyncio.Queue[pb.DispatchReply | BaseException | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._route_all(requests, replies))
+        try:
+            while (reply := await replies.get()) is not None:
+                if isinstance(reply, BaseException):
+                    await context.abort(grpc.StatusCode.INTERNAL, f"dispatch failed: {reply}")
+                else:
+                    yield reply
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _route_all(
+        self,
+        requests: AsyncIterator[pb.DispatchRequest],
+        replies: asyncio.Queue[pb.DispatchReply | BaseException | None],
+    ) -> None:
+        answering: set[asyncio.Task[None]] = set()
+
+        async def answer(request_id: int, routed: Awaitable[pb.DispatchReply]) -> None:
+            try:
+                reply = await routed
+            except Exception as exc:  # the stream fails; the caller retries elsewhere
+                log.exception("dispatch failed")
+                replies.put_nowait(exc)
+                return
+            reply.id = request_id
+            replies.put_nowait(reply)
+
+        try:
+            async for request in requests:
+                routed = self._router.submit(list(request.events))
+                task = asyncio.create_task(answer(request.id, routed))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+            while answering:  # the caller is done sending: answer what is in flight
+                await asyncio.wait(set(answering))
+        finally:
+            for task in answering:
+                task.cancel()
+            replies.put_nowait(None)
 
     async def Routes(self, request: pb.RoutesRequest, context: Any) -> pb.RoutesReply:
         table = self._router.table.videos

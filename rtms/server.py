@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from coord import ZK, HostedRegistry, Membership, Placement, Policy
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.rpcstream import SERVER_OPTIONS
 from livecomments.sequencer import Sequencer
 from livecomments.settings import RTMSSettings, default_node_id
 from livecomments.store import Store
@@ -191,7 +192,7 @@ class RTMSServer:
         s = self.settings
         await self.store.start(create_indexes=False)
         await self.zk.start()
-        self._grpc = grpc.aio.server()
+        self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
         pb_grpc.add_DeliveryServicer_to_server(DeliveryService(self.hub), self._grpc)
         self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
         await self._grpc.start()

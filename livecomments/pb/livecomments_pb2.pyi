@@ -41,20 +41,24 @@ class Event(_message.Message):
     def __init__(self, comment_id: _Optional[int] = ..., video_id: _Optional[str] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., frame: _Optional[bytes] = ..., created_at_ms: _Optional[int] = ..., target_seq: _Optional[int] = ...) -> None: ...
 
 class DispatchRequest(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "id")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+    id: int
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., id: _Optional[int] = ...) -> None: ...
 
 class DispatchReply(_message.Message):
-    __slots__ = ("nodes", "delivered", "dropped")
+    __slots__ = ("nodes", "delivered", "dropped", "id")
     NODES_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     nodes: int
     delivered: int
     dropped: int
-    def __init__(self, nodes: _Optional[int] = ..., delivered: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+    id: int
+    def __init__(self, nodes: _Optional[int] = ..., delivered: _Optional[int] = ..., dropped: _Optional[int] = ..., id: _Optional[int] = ...) -> None: ...
 
 class RoutesRequest(_message.Message):
     __slots__ = ("video_ids",)
@@ -84,17 +88,21 @@ class RoutesReply(_message.Message):
     def __init__(self, videos: _Optional[_Mapping[str, NodeList]] = ..., live_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeliverRequest(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "id")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+    id: int
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., id: _Optional[int] = ...) -> None: ...
 
 class DeliverReply(_message.Message):
-    __slots__ = ("accepted", "duplicates", "unhosted")
+    __slots__ = ("accepted", "duplicates", "unhosted", "id")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     UNHOSTED_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     duplicates: int
     unhosted: int
-    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., unhosted: _Optional[int] = ...) -> None: ...
+    id: int
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., unhosted: _Optional[int] = ..., id: _Optional[int] = ...) -> None: ...

@@ -40,6 +40,11 @@ class DispatcherStub:
                 request_serializer=livecomments__pb2.DispatchRequest.SerializeToString,
                 response_deserializer=livecomments__pb2.DispatchReply.FromString,
                 _registered_method=True)
+        self.DispatchStream = channel.stream_stream(
+                '/livecomments.v1.Dispatcher/DispatchStream',
+                request_serializer=livecomments__pb2.DispatchRequest.SerializeToString,
+                response_deserializer=livecomments__pb2.DispatchReply.FromString,
+                _registered_method=True)
         self.Routes = channel.unary_unary(
                 '/livecomments.v1.Dispatcher/Routes',
                 request_serializer=livecomments__pb2.RoutesRequest.SerializeToString,
@@ -57,6 +62,13 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DispatchStream(self, request_iterator, context):
+        """The same over one long-lived stream per replica: no per-call setup on the hot path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Routes(self, request, context):
         """What this replica routes on right now (operators, tests).
         """
@@ -69,6 +81,11 @@ def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Dispatch': grpc.unary_unary_rpc_method_handler(
                     servicer.Dispatch,
+                    request_deserializer=livecomments__pb2.DispatchRequest.FromString,
+                    response_serializer=livecomments__pb2.DispatchReply.SerializeToString,
+            ),
+            'DispatchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DispatchStream,
                     request_deserializer=livecomments__pb2.DispatchRequest.FromString,
                     response_serializer=livecomments__pb2.DispatchReply.SerializeToString,
             ),
@@ -104,6 +121,33 @@ class Dispatcher:
             request,
             target,
             '/livecomments.v1.Dispatcher/Dispatch',
+            livecomments__pb2.DispatchRequest.SerializeToString,
+            livecomments__pb2.DispatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DispatchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/livecomments.v1.Dispatcher/DispatchStream',
             livecomments__pb2.DispatchRequest.SerializeToString,
             livecomments__pb2.DispatchReply.FromString,
             options,
@@ -159,6 +203,11 @@ class DeliveryStub:
                 request_serializer=livecomments__pb2.DeliverRequest.SerializeToString,
                 response_deserializer=livecomments__pb2.DeliverReply.FromString,
                 _registered_method=True)
+        self.DeliverStream = channel.stream_stream(
+                '/livecomments.v1.Delivery/DeliverStream',
+                request_serializer=livecomments__pb2.DeliverRequest.SerializeToString,
+                response_deserializer=livecomments__pb2.DeliverReply.FromString,
+                _registered_method=True)
 
 
 class DeliveryServicer:
@@ -171,11 +220,24 @@ class DeliveryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverStream(self, request_iterator, context):
+        """The same over one long-lived stream per dispatcher: each destination node
+        gets one message per batch and no per-call setup.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeliveryServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Deliver': grpc.unary_unary_rpc_method_handler(
                     servicer.Deliver,
+                    request_deserializer=livecomments__pb2.DeliverRequest.FromString,
+                    response_serializer=livecomments__pb2.DeliverReply.SerializeToString,
+            ),
+            'DeliverStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DeliverStream,
                     request_deserializer=livecomments__pb2.DeliverRequest.FromString,
                     response_serializer=livecomments__pb2.DeliverReply.SerializeToString,
             ),
@@ -206,6 +268,33 @@ class Delivery:
             request,
             target,
             '/livecomments.v1.Delivery/Deliver',
+            livecomments__pb2.DeliverRequest.SerializeToString,
+            livecomments__pb2.DeliverReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/livecomments.v1.Delivery/DeliverStream',
             livecomments__pb2.DeliverRequest.SerializeToString,
             livecomments__pb2.DeliverReply.FromString,
             options,

@@ -11,8 +11,12 @@ queues the message for the stream's one writer task (grpc.aio allows a single
 write in flight per call, and a caller cancelled halfway through a write would
 cancel the whole call) and returns a future for the reply. Every request has a
 deadline. A stream that fails, ends, or lets a request outlive its deadline is
-dead: every pending request fails with the owner's error, and the owner opens a
-new stream on next use (:attr:`alive`).
+dead: every pending request fails with the owner's error, and a new stream is
+opened on next use (:attr:`alive`). :class:`StreamChannel` is that owner: one
+channel per peer, its current stream, and the GOAWAY watch.
+
+Measured with an echo server on loopback (2 cores): ~145 us of client CPU per
+request over a stream against ~250 us per unary call.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ class Comments:
             if admitted.verdict == "load_bans":
                 await self._policies.load_bans()
             elif admitted.verdict == "load_settings":
-                await self._policies.cache_video_settings(ticket.video_id)
+                await self._policies.load_video_settings()
             else:
                 raise self._limiter.refusal(admitted.verdict, admitted.ms)
         raise Unavailable("could not load the video's settings into Redis")

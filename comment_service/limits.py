@@ -91,8 +91,9 @@ return {0, 0}
 
 # Admission of a post, as a Lua function (comment_service/admission.py runs it for
 # every post of a batch in one call). K: 1 global ban, 2 video ban, 3 bans-loaded
-# marker, 4 video settings, 5 user bucket, 6 ip bucket, 7 slow-mode mark,
-# 8 duplicate mark, 9 the token's logout mark. A: user cap, user rate, ip cap,
+# marker, 4 video settings (a hash, only for videos with settings), 5 user bucket,
+# 6 ip bucket, 7 slow-mode mark, 8 duplicate mark, 9 the token's logout mark,
+# 10 settings-loaded marker. A: user cap, user rate, ip cap,
 # ip rate, duplicate window ms, exempt (1/0). Returns verdict, ms: ok,
 # load_bans, load_settings, revoked, banned_global, banned_video, slow_mode,
 # duplicate, rate_user, rate_ip. Nothing is written unless the verdict is ok.
@@ -104,7 +105,7 @@ local function admit(K, A)
   if ban ~= -2 then return 'banned_global', ban end
   ban = redis.call('PTTL', K[2])
   if ban ~= -2 then return 'banned_video', ban end
-  if redis.call('EXISTS', K[4]) == 0 then return 'load_settings', 0 end
+  if redis.call('EXISTS', K[10]) == 0 then return 'load_settings', 0 end
   local exempt = A[6] == '1'
   local slow = tonumber(redis.call('HGET', K[4], 'slow_mode') or '0') or 0
   if not exempt then
@@ -141,7 +142,7 @@ local function admit(K, A)
   return 'ok', 0
 end
 """
-ADMIT_KEYS = 9
+ADMIT_KEYS = 10
 ADMIT_ARGS = 6
 
 _REFUSALS: dict[str, tuple[str, str]] = {
@@ -201,6 +202,7 @@ class Limiter:
             self.key("slow", video_id, user_id),
             self.duplicate_key(user_id, video_id, text),
             revoked_key,
+            self.key("settings-loaded"),
         ]
 
     @staticmethod

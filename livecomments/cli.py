@@ -283,7 +283,9 @@ def _names(nodes: list[str]) -> str:
 
 
 def _render_nodes(console: Console, doc: dict[str, Any]) -> None:
-    table = _table("node", "connections", "videos", "draining", "sse url", "grpc", title="RTMS")
+    table = _table(
+        "node", "connections", "videos", "viral", "draining", "sse url", "grpc", title="RTMS"
+    )
     for row in doc["rtms"]:
         if not row["live"]:
             draining = "yes (node gone)"
@@ -296,6 +298,7 @@ def _render_nodes(console: Console, doc: dict[str, Any]) -> None:
             row["node"],
             str(row["connections"]) if live else "-",
             str(row["videos"]) if live else "-",
+            _names(row["viral_videos"]) if live and row["viral_videos"] else "-",
             draining,
             row["sse_url"] or "-",
             row["grpc"] or "-",

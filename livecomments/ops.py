@@ -288,6 +288,9 @@ class Ops:
                     "draining": node in snap.drains,  # what the operator asked
                     "draining_reported": info.get("draining") is True,  # what the node says
                     "viewers_by_video": per_video if isinstance(per_video, dict) else {},
+                    "viral_videos": [
+                        v for v in info.get("viral_videos") or [] if isinstance(v, str)
+                    ],
                 }
             )
         dispatchers = [

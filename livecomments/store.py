@@ -286,6 +286,11 @@ class Store:
             doc = await self._col("videos").find_one({"_id": video_id})
         return doc or {"_id": video_id}
 
+    async def videos_with_settings(self) -> list[Doc]:
+        """Every video whose settings differ from the defaults (slow mode on)."""
+        with _guard():
+            return await self._col("videos").find({"slow_mode": {"$gt": 0}}).to_list(length=None)
+
     async def set_video_settings(self, video_id: str, changes: Doc) -> Doc:
         with _guard():
             doc = await self._col("videos").find_one_and_update(

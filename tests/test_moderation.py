@@ -334,7 +334,7 @@ async def test_bans_and_timeouts(cluster: Cluster, api: Api, mod: tuple[str, str
     assert (status, body["error"]["code"]) == (404, "user_not_found")
 
 
-async def test_slow_mode(api: Api, mod: tuple[str, str]) -> None:
+async def test_slow_mode(cluster: Cluster, api: Api, mod: tuple[str, str]) -> None:
     video = unique("slow")
     user = await api.register(unique("chatty"))
     status, body, _ = await api.request(
@@ -353,6 +353,19 @@ async def test_slow_mode(api: Api, mod: tuple[str, str]) -> None:
     )
     assert (status, body["error"]["code"]) == (429, "slow_mode")
     assert response.headers["Retry-After"] in ("1", "2")
+    # Redis loses the copy of every video's settings (and the marker that it is
+    # complete): the next post reloads it from the store, and slow mode holds.
+    redis = Redis.from_url(cluster.backends.redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(f"{cluster.namespace}:vs*")]
+        assert f"{cluster.namespace}:vs:{video}".encode() in keys
+        await redis.delete(*keys, f"{cluster.namespace}:settings-loaded")
+    finally:
+        await redis.aclose()
+    status, body, _ = await api.request(
+        "POST", f"/api/videos/{video}/comments", json={"text": "two"}, token=user
+    )
+    assert (status, body["error"]["code"]) == (429, "slow_mode")
     # Moderators are exempt; other users have their own clock.
     await api.post(video, "mod one", mod[0])
     await api.post(video, "mod two", mod[0])

@@ -21,7 +21,7 @@ from livecomments import events
 from livecomments.cluster import Cluster
 from livecomments.pb import livecomments_pb2 as pb
 from rtms.hub import RATE_TAU, Channel, Hub, Viewer
-from tests.support import Api, unique
+from tests.support import Api, cli, unique
 from tests.support import Viewer as SSEViewer
 
 EPOCH = 7
@@ -31,7 +31,11 @@ VIRAL_WINDOW = 0.2
 SLACK = 0.001  # a timer may fire this much early (clock resolution and float rounding)
 
 # The integration test: 3 viewers per node x ~20 comments/s = ~60 deliveries/s >= 20.
-CLUSTER_ENV = {"LIVECOMMENTS_VIRAL_DELIVERIES": "20", "LIVECOMMENTS_VIRAL_WINDOW": "0.25"}
+CLUSTER_ENV = {
+    "LIVECOMMENTS_VIRAL_DELIVERIES": "20",
+    "LIVECOMMENTS_VIRAL_WINDOW": "0.25",
+    "LIVECOMMENTS_LOAD_REPORT_INTERVAL": "0.5",  # so `livecomments nodes` sees it in time
+}
 
 
 class FakeTransport:
@@ -312,6 +316,7 @@ async def test_viewers_of_a_viral_video_get_every_event_once_in_order(
     viral_seen: set[str] = set()
     late: list[SSEViewer] = []
     resumed_from = 0
+    cli_viral: set[str] = set()
 
     async def poster(token: str, count: int) -> None:
         for n in range(count):
@@ -335,10 +340,14 @@ async def test_viewers_of_a_viral_video_get_every_event_once_in_order(
                     url = f"{node}/stream/{video}?last_event_id={last}"
                     late.append(await SSEViewer(url, session).connect())
                 resumed_from = int(last.rsplit("-", 1)[1])
+            if viral_seen == {"rtms-1", "rtms-2"} and not cli_viral:
+                _, doc, _ = await cli(cluster, "nodes")  # what operators see
+                cli_viral = {r["node"] for r in doc["rtms"] if video in r["viral_videos"]}
             if posting.done():
                 break
         await posting
         assert viral_seen == {"rtms-1", "rtms-2"}
+        assert cli_viral == {"rtms-1", "rtms-2"}
         assert len(posted) == 100
         for viewer in viewers:
             got = await viewer.wait_for(100, timeout=15)

@@ -86,7 +86,8 @@ class Admission:
         self._script = redis.register_script(_ADMIT_MANY)
         self._limiter = limiter
         self._sequencer = sequencer
-        self._limits = limits
+        # The limits are fixed for the process: their arguments, for both kinds of poster.
+        self._args = {e: limiter.admission_args(limits, e) for e in (False, True)}
         self._batches: Batcher[Ticket, Verdict] = Batcher(self._run, max_batch=128)
 
     async def admit(self, ticket: Ticket) -> Verdict:
@@ -106,7 +107,7 @@ class Admission:
                 revoked_key=t.revoked_key,
             )
             keys += self._sequencer.keys(t.video_id)
-            args += limiter.admission_args(self._limits, t.exempt)
+            args += self._args[t.exempt]
             args += [1 if t.sequence else 0, t.video_id]
         try:
             flat = await self._script(keys=keys, args=args)

@@ -80,6 +80,10 @@ def ban_json(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _settings_json(video_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+    return {"video_id": video_id, "slow_mode_seconds": int(doc.get("slow_mode", 0))}
+
+
 class Policies:
     def __init__(self, store: Store, redis: Redis, limiter: Limiter) -> None:
         self._store = store
@@ -90,12 +94,11 @@ class Policies:
     # -- video settings -------------------------------------------------------
 
     async def video_settings(self, video_id: str) -> dict[str, Any]:
-        doc = await self._store.video_settings(video_id)
-        return {"video_id": video_id, "slow_mode_seconds": int(doc.get("slow_mode", 0))}
+        return _settings_json(video_id, await self._store.video_settings(video_id))
 
     async def set_video_settings(self, video_id: str, slow_mode: int, by: int) -> dict[str, Any]:
         started = time.time_ns() // 1_000_000
-        await self._store.set_video_settings(
+        doc = await self._store.set_video_settings(
             video_id, {"slow_mode": slow_mode, "updated_by": by, "updated_at": utcnow()}
         )
         key = self._limiter.key("vs", video_id)
@@ -108,7 +111,7 @@ class Policies:
             pipe.delete(key)
             pipe.srem(index, video_id)
         await self._redis_call(pipe.execute())
-        return await self.video_settings(video_id)
+        return _settings_json(video_id, doc)  # the stored document, as the update returned it
 
     async def load_video_settings(self) -> None:
         """Copy the settings of every video that has some into Redis; mark the copy complete."""

@@ -80,9 +80,10 @@ class Comments:
         self._settled: Batcher[dict[str, Any], None] = Batcher(recent.settle, max_batch=1000)
         self.page_reads: Counter[str] = Counter()  # history pages answered by cache / store
         self.dispatch_failures = 0
+        self.undelivered = 0  # dispatched, but some hosting node did not take it
         # Group commit: concurrent posts share one insert and one Dispatch call.
         self._inserts: Batcher[dict[str, Any], None] = Batcher(store.insert_comments)
-        self._dispatches: Batcher[pb.Event, None] = Batcher(self._dispatch_batch)
+        self._dispatches: Batcher[pb.Event, bool] = Batcher(self._dispatch_batch)
 
     # -- posting --------------------------------------------------------------
 
@@ -188,23 +189,35 @@ class Comments:
             except Conflict as exc:
                 if exc.code != "seq_conflict":
                     raise
-                # The counter is behind the store (Redis came back from an older
-                # snapshot): move it past the highest stored seq and try again.
-                log.warning("seq %d of %s already stored; re-seeding", doc["seq"], video_id)
+                # The seq was fenced (this writer was so late that a node or the
+                # outbox sweep gave up on it: never acknowledge it, take another),
+                # or the counter is behind the store (Redis came back from an
+                # older snapshot): move it past the highest stored seq, try again.
+                log.warning("seq %d of %s fenced or already stored", doc["seq"], video_id)
                 await self._sequencer.advance(video_id, await self._store.max_seq(video_id))
         raise Unavailable("could not assign a sequence number")
 
-    async def _dispatch_batch(self, batch: list[pb.Event]) -> list[None]:
-        await self._dispatcher.dispatch(batch)
-        return [None] * len(batch)
+    async def _dispatch_batch(self, batch: list[pb.Event]) -> list[bool]:
+        """One Dispatch for the batch; per event, whether every hosting node took it."""
+        reply = await self._dispatcher.dispatch(batch)
+        delivered = [True] * len(batch)
+        for index in reply.undelivered:
+            if index < len(delivered):
+                delivered[index] = False
+        return delivered
 
     async def _dispatch(self, event: pb.Event, doc: dict[str, Any]) -> None:
         try:
-            await self._dispatches.submit(event)
+            delivered = await self._dispatches.submit(event)
         except Unavailable as exc:
             # Stored, so acknowledged all the same: the outbox sweep sends it later.
             self.dispatch_failures += 1
             log.error("%s seq %d stored but not dispatched: %s", event.video_id, event.seq, exc)
+            return
+        if not delivered:
+            # A hosting node was skipped or failed: leave the outbox entry, so the
+            # sweep sends it again (the node also reconciles its heads itself).
+            self.undelivered += 1
             return
         await self._settled.submit(doc)  # cached, and out of the outbox
 
@@ -309,16 +322,22 @@ class Comments:
         An oldest-first page ends before the first seq still in flight (taken,
         not yet stored), so a client that polls with ``poll_after`` never steps
         over a comment that is about to appear.
+
+        Every page carries ``resume``, the SSE event id to open the stream with:
+        every seq up to it is in this page (or in older pages), or is a change
+        marker, a reply or a void. Seqs still in flight are above it, so the
+        stream replays them; ``head`` counts them already and is not a safe
+        place to resume from.
         """
         window = await self._recent.window(video_id, after=after, before=before, limit=limit)
         if window is None or window.head < 0:
             return await self._page_from_store(video_id, before=before, after=after, limit=limit)
-        head, lo, hi = window.head, window.lo, window.hi
+        head, lo, hi, busy = window.head, window.lo, window.hi, window.busy
         cursor: dict[str, Any]
+        ready = hi if not busy else min(hi, busy - 1)
         if after is not None:
-            ready = hi if not window.busy else min(hi, window.busy - 1)
             cursor = {
-                "next_after": ready if ready < head and not window.busy else None,
+                "next_after": ready if ready < head and not busy else None,
                 "poll_after": max(after, ready),
             }
             hi = ready
@@ -330,9 +349,12 @@ class Comments:
             items = await self._items_from_store(video_id, docs)
         else:
             items = self._items_from_cache(window.entries, lo, hi)
+        if after is not None:
+            ready = max(after, ready)
         if after is None:
             items.reverse()
-        return {"video_id": video_id, "items": items, "head": head, **cursor}
+        resume = events.event_id(window.epoch, ready)
+        return {"video_id": video_id, "items": items, "head": head, "resume": resume, **cursor}
 
     @staticmethod
     def _items_from_cache(
@@ -359,7 +381,11 @@ class Comments:
     async def _items_from_store(
         self, video_id: str, docs: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        tops = [d for d in docs if not d.get("marker") and d.get("parent_id") is None]
+        tops = [
+            d
+            for d in docs
+            if not d.get("marker") and not d.get("void") and d.get("parent_id") is None
+        ]
         previews = await asyncio.gather(
             *(
                 self._store.replies(video_id, d["_id"], after_seq=0, limit=REPLY_PREVIEW)
@@ -385,16 +411,22 @@ class Comments:
         cursor: dict[str, Any]
         if after is not None:
             lo, hi = after + 1, min(after + limit, head)
-            cursor = {"next_after": hi if hi < head else None, "poll_after": max(after, hi)}
         else:
             top = min(before if before is not None else head + 1, head + 1)
             lo, hi = max(1, top - limit), top - 1
-            cursor = {"next_before": lo if lo > 1 else None}
         docs = await self._store.comments_by_seq(video_id, lo, hi) if hi >= lo else []
+        # Without a counter in Redis nothing is being sequenced for this video now.
+        ready = max(after, hi) if after is not None else hi
+        if after is not None:
+            cursor = {"next_after": hi if hi < head else None, "poll_after": ready}
+        else:
+            cursor = {"next_before": lo if lo > 1 else None}
         items = await self._items_from_store(video_id, docs)
         if after is None:
             items.reverse()
-        return {"video_id": video_id, "items": items, "head": head, **cursor}
+        # Epoch 0: "whatever epoch the video has" (without a counter, none is known).
+        resume = events.event_id(0, ready)
+        return {"video_id": video_id, "items": items, "head": head, "resume": resume, **cursor}
 
     async def replies(
         self, video_id: str, parent_id: int, *, after: int, limit: int

@@ -189,7 +189,22 @@ def _schemas(settings: CommentServiceSettings) -> dict[str, Schema]:
                 {
                     "video_id": _ref("VideoId"),
                     "items": {"type": "array", "items": _ref("CommentWithReplies")},
-                    "head": {"type": "integer", "minimum": 0, "description": "The newest seq."},
+                    "head": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "The newest seq taken (some may still be in flight).",
+                    },
+                    "resume": {
+                        "type": "string",
+                        "pattern": "^[0-9]+-[0-9]+$",
+                        "description": (
+                            "The SSE event id to open the stream with (`Last-Event-ID`, or"
+                            " `last_event_id=` on the stream URL): every seq up to it is in"
+                            " this page or older ones (or is a change, a reply or a void),"
+                            " and what was still being written is after it, so the stream"
+                            " replays it. Resuming from `head` instead can lose comments."
+                        ),
+                    },
                     "next_before": {"type": ["integer", "null"], "minimum": 1},
                     "next_after": {
                         "type": ["integer", "null"],
@@ -206,7 +221,7 @@ def _schemas(settings: CommentServiceSettings) -> dict[str, Schema]:
                         ),
                     },
                 },
-                required=["video_id", "items", "head"],
+                required=["video_id", "items", "head", "resume"],
             ),
             # Newest-first pages carry next_before, oldest-first (after=) ones next_after.
             "oneOf": [{"required": ["next_before"]}, {"required": ["next_after"]}],
@@ -325,7 +340,9 @@ def _schemas(settings: CommentServiceSettings) -> dict[str, Schema]:
                 "dispatchers": {"type": "integer", "minimum": 0},
                 "rtms_nodes": {"type": "integer", "minimum": 0},
                 "dispatch_failures": {"type": "integer", "minimum": 0},
+                "dispatch_undelivered": {"type": "integer", "minimum": 0},
                 "outbox_redispatched": {"type": "integer", "minimum": 0},
+                "outbox_fenced": {"type": "integer", "minimum": 0},
                 "history_pages": {
                     "type": "object",
                     "description": "History pages answered from the recent-comments cache"

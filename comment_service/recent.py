@@ -78,11 +78,11 @@ return #KEYS - 1
 # KEYS: 1 cache, 2 seq counter, 3 epoch, 4 outbox (or ''). ARGV: 1 'after' or
 # 'before', 2 the cursor (before: the first seq not wanted; 0 = above the head),
 # 3 limit, 4 video id. Returns {head, lo, hi, first in-flight seq (0: none),
-# missing seqs not in flight, entries from lo up (JSON, seq, ...)}; head is -1
-# when the video has no counter in Redis.
+# missing seqs not in flight, entries from lo up (JSON, seq, ...), epoch}; head
+# is -1 when the video has no counter in Redis.
 _RANGE = """
 local epoch = redis.call('GET', KEYS[3])
-if not epoch then return {-1, 0, 0, 0, 0, {}} end
+if not epoch then return {-1, 0, 0, 0, 0, {}, 0} end
 local head = tonumber(redis.call('GET', KEYS[2]) or '0')
 local cursor, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 local lo, hi
@@ -105,7 +105,7 @@ for s = lo, hi do
     end
   end
 end
-return {head, lo, hi, busy, holes, rows}
+return {head, lo, hi, busy, holes, rows, tonumber(epoch)}
 """
 
 
@@ -119,6 +119,7 @@ class Window:
     busy: int  # the lowest seq in lo..hi that is in flight (0: none)
     holes: int  # seqs in lo..hi the cache lacks that are not in flight
     entries: dict[int, dict[str, Any]]  # seq -> JSON, from lo up to the newest cached
+    epoch: int = 0  # the video's counter's epoch
 
 
 class RecentCache:
@@ -170,7 +171,7 @@ class RecentCache:
         ]
         mode, cursor = ("after", after) if after is not None else ("before", before or 0)
         try:
-            head, lo, hi, busy, holes, rows = await self._range(
+            head, lo, hi, busy, holes, rows, epoch = await self._range(
                 keys=keys, args=[mode, cursor, limit, video_id]
             )
         except RedisError as exc:
@@ -180,4 +181,4 @@ class RecentCache:
         if self.enabled:
             for i in range(0, len(rows), 2):
                 entries[int(rows[i + 1])] = orjson.loads(rows[i])
-        return Window(int(head), int(lo), int(hi), int(busy), int(holes), entries)
+        return Window(int(head), int(lo), int(hi), int(busy), int(holes), entries, int(epoch))

@@ -71,6 +71,7 @@ class CommentServer:
             self.recent,
             age=settings.outbox_age,
             interval=settings.outbox_interval,
+            fence_after=settings.outbox_fence_after,
         )
         self.lease = WorkerLease(self.zk)
         self.accounts = Accounts(
@@ -123,7 +124,9 @@ class CommentServer:
             "dispatchers": len(self.dispatchers.nodes),
             "rtms_nodes": len(self.rtms_nodes.nodes),
             "dispatch_failures": self.comments.dispatch_failures if self.comments else 0,
+            "dispatch_undelivered": self.comments.undelivered if self.comments else 0,
             "outbox_redispatched": self.outbox.redispatched,
+            "outbox_fenced": self.outbox.fenced,
             "history_pages": dict(self.comments.page_reads) if self.comments else {},
         }
 

@@ -132,6 +132,7 @@ class Router:
         self._timeout = deliver_timeout
         self._senders: dict[str, _Sender] = {}
         self._suspects: dict[str, float] = {}
+        self.undelivered = 0  # events some hosting node did not take (left to the outbox)
         directory.add_listener(self._directory_changed)
 
     def _directory_changed(self) -> None:
@@ -155,45 +156,58 @@ class Router:
         """Queue each event once for each node hosting its video; await the answers.
 
         The queueing happens here, before the first await, so calls submitted in
-        order reach every node in that order.
+        order reach every node in that order. The reply lists the events some
+        hosting node did not take (skipped as suspect or unknown, or failed): the
+        caller keeps those in its outbox instead of counting them delivered.
         """
         now = time.monotonic()
-        per_node: dict[str, list[pb.Event]] = {}
-        for event in events:
+        per_node: dict[str, tuple[list[pb.Event], list[int]]] = {}
+        for index, event in enumerate(events):
             for node_id in self.table.nodes_for(event.video_id):
-                per_node.setdefault(node_id, []).append(event)
-        waits: list[tuple[str, asyncio.Future[None]]] = []
+                entry = per_node.get(node_id)
+                if entry is None:
+                    entry = per_node[node_id] = ([], [])
+                entry[0].append(event)
+                entry[1].append(index)
+        waits: list[tuple[str, list[int], asyncio.Future[None]]] = []
+        undelivered: set[int] = set()
         dropped = 0
-        for node_id, batch in per_node.items():
-            if self._suspects.get(node_id, 0.0) > now:
+        for node_id, (batch, indexes) in per_node.items():
+            sender = None if self._suspects.get(node_id, 0.0) > now else self._sender(node_id)
+            if sender is None:  # suspect, or hosted but not a live member
                 dropped += 1
+                undelivered.update(indexes)
                 continue
-            sender = self._sender(node_id)
-            if sender is None:
-                dropped += 1
-                continue
-            waits.append((node_id, sender.send(batch)))
-        return self._collect(len(per_node), waits, dropped)
+            waits.append((node_id, indexes, sender.send(batch)))
+        return self._collect(len(per_node), waits, dropped, undelivered)
 
     async def dispatch(self, events: list[pb.Event]) -> pb.DispatchReply:
         """Send each event once to each node hosting its video; wait for their answers."""
         return await self.submit(events)
 
     async def _collect(
-        self, nodes: int, waits: list[tuple[str, asyncio.Future[None]]], dropped: int
+        self,
+        nodes: int,
+        waits: list[tuple[str, list[int], asyncio.Future[None]]],
+        dropped: int,
+        undelivered: set[int],
     ) -> pb.DispatchReply:
         delivered = 0
         if waits:
-            results = await asyncio.gather(*(w for _, w in waits), return_exceptions=True)
-            for (node_id, _), result in zip(waits, results, strict=True):
+            results = await asyncio.gather(*(w for _, _, w in waits), return_exceptions=True)
+            for (node_id, indexes, _), result in zip(waits, results, strict=True):
                 if result is None:
                     delivered += 1
                     self._suspects.pop(node_id, None)
                 else:
                     dropped += 1
+                    undelivered.update(indexes)
                     log.warning("delivery failed, suspecting node: %s", result)
                     self._suspects[node_id] = time.monotonic() + SUSPECT_FOR
-        return pb.DispatchReply(nodes=nodes, delivered=delivered, dropped=dropped)
+        self.undelivered += len(undelivered)
+        return pb.DispatchReply(
+            nodes=nodes, delivered=delivered, dropped=dropped, undelivered=sorted(undelivered)
+        )
 
     async def close(self) -> None:
         senders, self._senders = list(self._senders.values()), {}

@@ -146,7 +146,13 @@ def _replay_kind(doc: dict[str, Any]) -> int | None:
 
 
 def replay_frame(doc: dict[str, Any]) -> bytes | None:
-    """The frame a stored document replays as (resume, gap fill), in its current state."""
+    """The frame a stored document replays as (resume, gap fill), in its current state.
+
+    None for what viewers never see: a void (a seq fenced as never acknowledged,
+    see ``Store.fence``) or a comment held for review.
+    """
+    if doc.get("void"):
+        return None
     if doc.get("marker"):
         return marker_frame(doc)
     kind = _replay_kind(doc)
@@ -155,6 +161,8 @@ def replay_frame(doc: dict[str, Any]) -> bytes | None:
 
 def replay_event(doc: dict[str, Any]) -> pb.Event | None:
     """The wire event for a stored document in its current state (outbox re-dispatch)."""
+    if doc.get("void"):
+        return None
     if doc.get("marker"):
         return change_event(doc)
     kind = _replay_kind(doc)

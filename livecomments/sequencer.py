@@ -65,6 +65,24 @@ if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 """
 
+# KEYS[1] seq counter, KEYS[2] epoch, KEYS[3] the outbox. ARGV[1] the video id,
+# ARGV[2] how many seqs below the head to look at. Returns {settled, epoch, head}:
+# settled is one below the lowest of those seqs still in flight (taken, not yet
+# stored and dispatched), the head when none is; {-1, 0, 0} without a counter.
+_SETTLED_HEAD = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then return {-1, 0, 0} end
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local settled = head
+for s = math.max(1, head - tonumber(ARGV[2]) + 1), head do
+  if redis.call('ZSCORE', KEYS[3], ARGV[1] .. '|' .. s) then
+    settled = s - 1
+    break
+  end
+end
+return {settled, tonumber(epoch), head}
+"""
+
 
 def video_key(prefix: str, video_id: str, name: str) -> str:
     # The hash tag keeps a video's keys in one Redis Cluster slot.
@@ -88,6 +106,7 @@ class Sequencer:
         self._next = redis.register_script(_NEXT)
         self._seed = redis.register_script(_SEED)
         self._advance = redis.register_script(_ADVANCE)
+        self._settled_head = redis.register_script(_SETTLED_HEAD)
 
     def keys(self, video_id: str) -> list[str]:
         """The video's counter and epoch keys (for scripts that take a seq themselves)."""
@@ -130,3 +149,35 @@ class Sequencer:
         if epoch is None:
             return None
         return int(seq or 0), int(epoch)
+
+    async def heads(self, video_ids: list[str]) -> dict[str, tuple[int, int] | None]:
+        """``head()`` of many videos in one round trip."""
+        keys = [key for video_id in video_ids for key in self.keys(video_id)]
+        if not keys:
+            return {}
+        try:
+            values = await self._redis.mget(keys)
+        except RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
+        heads: dict[str, tuple[int, int] | None] = {}
+        for i, video_id in enumerate(video_ids):
+            seq, epoch = values[2 * i], values[2 * i + 1]
+            heads[video_id] = None if epoch is None else (int(seq or 0), int(epoch))
+        return heads
+
+    async def settled_head(self, video_id: str, scan: int = 1024) -> tuple[int, int] | None:
+        """``(seq, epoch)`` where every seq up to ``seq`` is stored or was given up.
+
+        The head minus what is still in flight (the outbox has it: taken, not yet
+        stored and dispatched), looking at most ``scan`` seqs below the head. A
+        node that starts hosting a video starts here, so what is in flight
+        reaches it by dispatch or by a gap fill, not never. None: no counter.
+        """
+        keys = [*self.keys(video_id), outbox_key(self._prefix)]
+        try:
+            settled, epoch, _head = await self._settled_head(keys=keys, args=[video_id, scan])
+        except RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
+        if int(settled) < 0:
+            return None
+        return int(settled), int(epoch)

@@ -66,7 +66,12 @@ class RTMSSettings(BackendSettings):
     # video's sends (~6 us each) start to fill a core.
     viral_deliveries: float = 100_000.0
     viral_window: float = 0.25
-    gap_deadline: float = 3.0  # give up on a seq the store still lacks after this long
+    # A seq the store still lacks this long after a gap showed is fenced (a void is
+    # stored in its place, so its late writer takes another seq) and stepped over.
+    gap_deadline: float = 3.0
+    # Every this many seconds the node reads the heads of all its videos (one Redis
+    # call per 1,000) and fills those still behind the head it saw the time before.
+    reconcile_interval: float = 1.0
     replay_limit: int = 5000  # most events replayed to one resuming viewer
     max_viewers: int = 18000  # the process has 20K file descriptors
     load_report_interval: float = 5.0  # how often connections and viewers go to ZooKeeper
@@ -121,6 +126,10 @@ class CommentServiceSettings(BackendSettings):
     # (their writer died, or no dispatcher answered); swept every outbox_interval.
     outbox_age: float = 2.0
     outbox_interval: float = 1.0
+    # A seq still missing from the store this long after the sweep first looked
+    # for it is fenced (a void is stored in its place; its writer, if it ever
+    # comes back, takes another seq): only then is its outbox entry dropped.
+    outbox_fence_after: float = 5.0
     # The recent-comments cache (Redis, per video): the first history page and
     # short-polling clients (?after=) near the head are served from it.
     recent_cache_size: int = 500  # newest events kept per video (0 = off)

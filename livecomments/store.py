@@ -140,6 +140,43 @@ class Store:
             ).sort("seq", ASCENDING)
             return await cursor.to_list(length=hi - lo + 1)
 
+    async def comments_at(self, video_id: str, seqs: list[int]) -> list[Doc]:
+        """The documents (comments, change markers, voids) at these seqs, ascending."""
+        if not seqs:
+            return []
+        with _guard():
+            cursor = self.comments.find({"video_id": video_id, "seq": {"$in": sorted(seqs)}})
+            docs = await cursor.to_list(length=len(seqs))
+        return sorted(docs, key=lambda d: int(d["seq"]))
+
+    async def fence(self, video_id: str, seqs: list[int]) -> int:
+        """Void each seq that no document holds yet; how many voids were written.
+
+        A void is a document at ``(video_id, seq)`` that says "never acknowledged":
+        the unique index makes it race with a late writer's insert, and exactly one
+        of them wins. A writer that loses gets ``seq_conflict`` and takes another
+        seq, so no acknowledged comment ever sits at a voided seq, and a node may
+        step over a void knowing it hides nothing. Seqs someone else fenced, or
+        that a writer stored meanwhile, are left as they are.
+        """
+        if not seqs:
+            return 0
+        now = utcnow()
+        docs = [
+            {"_id": void_id(video_id, seq), "video_id": video_id, "seq": seq, "void": True,
+             "created_at": now}
+            for seq in seqs
+        ]  # fmt: skip
+        try:
+            with _guard():
+                result = await self.comments.insert_many(docs, ordered=False)
+            return len(result.inserted_ids)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 for e in errors):
+                raise Unavailable(f"store: fencing failed: {errors[:1]}") from exc
+            return int(exc.details.get("nInserted", len(docs) - len(errors)))
+
     async def max_seq(self, video_id: str) -> int:
         """The highest seq stored for a video (0 for none). Used only to re-seed a counter."""
         with _guard():
@@ -328,6 +365,11 @@ class Store:
         with _guard():
             cursor = self.users.find({"flagged": True}).sort("flagged_at", DESCENDING)
             return await cursor.limit(limit).to_list(length=limit)
+
+
+def void_id(video_id: str, seq: int) -> str:
+    """The ``_id`` of the void at ``(video_id, seq)``: one per seq, never a comment's id."""
+    return f"void:{video_id}:{seq}"
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ HEARTBEAT = b": hb\n\n"
 # batch does not read as a storm, short enough to follow a video within seconds.
 RATE_TAU = 1.0
 VIRAL_EXIT = 0.5  # leave viral mode below this fraction of the threshold
+FENCE_BATCH = 1000  # most seqs one gap fill fences at once
 
 
 class Transport(Protocol):
@@ -50,6 +51,7 @@ class Backend(Protocol):
     async def fetch(self, video_id: str, lo: int, hi: int) -> list[dict[str, Any]]: ...
     async def host(self, video_id: str) -> None: ...
     async def unhost(self, video_id: str) -> None: ...
+    async def fence(self, video_id: str, seqs: list[int]) -> None: ...
 
 
 class Viewer:
@@ -79,6 +81,7 @@ class Channel:
         "rate",
         "rate_at",
         "ring",
+        "seen_head",
         "sent_epoch",
         "sent_seq",
         "video_id",
@@ -116,6 +119,7 @@ class Channel:
         self.rate = 0.0  # events/s, exponentially decayed (RATE_TAU), as of rate_at
         self.rate_at = 0.0
         self.viral = False
+        self.seen_head = 0  # the video's head at the last reconcile (see Hub.reconcile)
 
     def rate_now(self, now: float) -> float:
         """The decayed event rate at ``now`` (no event since ``rate_at``)."""
@@ -126,9 +130,11 @@ class Stats:
     __slots__ = (
         "accepted",
         "duplicates",
+        "gap_fenced",
         "gap_filled",
         "gap_skipped",
         "moved",
+        "reconciled",
         "slow_dropped",
         "unhosted",
         "viral_entered",
@@ -138,6 +144,7 @@ class Stats:
     def __init__(self) -> None:
         self.accepted = self.duplicates = self.unhosted = 0
         self.gap_filled = self.gap_skipped = self.slow_dropped = self.moved = 0
+        self.gap_fenced = self.reconciled = 0
         self.viral_entered = self.viral_left = 0
 
 
@@ -554,18 +561,24 @@ class Hub:
         for doc in docs:
             if doc["seq"] != channel.last_seq + 1:
                 continue  # delivered meanwhile, or beyond a hole the store still has
-            self.stats.gap_filled += 1
             frame = events.replay_frame(doc)
-            if frame is None:
+            if frame is None:  # a void (fenced, never acknowledged): step over it
+                self.stats.gap_skipped += 1
                 channel.last_seq = doc["seq"]
             else:
+                self.stats.gap_filled += 1
                 self._accept(channel, doc["seq"], frame, frames, doc.get("target_seq") or 0)
 
     async def _fill(self, channel: Channel) -> None:
-        """Fetch missing seqs from the store; skip ones it still lacks after a deadline.
+        """Fetch missing seqs from the store; fence the ones it still lacks after a deadline.
 
-        A seq that never reaches the store was never acknowledged to its author
-        (the write path persists before it answers), so skipping it loses nothing.
+        A seq the store lacks may belong to a writer that is only late (slow,
+        paused), and that writer may still answer 201. So a node never just skips
+        it: after ``gap_deadline`` without progress it *fences* the missing seqs
+        (``Store.fence``: a void at each, under the unique index). A late writer
+        then loses the race and takes another seq; a writer that won has its
+        comment in the store, and the next fetch delivers it. Either way the
+        node steps over voids only, and never over a stored seq behind a hole.
         """
         await asyncio.sleep(self._reorder_window)
         deadline = time.monotonic() + self._gap_deadline
@@ -574,33 +587,77 @@ class Hub:
             frames: list[bytes] = []
             self._drain(channel, frames)
             hi = self._gap_end(channel)
+            fenced = False
             if hi > channel.last_seq:
                 before = channel.last_seq
+                docs: list[dict[str, Any]] | None = None
                 try:
                     docs = await self._backend.fetch(channel.video_id, before + 1, hi)
                 except LiveCommentsError as exc:
                     log.warning("gap fill for %s failed: %s", channel.video_id, exc)
-                    docs = []
-                self._apply(channel, docs, frames)
+                self._apply(channel, docs or [], frames)
                 if channel.last_seq > before:
                     deadline = time.monotonic() + self._gap_deadline
-                elif time.monotonic() > deadline:
-                    hi = self._gap_end(channel)
-                    log.warning(
-                        "%s: seq %d..%d never reached the store; skipping",
-                        channel.video_id,
-                        channel.last_seq + 1,
-                        hi,
-                    )
-                    self.stats.gap_skipped += hi - channel.last_seq
-                    channel.last_seq = hi
+                elif time.monotonic() > deadline and docs is not None:
+                    fenced = await self._fence(channel, before, hi, docs)
                 self._drain(channel, frames)
             if frames:
                 self._queue(channel, frames)
             if self._gap_end(channel) <= channel.last_seq:
                 return
+            if fenced:
+                continue  # read the voids (or the late comments that beat them) at once
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    async def _fence(
+        self, channel: Channel, before: int, hi: int, docs: list[dict[str, Any]]
+    ) -> bool:
+        """Fence the seqs in ``before+1..hi`` the store lacks (at most FENCE_BATCH)."""
+        have = {doc["seq"] for doc in docs}
+        lacking = [s for s in range(before + 1, hi + 1) if s not in have][:FENCE_BATCH]
+        if not lacking:
+            return False
+        log.warning(
+            "%s: seq %s still missing from the store after %.1f s; fencing",
+            channel.video_id, lacking if len(lacking) < 8 else f"{lacking[0]}..{lacking[-1]}",
+            self._gap_deadline,
+        )  # fmt: skip
+        try:
+            await self._backend.fence(channel.video_id, lacking)
+        except LiveCommentsError as exc:
+            log.warning("fencing %s failed: %s", channel.video_id, exc)
+            return False
+        self.stats.gap_fenced += len(lacking)
+        return True
+
+    def reconcile(self, heads: dict[str, tuple[int, int] | None]) -> int:
+        """Compare hosted videos with their heads; fill those that stayed behind.
+
+        ``heads`` is (last assigned seq, epoch) per video, read in one batch
+        (``RTMSServer`` calls this every ``reconcile_interval``). A head a little
+        ahead is normal (seqs in flight); a video still behind the head seen at
+        the previous look missed a delivery (the dispatcher skipped or lost this
+        node, and no later comment came to show the gap): fill it from the store.
+        Returns how many videos were sent to fill.
+        """
+        filled = 0
+        for video_id, head in heads.items():
+            channel = self.channels.get(video_id)
+            if channel is None or head is None:
+                continue
+            seq, epoch = head
+            if channel.epoch is None:
+                channel.epoch = epoch  # the video had no comments when we started hosting it
+            if epoch != channel.epoch:
+                channel.seen_head = 0  # a new epoch arrives with its events
+                continue
+            if channel.last_seq < channel.seen_head:
+                self._request_fill(channel, channel.seen_head)
+                filled += 1
+            channel.seen_head = seq
+        self.stats.reconciled += filled
+        return filled
 
     async def _catch_up(self, channel: Channel) -> None:
         """Fill what was sequenced before the dispatchers started routing to us."""

@@ -25,6 +25,7 @@ from rtms.sse import SSEListener
 log = logging.getLogger(__name__)
 
 TOP_VIDEOS = 1000  # per-video viewer counts published in the node's znode
+RECONCILE_BATCH = 1000  # videos whose heads one Redis call reads
 
 
 class _Backend:
@@ -36,7 +37,9 @@ class _Backend:
         self._registry = registry
 
     async def head(self, video_id: str) -> tuple[int, int | None]:
-        head = await self._sequencer.head(video_id)
+        # Below what is still in flight: a channel that starts here gets those
+        # seqs by dispatch or by filling the gap, instead of counting them seen.
+        head = await self._sequencer.settled_head(video_id)
         if head is not None:
             return head
         # No counter in Redis (new video, or Redis lost it): what is stored is
@@ -51,6 +54,12 @@ class _Backend:
 
     async def unhost(self, video_id: str) -> None:
         await self._registry.unhost(video_id)
+
+    async def fence(self, video_id: str, seqs: list[int]) -> None:
+        await self._store.fence(video_id, seqs)
+
+    async def heads(self, video_ids: list[str]) -> dict[str, tuple[int, int] | None]:
+        return await self._sequencer.heads(video_ids)
 
 
 class RTMSServer:
@@ -73,8 +82,11 @@ class RTMSServer:
         )
         self.registry = HostedRegistry(self.zk, self.node_id)
         self.membership = Membership(self.zk, self.zk.paths.rtms_node(self.node_id))
+        self.backend = _Backend(
+            Sequencer(self.redis, settings.redis_prefix), self.store, self.registry
+        )
         self.hub = Hub(
-            _Backend(Sequencer(self.redis, settings.redis_prefix), self.store, self.registry),
+            self.backend,
             ring_size=settings.ring_size,
             host_grace=settings.host_grace,
             max_viewer_buffer=settings.max_viewer_buffer,
@@ -115,6 +127,8 @@ class RTMSServer:
             "duplicates": self.hub.stats.duplicates,
             "gap_filled": self.hub.stats.gap_filled,
             "gap_skipped": self.hub.stats.gap_skipped,
+            "gap_fenced": self.hub.stats.gap_fenced,
+            "reconciled": self.hub.stats.reconciled,
             "slow_dropped": self.hub.stats.slow_dropped,
             "moved": self.hub.stats.moved,
             "viral": self.hub.viral_videos(),
@@ -209,6 +223,7 @@ class RTMSServer:
         self._timers = [
             asyncio.create_task(self._every(s.heartbeat_interval, self._heartbeat)),
             asyncio.create_task(self._every(s.load_report_interval, self._report_load)),
+            asyncio.create_task(self._every(s.reconcile_interval, self._reconcile)),
         ]
         self._placement_changed()  # a node that restarts while drained stays drained
         log.info("rtms %s: SSE %s, gRPC %s:%d", self.node_id, self.public_url, s.host, s.grpc_port)
@@ -223,6 +238,12 @@ class RTMSServer:
 
     async def _heartbeat(self) -> None:
         self.hub.heartbeat()
+
+    async def _reconcile(self) -> None:
+        """Every hosted video's head, read in batches: catch the deliveries we missed."""
+        videos = list(self.hub.channels)
+        for i in range(0, len(videos), RECONCILE_BATCH):
+            self.hub.reconcile(await self.backend.heads(videos[i : i + RECONCILE_BATCH]))
 
     async def _report_load_safely(self) -> None:
         try:

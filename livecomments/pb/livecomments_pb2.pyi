@@ -49,16 +49,18 @@ class DispatchRequest(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., id: _Optional[int] = ...) -> None: ...
 
 class DispatchReply(_message.Message):
-    __slots__ = ("nodes", "delivered", "dropped", "id")
+    __slots__ = ("nodes", "delivered", "dropped", "id", "undelivered")
     NODES_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    UNDELIVERED_FIELD_NUMBER: _ClassVar[int]
     nodes: int
     delivered: int
     dropped: int
     id: int
-    def __init__(self, nodes: _Optional[int] = ..., delivered: _Optional[int] = ..., dropped: _Optional[int] = ..., id: _Optional[int] = ...) -> None: ...
+    undelivered: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, nodes: _Optional[int] = ..., delivered: _Optional[int] = ..., dropped: _Optional[int] = ..., id: _Optional[int] = ..., undelivered: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RoutesRequest(_message.Message):
     __slots__ = ("video_ids",)

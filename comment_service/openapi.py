@@ -13,10 +13,10 @@ import functools
 from typing import Any
 
 from comment_service.auth import ROLES
-from comment_service.comments import REPLY_PREVIEW
 from comment_service.moderation import REPORT_REASONS, REPORT_STATES
 from comment_service.moderation_routes import MAX_BAN_SECONDS
 from comment_service.reactions import EMOJI
+from comment_service.recent import REPLY_PREVIEW
 from livecomments import __version__, events
 from livecomments.ids import MAX_VIDEO_ID
 from livecomments.settings import CommentServiceSettings

@@ -125,6 +125,7 @@ class CommentServer:
             "dispatch_failures": self.comments.dispatch_failures if self.comments else 0,
             "outbox_redispatched": self.outbox.redispatched,
             "history_pages": dict(self.comments.page_reads) if self.comments else {},
+            "history_cache_entries_read": self.recent.entries_read,
         }
 
     async def start(self) -> None:

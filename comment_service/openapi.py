@@ -41,6 +41,11 @@ _WHOLE = "A JSON integer literal (100.0 is refused)."
 _BACKEND_ERRORS = ["unavailable", "coordination_timeout"]
 _BODY_ERRORS = ["invalid_encoding", "invalid_json", "unknown_field"]
 _AUTH_ERRORS = ["unauthorized", "invalid_token", "token_expired", "token_revoked"]
+_CACHED = (
+    "A full page that cannot gain items (older than the head, or with a next cursor) "
+    "carries `Cache-Control: public, max-age=history_cache_seconds`; the others `no-store`. "
+    "A bearer token is optional: with a valid one the read counts against the user's limit."
+)
 
 
 def _ref(name: str) -> Schema:
@@ -656,7 +661,11 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
                 ),
             )
             .public()
-            .rate()
+            .rate(
+                ("history_limit_ip", "client IP (anonymous)"),
+                ("history_limit_user", "user (logged in)"),
+            )
+            .describe(_CACHED)
             .error(503, *_BACKEND_ERRORS)
             .ok(200, "The page and the cursor to the next one.", "Page"),
         },
@@ -664,7 +673,10 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
             "get": op("One comment", "comments")
             .params(VIDEO, COMMENT)
             .public()
-            .rate()
+            .rate(
+                ("history_limit_ip", "client IP (anonymous)"),
+                ("history_limit_user", "user (logged in)"),
+            )
             .error(404, "comment_not_found")
             .error(503, *_BACKEND_ERRORS)
             .ok(200, "The comment (a tombstone once deleted).", "Comment"),
@@ -704,7 +716,11 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
                 ),
             )
             .public()
-            .rate()
+            .rate(
+                ("history_limit_ip", "client IP (anonymous)"),
+                ("history_limit_user", "user (logged in)"),
+            )
+            .describe(_CACHED)
             .error(404, "comment_not_found")
             .error(503, *_BACKEND_ERRORS)
             .ok(200, "Replies, oldest first.", "Replies"),

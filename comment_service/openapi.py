@@ -341,6 +341,12 @@ def _schemas(settings: CommentServiceSettings) -> dict[str, Schema]:
                     },
                     "additionalProperties": False,
                 },
+                "history_cache_entries_read": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Entries history pages read from the recent-comments cache"
+                    " (their items and reply previews), since start: what pages cost.",
+                },
             }
         ),
         # -- request bodies --

@@ -7,7 +7,9 @@ store (during a viral moment that is most reads). Anything the cache cannot
 answer with certainty goes to the store, as before.
 
 One sorted set per video, scored by seq, capped at ``size`` entries and
-expiring ``ttl`` after its last write. A comment's entry is its public JSON
+expiring ``ttl`` after its last write, beside a reply index (see ``_SETTLE``)
+so that a page reads only its own range plus a few replies per comment: a
+history request costs O(limit), never the whole cached range. A comment's entry is its public JSON
 (``events.comment_json``); a change marker's is a small stub that keeps the
 range contiguous, and the changed comment's entry is replaced by the marker's
 snapshot (newer ``rev`` wins, whatever order the writes land in).
@@ -203,7 +205,9 @@ class RecentCache:
         self.entries_read = 0
 
     def key(self, video_id: str) -> str:
-        return video_key(self._prefix, video_id, "recent")
+        # "recent2": entries cached before the reply index existed have no index
+        # members, so that cache is left to expire and this one starts empty.
+        return video_key(self._prefix, video_id, "recent2")
 
     def replies_key(self, video_id: str) -> str:
         """The video's reply index (see ``_SETTLE``)."""

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright, expect
+from redis.asyncio import Redis
 
 from livecomments.cluster import Cluster
 from livecomments.launcher import free_port
@@ -37,6 +38,7 @@ CLUSTER_ENV = {
     "LIVECOMMENTS_HISTORY_LIMIT_USER": f"{HISTORY_BURST}/600",
     "LIVECOMMENTS_FRAME_ANCESTORS": "'self' https://embed.example",
     "LIVECOMMENTS_RTMS_ORIGINS": "https://*.rtms.example",
+    "LIVECOMMENTS_RECENT_CACHE_SIZE": "40",
 }
 LIVE = 10000  # ms a live change may take to reach a page
 
@@ -105,6 +107,41 @@ async def test_a_history_page_reads_only_as_many_cache_entries_as_it_lists(
         assert [i["text"] for i in wide["items"]] == ["a question"] + [
             f"line {n}" for n in range(4)
         ]
+
+
+async def test_reply_previews_follow_changes_and_leave_the_index_when_trimmed(
+    cluster: Cluster, api: Api
+) -> None:
+    """The reply index holds a reply exactly while the cache holds its entry: a deleted
+    reply shows as a tombstone in the preview, a trimmed one leaves the index."""
+    video = unique("index")
+    token = await api.register(unique("replier"))
+    parent = await api.post(video, "parent", token)
+    replies = [await api.post(video, f"r{n}", token, parent_id=parent["id"]) for n in range(4)]
+    path = f"/api/videos/{video}/comments/{replies[0]['id']}"
+    status, body, _ = await api.request("DELETE", path, token=token)
+    assert status == 200, body
+    (item,) = (await api.page(video, after=0, limit=1))["items"]
+    assert item["reply_count"] == 4
+    assert [(r["text"], r["status"]) for r in item["replies"]] == [
+        (None, "deleted"), ("r1", "visible"), ("r2", "visible")
+    ]  # fmt: skip
+    redis = Redis.from_url(cluster.backends.redis_url)
+    index = f"{cluster.namespace}:v:{{{video}}}:recent-replies"
+    try:
+        assert await redis.zcard(index) == 4
+        for n in range(40):  # the cache keeps 40 entries: the parent and its replies go
+            await api.post(video, f"line {n}", token)
+
+        async def emptied() -> bool:
+            return int(await redis.zcard(index)) == 0
+
+        await until(emptied, "the trimmed replies to leave the index")
+    finally:
+        await redis.aclose()
+    # The page now comes from the store, and says the same.
+    (again,) = (await api.page(video, after=0, limit=1))["items"]
+    assert (again["reply_count"], again["replies"]) == (4, item["replies"])
 
 
 async def test_anonymous_history_reads_are_limited_per_address(cluster: Cluster, api: Api) -> None:

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from comment_service import moderation_routes
+from comment_service import browser, moderation_routes
 from comment_service.auth import check_credentials, public_user
 from comment_service.openapi import openapi_document
 from comment_service.reactions import EMOJI
@@ -77,11 +77,41 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
 
 @web.middleware
 async def headers_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    response: web.StreamResponse = await handler(request)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    if request.path.startswith("/api/"):
-        response.headers.setdefault("Cache-Control", "no-store")
+    """CORS (preflights too) and the security headers, on every answer, errors included."""
+    api = request.path.startswith("/api/")
+    if api and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        refused = request.match_info.http_exception
+        if isinstance(refused, web.HTTPMethodNotAllowed):  # a route, without OPTIONS itself
+            cors = server_of(request).cors_headers(request)
+            headers = browser.preflight_headers(cors, refused.allowed_methods)
+            return _secured(request, web.Response(status=204, headers=headers), api)
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:  # not an error (errors_middleware answered those)
+        _secured(request, exc, api)
+        raise
+    return _secured(request, response, api)
+
+
+def _secured(request: web.Request, response: web.StreamResponse, api: bool) -> web.StreamResponse:
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("Content-Security-Policy", browser.API_CSP)
+    settings = server_of(request).settings
+    if request.secure and settings.hsts_max_age > 0:
+        headers.setdefault("Strict-Transport-Security", f"max-age={settings.hsts_max_age}")
+    if api:
+        headers.setdefault("Cache-Control", "no-store")
+        for name, value in server_of(request).cors_headers(request).items():
+            if name == "Vary":
+                vary = [v.strip() for v in headers.get("Vary", "").split(",") if v.strip()]
+                if value not in vary:
+                    headers["Vary"] = ", ".join([*vary, value])
+            else:
+                headers[name] = value
+        if "Access-Control-Allow-Origin" in headers:
+            headers["Access-Control-Expose-Headers"] = browser.EXPOSE_HEADERS
     return response
 
 
@@ -159,9 +189,42 @@ async def post_comment(request: web.Request) -> web.Response:
     return json_response(events.comment_json(posted.doc), 201)
 
 
+async def history_limit(request: web.Request) -> None:
+    """One token of the reader's history bucket: per user if logged in, else per address.
+
+    A token that does not verify counts as no token (the read is public).
+    """
+    s = server_of(request).settings
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        try:
+            user = server_of(request).accounts.verify(token.strip()).user_id
+        except LiveCommentsError:
+            pass
+        else:
+            await limit(request, "history reads", (f"history-user:{user}", s.history_limit_user))
+            return
+    await limit(request, "history reads", (f"history-ip:{client_ip(request)}", s.history_limit_ip))
+
+
+def _cacheable(request: web.Request, response: web.Response, closed: bool) -> web.Response:
+    """Let browsers and shared caches keep a page that can no longer gain comments.
+
+    Such a page (older than the head, or a full page with a next cursor) changes
+    only when one of its comments is edited, deleted, replied to or reacted to,
+    so it may be served stale for ``history_cache_seconds``; the live stream
+    carries those changes at once. A page at the head is never cached.
+    """
+    seconds = server_of(request).settings.history_cache_seconds
+    if closed and seconds > 0:
+        response.headers["Cache-Control"] = f"public, max-age={seconds}"
+    return response
+
+
 async def list_comments(request: web.Request) -> web.Response:
     server = server_of(request)
     video_id = video_id_of(request)
+    await history_limit(request)
     limit_ = query_int(request, "limit", lo=1, hi=server.settings.history_page_max, default=50)
     before = query_int(request, "before", lo=1, hi=(1 << 62), default=None)
     after = query_int(request, "after", lo=0, hi=(1 << 62), default=None)
@@ -170,7 +233,12 @@ async def list_comments(request: web.Request) -> web.Response:
     assert limit_ is not None
     page = await server.comments.page(video_id, before=before, after=after, limit=limit_)
     await _fresh_reactions(request, page["items"])
-    return json_response(page)
+    head = page.get("head") or 0
+    if after is not None:
+        closed = page.get("next_after") is not None
+    else:
+        closed = before is not None and before <= head
+    return _cacheable(request, json_response(page), closed)
 
 
 async def _fresh_reactions(request: web.Request, items: list[dict[str, Any]]) -> None:
@@ -185,6 +253,7 @@ async def _fresh_reactions(request: web.Request, items: list[dict[str, Any]]) ->
 
 async def get_comment(request: web.Request) -> web.Response:
     server = server_of(request)
+    await history_limit(request)
     doc = await server.comments.get(video_id_of(request), path_id(request, "comment_id"))
     item = events.comment_json(doc)
     await _fresh_reactions(request, [item])
@@ -196,11 +265,11 @@ async def list_replies(request: web.Request) -> web.Response:
     limit_ = query_int(request, "limit", lo=1, hi=server.settings.history_page_max, default=50)
     after = query_int(request, "after", lo=0, hi=(1 << 62), default=0)
     assert limit_ is not None and after is not None
-    page = await server.comments.replies(
-        video_id_of(request), path_id(request, "comment_id"), after=after, limit=limit_
-    )
+    video_id, comment_id = video_id_of(request), path_id(request, "comment_id")
+    await history_limit(request)
+    page = await server.comments.replies(video_id, comment_id, after=after, limit=limit_)
     await _fresh_reactions(request, page["items"])
-    return json_response(page)
+    return _cacheable(request, json_response(page), page.get("next_after") is not None)
 
 
 async def edit_comment(request: web.Request) -> web.Response:
@@ -285,16 +354,19 @@ async def stream(request: web.Request) -> web.Response:
     last_id = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     if last_id and events.parse_event_id(last_id) is not None:
         location += f"&last_event_id={quote(last_id, safe='')}"
-    headers = {"Location": location, "Cache-Control": "no-store"}
-    headers.update(server.cors_headers(request))
-    return web.Response(status=307, headers=headers)
+    # CORS headers: headers_middleware (as on every /api answer).
+    return web.Response(status=307, headers={"Location": location, "Cache-Control": "no-store"})
 
 
 # -- misc ----------------------------------------------------------------------
 
 
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC / "index.html")
+async def index(request: web.Request) -> web.Response:
+    """The viewer page, with the CSP and the stream origins of the moment."""
+    server = server_of(request)
+    body, csp = server.page.render(server.stream_origins())
+    headers = {"Content-Security-Policy": csp, "Cache-Control": "no-cache"}
+    return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -21,7 +21,7 @@ from comment_service.dispatch import DispatchClient
 from comment_service.filter import ContentFilter, Verdict
 from comment_service.limits import Limiter
 from comment_service.policy import Policies
-from comment_service.recent import RecentCache
+from comment_service.recent import REPLY_PREVIEW, RecentCache
 from livecomments import events
 from livecomments.batching import Batcher
 from livecomments.errors import (
@@ -37,8 +37,6 @@ from livecomments.sequencer import Sequencer
 from livecomments.store import Store, utcnow
 
 log = logging.getLogger(__name__)
-
-REPLY_PREVIEW = 3  # replies listed under each comment of a history page
 
 
 class ContentRefused(LiveCommentsError):
@@ -360,22 +358,16 @@ class Comments:
     def _items_from_cache(
         entries: dict[int, dict[str, Any]], lo: int, hi: int
     ) -> list[dict[str, Any]]:
+        """The top-level comments of ``lo..hi``, with the reply previews the cache found."""
         tops: list[dict[str, Any]] = []
-        by_id: dict[str, dict[str, Any]] = {}
         for seq in sorted(entries):
             entry = entries[seq]
-            if "id" not in entry:
-                continue  # a change marker's stub
-            parent = entry.get("parent_id")
-            if parent is None:
-                if lo <= seq <= hi:
-                    item = {**entry, "reply_count": 0, "replies": []}
-                    tops.append(item)
-                    by_id[entry["id"]] = item
-            elif (top := by_id.get(parent)) is not None:
-                top["reply_count"] += 1
-                if len(top["replies"]) < REPLY_PREVIEW:
-                    top["replies"].append(entry)
+            if "id" not in entry or entry.get("parent_id") is not None or not lo <= seq <= hi:
+                continue  # a change marker's stub, a reply, or beyond an in-flight seq
+            item = {k: v for k, v in entry.items() if k not in ("reply_count", "replies")}
+            item["reply_count"] = entry.get("reply_count", 0)
+            item["replies"] = entry.get("replies", [])
+            tops.append(item)
         return tops
 
     async def _items_from_store(

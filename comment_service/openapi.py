@@ -13,10 +13,10 @@ import functools
 from typing import Any
 
 from comment_service.auth import ROLES
-from comment_service.comments import REPLY_PREVIEW
 from comment_service.moderation import REPORT_REASONS, REPORT_STATES
 from comment_service.moderation_routes import MAX_BAN_SECONDS
 from comment_service.reactions import EMOJI
+from comment_service.recent import REPLY_PREVIEW
 from livecomments import __version__, events
 from livecomments.ids import MAX_VIDEO_ID
 from livecomments.settings import CommentServiceSettings
@@ -41,6 +41,11 @@ _WHOLE = "A JSON integer literal (100.0 is refused)."
 _BACKEND_ERRORS = ["unavailable", "coordination_timeout"]
 _BODY_ERRORS = ["invalid_encoding", "invalid_json", "unknown_field"]
 _AUTH_ERRORS = ["unauthorized", "invalid_token", "token_expired", "token_revoked"]
+_CACHED = (
+    "A full page that cannot gain items (older than the head, or with a next cursor) "
+    "carries `Cache-Control: public, max-age=history_cache_seconds`; the others `no-store`. "
+    "A bearer token is optional: with a valid one the read counts against the user's limit."
+)
 
 
 def _ref(name: str) -> Schema:
@@ -352,6 +357,12 @@ def _schemas(settings: CommentServiceSettings) -> dict[str, Schema]:
                         "store": {"type": "integer", "minimum": 0},
                     },
                     "additionalProperties": False,
+                },
+                "history_cache_entries_read": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Entries history pages read from the recent-comments cache"
+                    " (their items and reply previews), since start: what pages cost.",
                 },
             }
         ),
@@ -673,7 +684,11 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
                 ),
             )
             .public()
-            .rate()
+            .rate(
+                ("history_limit_ip", "client IP (anonymous)"),
+                ("history_limit_user", "user (logged in)"),
+            )
+            .describe(_CACHED)
             .error(503, *_BACKEND_ERRORS)
             .ok(200, "The page and the cursor to the next one.", "Page"),
         },
@@ -681,7 +696,10 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
             "get": op("One comment", "comments")
             .params(VIDEO, COMMENT)
             .public()
-            .rate()
+            .rate(
+                ("history_limit_ip", "client IP (anonymous)"),
+                ("history_limit_user", "user (logged in)"),
+            )
             .error(404, "comment_not_found")
             .error(503, *_BACKEND_ERRORS)
             .ok(200, "The comment (a tombstone once deleted).", "Comment"),
@@ -721,7 +739,11 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
                 ),
             )
             .public()
-            .rate()
+            .rate(
+                ("history_limit_ip", "client IP (anonymous)"),
+                ("history_limit_user", "user (logged in)"),
+            )
+            .describe(_CACHED)
             .error(404, "comment_not_found")
             .error(503, *_BACKEND_ERRORS)
             .ok(200, "Replies, oldest first.", "Replies"),

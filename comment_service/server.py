@@ -9,9 +9,11 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
+from comment_service import browser
 from comment_service.admission import Admission
-from comment_service.app import build_app
+from comment_service.app import STATIC, build_app
 from comment_service.auth import Accounts
+from comment_service.browser import ViewerPage, check_origins, origin_of
 from comment_service.comments import Comments
 from comment_service.dispatch import DispatchClient
 from comment_service.filter import ContentFilter, load_scorer
@@ -91,7 +93,8 @@ class CommentServer:
         )
         for spec in (settings.login_limit_account, settings.login_limit_ip,
                      settings.register_limit_ip, settings.react_limit_user,
-                     settings.report_limit_user, settings.moderate_limit_user):  # fmt: skip
+                     settings.report_limit_user, settings.moderate_limit_user,
+                     settings.history_limit_ip, settings.history_limit_user):  # fmt: skip
             Rate.parse(spec)  # a typo in a limit fails at start, not on the first request
         self.reactions = Reactions(
             self.redis,
@@ -101,6 +104,16 @@ class CommentServer:
             push_interval=settings.reaction_push_interval,
             flush_interval=settings.reaction_flush_interval,
         )
+        # CORS and the page's policy: malformed values fail at start, not in a browser.
+        own = origin_of(self.public_url)
+        extra = () if own is None else (own,)
+        self._cors_origins = (
+            check_origins((o for o in settings.cors_origins if o != "*"), "cors_origins")
+            + extra
+            + (("*",) if "*" in settings.cors_origins else ())
+        )
+        check_origins(settings.rtms_origins, "rtms_origins")
+        self.page = ViewerPage(STATIC / "index.html", settings.frame_ancestors)
         # Both need the Snowflake worker id leased in start().
         self.comments: Comments = None  # type: ignore[assignment]
         self.moderation: Moderation = None  # type: ignore[assignment]
@@ -108,13 +121,14 @@ class CommentServer:
         self._started = False
 
     def cors_headers(self, request: web.Request) -> dict[str, str]:
-        origin = request.headers.get("Origin")
-        allowed = self.settings.cors_origins
-        if "*" in allowed:
-            return {"Access-Control-Allow-Origin": "*"}
-        if origin and (origin in allowed or origin == self.public_url):
-            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-        return {}
+        """The CORS headers of an answer to ``request`` (see ``browser.py``)."""
+        return browser.cors_headers(self._cors_origins, request.headers.get("Origin"))
+
+    def stream_origins(self) -> list[str]:
+        """Origins the viewer page may stream from: the configured ones, then the
+        RTMS nodes up now (their public URLs, as the stream redirect names them)."""
+        live = (origin_of(str(info.get("sse_url", ""))) for info in self.rtms_nodes.nodes.values())
+        return [*self.settings.rtms_origins, *sorted({o for o in live if o})]
 
     def health(self) -> dict[str, Any]:
         return {
@@ -128,6 +142,7 @@ class CommentServer:
             "outbox_redispatched": self.outbox.redispatched,
             "outbox_fenced": self.outbox.fenced,
             "history_pages": dict(self.comments.page_reads) if self.comments else {},
+            "history_cache_entries_read": self.recent.entries_read,
         }
 
     async def start(self) -> None:

@@ -98,7 +98,24 @@ class CommentServiceSettings(BackendSettings):
     max_body_bytes: int = 16 * 1024
     history_page_max: int = 100
     dispatch_timeout: float = 3.0
+    # Exact origins of the pages that call the API from elsewhere ("*" for any). The
+    # viewer page's own origin (public_url) is always allowed. Preflights are
+    # answered for them, and every /api answer (errors too) carries the CORS headers.
     cors_origins: tuple[str, ...] = ()
+    # Origins the viewer page may open streams on, besides the RTMS nodes that are
+    # up when the page is served: its CSP connect-src, and the only origins whose
+    # `moved` URLs it follows. Exact origins or host wildcards as CSP writes them
+    # ("https://*.rtms.example.com"); set them in production so that nodes joining
+    # after a page was loaded are reachable from it.
+    rtms_origins: tuple[str, ...] = ()
+    # Who may frame the viewer page: a CSP frame-ancestors source list, e.g.
+    # "'self' https://www.example.com" to embed it there, or "'none'".
+    frame_ancestors: str = "'self'"
+    hsts_max_age: int = 31536000  # Strict-Transport-Security on answers over TLS (0 = off)
+    # Older history pages (that cannot gain comments) may be cached this long, by
+    # browsers and shared caches; an edit or a delete of an old comment can take that
+    # long to show in them (the live stream shows it at once). 0: never cached.
+    history_cache_seconds: int = 5
     # Peers allowed to say who the client is with X-Forwarded-For (the L7 proxy).
     trusted_proxies: tuple[str, ...] = ()
     # Token buckets, "N/S": bursts of N, refilled at N per S seconds. Shared by
@@ -111,6 +128,12 @@ class CommentServiceSettings(BackendSettings):
     react_limit_user: str = "60/30"
     report_limit_user: str = "10/60"
     moderate_limit_user: str = "120/60"
+    # Reads of history (pages, replies, one comment): per address for anonymous
+    # readers, per user for logged-in ones. The viewer page reads one page on load
+    # and short-polls every 2 s while its stream is down; many readers may share an
+    # address (NAT, campus), hence the large burst.
+    history_limit_ip: str = "600/60"
+    history_limit_user: str = "300/60"
     duplicate_window: float = 30.0  # same text from the same user on a video is refused this long
     max_slow_mode: int = 3600  # seconds; the longest slow mode a moderator may set
     # The content filter: a scorer ("" = the built-in word list and patterns, or

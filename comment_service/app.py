@@ -13,6 +13,7 @@ from aiohttp import web
 from comment_service import moderation_routes
 from comment_service.auth import check_credentials, public_user
 from comment_service.openapi import openapi_document
+from comment_service.passwords import check_new_password
 from comment_service.reactions import EMOJI
 from comment_service.routing import (
     SERVER_KEY,
@@ -94,22 +95,26 @@ async def register(request: web.Request) -> web.Response:
                                       server.settings.register_limit_ip))  # fmt: skip
     body = await json_object(request, 4096, frozenset({"username", "password"}))
     username, password = check_credentials(body)
+    check_new_password(username, password)  # 400 weak_password, saying why
     user = await server.accounts.register(username, password, server.comments.ids)
     return _session(request, user, 201)
 
 
 async def login(request: web.Request) -> web.Response:
+    """Log in; failures lock the (account, address) pair, not the account.
+
+    An unknown username and a wrong password get the same answer, byte for
+    byte, after the same password-hash work (see ``Accounts.login``), and the
+    locks below treat both alike.
+    """
     server = server_of(request)
     body = await json_object(request, 4096, frozenset({"username", "password"}))
     username, password = check_credentials(body)
-    s = server.settings
-    await limit(
-        request,
-        "login attempts",
-        (f"login-account:{username.lower()}", s.login_limit_account),
-        (f"login-ip:{client_ip(request)}", s.login_limit_ip),
+    attempt = await server.limiter.login_attempt(
+        username.lower(), client_ip(request), server.login_limits
     )
     user = await server.accounts.login(username, password)
+    await server.limiter.login_succeeded(attempt)
     return _session(request, user, 200)
 
 

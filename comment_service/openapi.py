@@ -16,6 +16,7 @@ from comment_service.auth import ROLES
 from comment_service.comments import REPLY_PREVIEW
 from comment_service.moderation import REPORT_REASONS, REPORT_STATES
 from comment_service.moderation_routes import MAX_BAN_SECONDS
+from comment_service.passwords import MIN_LENGTH as MIN_PASSWORD
 from comment_service.reactions import EMOJI
 from livecomments import __version__, events
 from livecomments.ids import MAX_VIDEO_ID
@@ -282,6 +283,12 @@ def _schemas(settings: CommentServiceSettings) -> dict[str, Schema]:
                 "video_id": _nullable(_ref("VideoId")),
                 "reason": {"type": "string", "maxLength": 200},
                 "banned_by": _ref("Id"),
+                "banned_by_role": {
+                    "type": ["string", "null"],
+                    "enum": [*ROLES, None],
+                    "description": "The role of who set it, then (null for older bans). Only "
+                    "an admin can change or lift a ban an admin set.",
+                },
                 "created_at": {"type": "string", "format": "date-time"},
                 "expires_at": {
                     "type": ["string", "null"],
@@ -347,6 +354,23 @@ def _schemas(settings: CommentServiceSettings) -> dict[str, Schema]:
                     "description": "3-32 letters, digits or underscores; unique ignoring case.",
                 },
                 "password": {"type": "string", "minLength": 8, "maxLength": 128},
+            }
+        ),
+        "NewAccount": _object(
+            {
+                "username": {
+                    "type": "string",
+                    "pattern": USERNAME_PATTERN,
+                    "description": "3-32 letters, digits or underscores; unique ignoring case.",
+                },
+                "password": {
+                    "type": "string",
+                    "minLength": MIN_PASSWORD,
+                    "maxLength": 128,
+                    "description": f"At least {MIN_PASSWORD} characters, not containing the "
+                    "username, and not one of the 10,000 most common passwords (nor one of "
+                    "them with digits or punctuation added at either end).",
+                },
             }
         ),
         "CommentText": _text(settings.max_comment_chars),
@@ -578,8 +602,8 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
             "post": op("Create an account and log in", "accounts")
             .public()
             .rate(("register_limit_ip", "client IP"))
-            .body("Credentials", SMALL_BODY)
-            .error(400, "invalid_type", "invalid_username", "invalid_password")
+            .body("NewAccount", SMALL_BODY)
+            .error(400, "invalid_type", "invalid_username", "invalid_password", "weak_password")
             .error(409, "username_taken")
             .error(503, *_BACKEND_ERRORS)
             .ok(201, "The new account and its token.", "Session")
@@ -587,10 +611,23 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
         "/api/auth/login": {
             "post": op("Log in", "accounts")
             .public()
-            .rate(("login_limit_account", "username"), ("login_limit_ip", "client IP"))
+            .describe(
+                "An unknown username and a wrong password get the same answer. Failed logins "
+                "to one account from one address lock that pair (429 `login_locked`); failed "
+                f"logins to one account from all addresses past `login_backoff_account` = "
+                f"{s.login_backoff_account} make addresses the account has not logged in "
+                f"from (in the last {s.login_known_address_days:g} days) wait between "
+                f"attempts, {s.login_backoff_first:g} s doubling up to "
+                f"{s.login_backoff_max:g} s (429 `login_backoff`)."
+            )
+            .rate(
+                ("login_limit_account", "failed login to one username from one client IP"),
+                ("login_limit_ip", "client IP"),
+            )
             .body("Credentials", SMALL_BODY)
             .error(400, "invalid_type", "invalid_username", "invalid_password")
             .error(401, "invalid_credentials")
+            .error(429, "login_locked", "login_backoff")
             .error(503, *_BACKEND_ERRORS)
             .ok(200, "The account and a new token.", "Session")
         },
@@ -860,13 +897,17 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
         },
         "/api/users/{user_id}/role": {
             "put": op("Change a user's role", "moderation")
-            .describe("Admins make moderators and admins, or take the role back; not their own.")
+            .describe(
+                "Admins make moderators and admins, or take the role back; not their own, "
+                "and never the last admin's (409 `last_admin`)."
+            )
             .params(USER)
             .auth("admin")
             .rate(("moderate_limit_user", "user"))
             .body("RoleChange", TINY_BODY)
             .error(400, "invalid_field", "own_account")
             .error(404, "user_not_found")
+            .error(409, "last_admin")
             .ok(200, "The user with the new role.", "UserDetails"),
         },
     }
@@ -893,12 +934,14 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
             .error(400, "invalid_field", "invalid_type", "empty_text", "text_too_long")
             .error(400, "invalid_characters")
             .error(400, "own_account")
+            .error(403, "ban_set_by_admin")
             .error(404, "user_not_found")
             .ok(200, "The ban.", "Ban"),
             "delete": op(f"Lift a ban or timeout on {scope}", "moderation")
             .params(*scoped, USER)
             .auth("moderator")
             .rate(("moderate_limit_user", "user"))
+            .error(403, "ban_set_by_admin")
             .error(404, "ban_not_found")
             .ok(204, "Lifted."),
         }

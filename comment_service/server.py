@@ -15,7 +15,7 @@ from comment_service.auth import Accounts
 from comment_service.comments import Comments
 from comment_service.dispatch import DispatchClient
 from comment_service.filter import ContentFilter, load_scorer
-from comment_service.limits import Limiter, PostLimits, Rate
+from comment_service.limits import Limiter, LoginLimits, PostLimits, Rate
 from comment_service.moderation import Moderation
 from comment_service.outbox import Outbox
 from comment_service.policy import Policies
@@ -88,6 +88,7 @@ class CommentServer:
             Rate.parse(settings.post_limit_ip),
             settings.duplicate_window,
         )
+        self.login_limits = LoginLimits.from_settings(settings)  # parsed once, checked at start
         for spec in (settings.login_limit_account, settings.login_limit_ip,
                      settings.register_limit_ip, settings.react_limit_user,
                      settings.report_limit_user, settings.moderate_limit_user):  # fmt: skip

@@ -263,13 +263,29 @@ class Store:
 
     # -- bans ---------------------------------------------------------------------
 
-    async def put_ban(self, doc: Doc) -> None:
-        with _guard():
-            await self._col("bans").replace_one({"_id": doc["_id"]}, doc, upsert=True)
+    async def put_ban(self, doc: Doc, *, unless_set_by: str | None = None) -> bool:
+        """Store or replace a ban; False (nothing written) when the ban in place was
+        set by a user of role ``unless_set_by`` (one conditional write: no race)."""
+        query: Doc = {"_id": doc["_id"]}
+        if unless_set_by is not None:
+            query["by_role"] = {"$ne": unless_set_by}
+        try:
+            with _guard():
+                await self._col("bans").replace_one(query, doc, upsert=True)
+        except DuplicateKeyError:
+            return False  # the upsert met the protected ban's _id
+        return True
 
-    async def delete_ban(self, ban_id: str) -> bool:
+    async def get_ban(self, ban_id: str) -> Doc | None:
         with _guard():
-            result = await self._col("bans").delete_one({"_id": ban_id})
+            return await self._col("bans").find_one({"_id": ban_id})
+
+    async def delete_ban(self, ban_id: str, *, unless_set_by: str | None = None) -> bool:
+        query: Doc = {"_id": ban_id}
+        if unless_set_by is not None:
+            query["by_role"] = {"$ne": unless_set_by}
+        with _guard():
+            result = await self._col("bans").delete_one(query)
         return bool(result.deleted_count)
 
     async def active_bans(self, scope: str | None = None) -> list[Doc]:
@@ -323,6 +339,30 @@ class Store:
             return await self.users.find_one_and_update(
                 {"_id": user_id}, update, return_document=ReturnDocument.AFTER
             )
+
+    async def count_users(self, query: Doc) -> int:
+        with _guard():
+            return int(await self.users.count_documents(query))
+
+    async def try_lock(self, name: str, holder: str, seconds: float) -> bool:
+        """Take the named lease (a document in ``locks``) unless another holder has
+        it and it has not expired; it expires so that a crashed holder frees it."""
+        now = utcnow()
+        try:
+            with _guard():
+                doc = await self._col("locks").find_one_and_update(
+                    {"_id": name, "until": {"$lt": now}},
+                    {"$set": {"holder": holder, "until": now + dt.timedelta(seconds=seconds)}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+        except DuplicateKeyError:
+            return False  # held: the upsert met the holder's document
+        return doc is not None and doc.get("holder") == holder
+
+    async def unlock(self, name: str, holder: str) -> None:
+        with _guard():
+            await self._col("locks").delete_one({"_id": name, "holder": holder})
 
     async def flagged_users(self, *, limit: int) -> list[Doc]:
         with _guard():

@@ -12,6 +12,8 @@ from aiohttp import web
 
 from comment_service import moderation_routes
 from comment_service.auth import check_credentials, public_user
+from comment_service.idempotency import HEADER as IDEMPOTENCY_HEADER
+from comment_service.idempotency import parse_key
 from comment_service.openapi import openapi_document
 from comment_service.passwords import check_new_password
 from comment_service.reactions import EMOJI
@@ -158,7 +160,10 @@ async def post_comment(request: web.Request) -> web.Response:
     )
     text = comment_text(body.get("text"), server.settings.max_comment_chars)
     parent_id = optional_id(body.get("parent_id"), "parent_id")
-    posted = await server.comments.post(principal, video_id, text, parent_id, client_ip(request))
+    key = parse_key(request.headers.get(IDEMPOTENCY_HEADER))  # a retry gets the first answer
+    posted = await server.comments.post(
+        principal, video_id, text, parent_id, client_ip(request), idempotency_key=key
+    )
     if posted.held:
         return json_response(events.comment_json(posted.doc), 202)
     return json_response(events.comment_json(posted.doc), 201)

@@ -14,6 +14,8 @@ from typing import Any
 
 from comment_service.auth import ROLES
 from comment_service.comments import REPLY_PREVIEW
+from comment_service.idempotency import HEADER as IDEMPOTENCY_HEADER
+from comment_service.idempotency import KEY_PATTERN as IDEMPOTENCY_KEY
 from comment_service.moderation import REPORT_REASONS, REPORT_STATES
 from comment_service.moderation_routes import MAX_BAN_SECONDS
 from comment_service.passwords import MIN_LENGTH as MIN_PASSWORD
@@ -567,7 +569,7 @@ class _Op:
             409: "Conflicts with the current state",
             413: "The body is too large",
             415: "The body is not application/json",
-            422: "Refused by the content filter",
+            422: "Refused (by the content filter, or a reused idempotency key)",
             429: "Too many requests",
             503: "A backend is unavailable; retry later",
         }
@@ -657,16 +659,33 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
                 "and admins skip the filter, slow mode and duplicate suppression "
                 f"(same text within {s.duplicate_window:g} s)."
             )
-            .params(VIDEO)
+            .describe(
+                f"With an `{IDEMPOTENCY_HEADER}`, a retry (same user, video and key, within "
+                f"`idempotency_window` = {s.idempotency_window:g} s) gets the first attempt's "
+                "comment and status instead of a second comment, without meeting the rate "
+                "limits again; 409 `idempotency_in_flight` (with Retry-After) while the first "
+                "attempt is still running; 422 `idempotency_key_reused` for another text or "
+                "parent under the same key. After a failed attempt the key may be retried."
+            )
+            .params(
+                VIDEO,
+                _param(
+                    IDEMPOTENCY_HEADER,
+                    "header",
+                    {"type": "string", "pattern": "^" + IDEMPOTENCY_KEY.pattern + "$"},
+                    "A key the client makes for this comment (a UUID, say) and sends again "
+                    "with every retry of it.",
+                ),
+            )
             .auth()
             .rate(("post_limit_user", "user"), ("post_limit_ip", "client IP"))
             .body("NewComment", s.max_body_bytes)
             .error(400, "invalid_type", "empty_text", "text_too_long", "invalid_characters")
-            .error(400, "invalid_id", "nested_reply")
+            .error(400, "invalid_id", "nested_reply", "invalid_idempotency_key")
             .error(403, "banned")
-            .error(404, "parent_not_found")
-            .error(409, "parent_deleted")
-            .error(422, "content_refused")
+            .error(404, "parent_not_found", "comment_not_found")
+            .error(409, "parent_deleted", "idempotency_in_flight")
+            .error(422, "content_refused", "idempotency_key_reused")
             .error(429, "slow_mode", "duplicate_message")
             .ok(201, "Published: viewers receive it live.", "Comment")
             .ok(202, "Held for a moderator's review (status held, no seq yet).", "Comment"),

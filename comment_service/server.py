@@ -15,6 +15,7 @@ from comment_service.auth import Accounts
 from comment_service.comments import Comments
 from comment_service.dispatch import DispatchClient
 from comment_service.filter import ContentFilter, load_scorer
+from comment_service.idempotency import Idempotency
 from comment_service.limits import Limiter, LoginLimits, PostLimits, Rate
 from comment_service.moderation import Moderation
 from comment_service.outbox import Outbox
@@ -151,6 +152,7 @@ class CommentServer:
             admission=Admission(self.redis, self.limiter, self.sequencer, self.post_limits),
             recent=self.recent,
             revoked_key=self.accounts.revoked_key,
+            idempotency=Idempotency(self.redis, s.redis_prefix, s.idempotency_window),
         )
         self.moderation = Moderation(self.store, self.comments, ids, s.flag_threshold)
         self.reactions.start()

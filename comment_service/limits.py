@@ -13,12 +13,15 @@ import functools
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from livecomments.errors import Forbidden, LiveCommentsError, Unauthorized, Unavailable
+
+if TYPE_CHECKING:
+    from livecomments.settings import CommentServiceSettings
 
 
 class TooManyRequests(LiveCommentsError):
@@ -234,7 +237,7 @@ class LoginLimits:
     known_address: float  # seconds an address stays the owner's after a login
 
     @classmethod
-    def from_settings(cls, settings: Any) -> LoginLimits:
+    def from_settings(cls, settings: CommentServiceSettings) -> LoginLimits:
         """From a ``CommentServiceSettings``' ``login_*`` fields."""
         return cls(
             pair=Rate.parse(settings.login_limit_account),

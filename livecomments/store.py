@@ -264,11 +264,9 @@ class Store:
     # -- bans ---------------------------------------------------------------------
 
     async def put_ban(self, doc: Doc, *, unless_set_by: str | None = None) -> bool:
-        """Store or replace a ban; False (nothing written) when the ban in place was
-        set by a user of role ``unless_set_by`` (one conditional write: no race)."""
-        query: Doc = {"_id": doc["_id"]}
-        if unless_set_by is not None:
-            query["by_role"] = {"$ne": unless_set_by}
+        """Store or replace a ban; False (nothing written) when the ban in place, still
+        running, was set by a user of role ``unless_set_by`` (one conditional write)."""
+        query: Doc = {"_id": doc["_id"], **_not_protected(unless_set_by)}
         try:
             with _guard():
                 await self._col("bans").replace_one(query, doc, upsert=True)
@@ -281,9 +279,7 @@ class Store:
             return await self._col("bans").find_one({"_id": ban_id})
 
     async def delete_ban(self, ban_id: str, *, unless_set_by: str | None = None) -> bool:
-        query: Doc = {"_id": ban_id}
-        if unless_set_by is not None:
-            query["by_role"] = {"$ne": unless_set_by}
+        query: Doc = {"_id": ban_id, **_not_protected(unless_set_by)}
         with _guard():
             result = await self._col("bans").delete_one(query)
         return bool(result.deleted_count)
@@ -368,6 +364,13 @@ class Store:
         with _guard():
             cursor = self.users.find({"flagged": True}).sort("flagged_at", DESCENDING)
             return await cursor.limit(limit).to_list(length=limit)
+
+
+def _not_protected(role: str | None) -> Doc:
+    """A ban filter: not set by ``role``, or already over (None: any ban)."""
+    if role is None:
+        return {}
+    return {"$or": [{"by_role": {"$ne": role}}, {"expires_at": {"$lte": utcnow()}}]}
 
 
 @contextlib.contextmanager

@@ -222,6 +222,19 @@ async def test_a_moderator_cannot_lift_or_replace_an_admins_ban(cluster: Cluster
     status, ban, _ = await api.request("PUT", path, json={"reason": "spam"}, token=moderator)
     status, _, _ = await api.request("DELETE", path, token=moderator)
     assert status == 204
+    # An admin's timeout that has run out no longer stands in a moderator's way.
+    timeout = {"duration_seconds": 1, "reason": "short"}
+    status, _, _ = await api.request("PUT", path, json=timeout, token=admin)
+    assert status == 200
+    status, body, _ = await api.request("PUT", path, json=timeout, token=moderator)
+    assert (status, body["error"]["code"]) == (403, "ban_set_by_admin")
+    for _ in range(40):
+        await asyncio.sleep(0.1)
+        status, ban, _ = await api.request("PUT", path, json=timeout, token=moderator)
+        if status == 200:
+            break
+    assert status == 200 and ban["banned_by_role"] == "moderator", ban
+    await asyncio.sleep(1.1)  # the moderator's timeout runs out too
     status, _, _ = await api.request(
         "POST", f"/api/videos/{video}/comments", json={"text": "back again"}, token=viewer
     )

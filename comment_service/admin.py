@@ -6,7 +6,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from comment_service.auth import ROLES, Accounts, check_credentials
+from comment_service.auth import ROLES, Accounts, change_role, check_credentials
+from comment_service.passwords import check_new_password
 from coord import ZK
 from coord.membership import WorkerLease
 from livecomments.errors import NotFound, ValidationError
@@ -21,6 +22,7 @@ _UNUSED_SECRET = "x" * 32
 async def create_admin(settings: BackendSettings, username: str, password: str) -> dict[str, Any]:
     """A new user with the admin role (the first admin of a fresh installation)."""
     username, password = check_credentials({"username": username, "password": password})
+    check_new_password(username, password)
     store = Store(settings.mongo_uri, settings.mongo_db, settings.mongo_timeout)
     redis: Redis = Redis.from_url(settings.redis_url)
     zk = ZK(settings.zk_hosts, settings.zk_root, timeout=settings.zk_timeout)
@@ -47,8 +49,6 @@ async def set_role(settings: BackendSettings, username: str, role: str) -> dict[
         user = await store.find_user(username.lower())
         if user is None:
             raise NotFound(f"no user named {username!r}", code="user_not_found")
-        updated = await store.update_user(user["_id"], {"$set": {"role": role}})
-        assert updated is not None
-        return updated
+        return await change_role(store, user["_id"], role)  # never the last admin
     finally:
         await store.stop()

@@ -12,7 +12,10 @@ from aiohttp import web
 
 from comment_service import browser, moderation_routes
 from comment_service.auth import check_credentials, public_user
+from comment_service.idempotency import HEADER as IDEMPOTENCY_HEADER
+from comment_service.idempotency import parse_key
 from comment_service.openapi import openapi_document
+from comment_service.passwords import check_new_password
 from comment_service.reactions import EMOJI
 from comment_service.routing import (
     SERVER_KEY,
@@ -124,22 +127,26 @@ async def register(request: web.Request) -> web.Response:
                                       server.settings.register_limit_ip))  # fmt: skip
     body = await json_object(request, 4096, frozenset({"username", "password"}))
     username, password = check_credentials(body)
+    check_new_password(username, password)  # 400 weak_password, saying why
     user = await server.accounts.register(username, password, server.comments.ids)
     return _session(request, user, 201)
 
 
 async def login(request: web.Request) -> web.Response:
+    """Log in; failures lock the (account, address) pair, not the account.
+
+    An unknown username and a wrong password get the same answer, byte for
+    byte, after the same password-hash work (see ``Accounts.login``), and the
+    locks below treat both alike.
+    """
     server = server_of(request)
     body = await json_object(request, 4096, frozenset({"username", "password"}))
     username, password = check_credentials(body)
-    s = server.settings
-    await limit(
-        request,
-        "login attempts",
-        (f"login-account:{username.lower()}", s.login_limit_account),
-        (f"login-ip:{client_ip(request)}", s.login_limit_ip),
+    attempt = await server.limiter.login_attempt(
+        username.lower(), client_ip(request), server.login_limits
     )
     user = await server.accounts.login(username, password)
+    await server.limiter.login_succeeded(attempt)
     return _session(request, user, 200)
 
 
@@ -183,7 +190,10 @@ async def post_comment(request: web.Request) -> web.Response:
     )
     text = comment_text(body.get("text"), server.settings.max_comment_chars)
     parent_id = optional_id(body.get("parent_id"), "parent_id")
-    posted = await server.comments.post(principal, video_id, text, parent_id, client_ip(request))
+    key = parse_key(request.headers.get(IDEMPOTENCY_HEADER))  # a retry gets the first answer
+    posted = await server.comments.post(
+        principal, video_id, text, parent_id, client_ip(request), idempotency_key=key
+    )
     if posted.held:
         return json_response(events.comment_json(posted.doc), 202)
     return json_response(events.comment_json(posted.doc), 201)

@@ -15,7 +15,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from livecomments.errors import Forbidden, NotFound, Unauthorized, Unavailable, ValidationError
+from livecomments.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    ValidationError,
+)
 from livecomments.ids import Snowflake, parse_id
 from livecomments.store import Store, utcnow
 
@@ -194,12 +201,46 @@ class Accounts:
         return user  # type: ignore[return-value]
 
     async def set_role(self, user_id: int, role: str) -> dict[str, Any]:
-        if role not in RANK:
-            raise ValidationError(f"roles are {', '.join(ROLES)}", code="invalid_role")
-        user = await self._store.update_user(user_id, {"$set": {"role": role}})
+        return await change_role(self._store, user_id, role)
+
+
+ROLE_LOCK = "roles"  # the store lease every role change holds (API and CLI alike)
+ROLE_LOCK_SECONDS = 10.0  # a crashed holder frees it after this long
+ROLE_LOCK_WAIT = 5.0  # a change waits this long for the lease, then answers 503
+
+
+async def change_role(store: Store, user_id: int, role: str) -> dict[str, Any]:
+    """Give ``user_id`` the ``role``, but never demote the last admin (409 ``last_admin``).
+
+    Counting the admins and changing the role are two store operations, so every
+    role change holds one lease in the store while it does both: two admins
+    demoting each other at the same moment are serialized, and the second sees
+    one admin left. The lease lives in the store, not Redis, because the CLI
+    (``livecomments users set-role``) changes roles with only the store at hand.
+    """
+    if role not in RANK:
+        raise ValidationError(f"roles are {', '.join(ROLES)}", code="invalid_role")
+    holder = secrets.token_hex(8)
+    deadline = time.monotonic() + ROLE_LOCK_WAIT
+    while not await store.try_lock(ROLE_LOCK, holder, ROLE_LOCK_SECONDS):
+        if time.monotonic() > deadline:
+            raise Unavailable("another role change is in progress; try again")
+        await asyncio.sleep(0.02 + secrets.randbelow(30) / 1000)
+    try:
+        user = await store.get_user(user_id)
         if user is None:
             raise NotFound("no such user", code="user_not_found")
-        return user
+        if user.get("role") == "admin" and role != "admin":
+            if await store.count_users({"role": "admin"}) <= 1:
+                raise Conflict(
+                    "this is the last admin: make another admin first", code="last_admin"
+                )
+        updated = await store.update_user(user_id, {"$set": {"role": role}})
+        if updated is None:
+            raise NotFound("no such user", code="user_not_found")
+        return updated
+    finally:
+        await store.unlock(ROLE_LOCK, holder)
 
 
 def public_user(user: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from comment_service.admission import Admission, Ticket
 from comment_service.auth import Principal
 from comment_service.dispatch import DispatchClient
 from comment_service.filter import ContentFilter, Verdict
+from comment_service.idempotency import Idempotency, fingerprint
 from comment_service.limits import Limiter
 from comment_service.policy import Policies
 from comment_service.recent import REPLY_PREVIEW, RecentCache
@@ -64,6 +65,7 @@ class Comments:
         admission: Admission,
         recent: RecentCache,
         revoked_key: Callable[[str], str],
+        idempotency: Idempotency | None = None,
     ) -> None:
         self._store = store
         self._sequencer = sequencer
@@ -75,6 +77,7 @@ class Comments:
         self._revoked_key = revoked_key
         self._admission = admission
         self._recent = recent
+        self._idempotency = idempotency
         self._settled: Batcher[dict[str, Any], None] = Batcher(recent.settle, max_batch=1000)
         self.page_reads: Counter[str] = Counter()  # history pages answered by cache / store
         self.dispatch_failures = 0
@@ -86,13 +89,96 @@ class Comments:
     # -- posting --------------------------------------------------------------
 
     async def post(
-        self, author: Principal, video_id: str, text: str, parent_id: int | None, ip: str
+        self,
+        author: Principal,
+        video_id: str,
+        text: str,
+        parent_id: int | None,
+        ip: str,
+        idempotency_key: str | None = None,
     ) -> Posted:
         """Filter, admit, then persist and dispatch a comment (or hold it for review).
 
         Once this returns, the comment is durable: if the dispatch fails, RTMS
-        nodes still find it in the store when they notice the seq gap.
+        nodes still find it in the store when they notice the seq gap. With an
+        ``idempotency_key``, a retry gets the first attempt's comment (see
+        ``idempotency.py``).
         """
+        if idempotency_key is not None and self._idempotency is not None:
+            return await self._post_once(author, video_id, text, parent_id, ip, idempotency_key)
+        return await self._post(author, video_id, text, parent_id, ip, self.ids.next_id())
+
+    async def _post_once(
+        self,
+        author: Principal,
+        video_id: str,
+        text: str,
+        parent_id: int | None,
+        ip: str,
+        key: str,
+    ) -> Posted:
+        """``_post`` under an idempotency key: before anything else (the parent check,
+        the filter, admission), a retry of a post that went through gets its answer."""
+        assert self._idempotency is not None
+        claim = await self._idempotency.claim(
+            user_id=author.user_id,
+            video_id=video_id,
+            key=key,
+            fingerprint=fingerprint(text, parent_id),
+            new_id=self.ids.next_id(),
+            revoked_key=self._revoked_key(author.token_id),
+        )
+        if claim.state == "done":
+            found = await self._find_posted(video_id, claim.comment_id, held=claim.status == 202)
+            if found is None:
+                raise NotFound("the comment posted with this key is gone", code="comment_not_found")
+            return found
+        if claim.state == "resume":  # an earlier attempt failed or died: did it store it?
+            found = await self._find_posted(video_id, claim.comment_id, held=None)
+            if found is not None:
+                await self._idempotency.finish(claim, ok=True, status=202 if found.held else 201)
+                return found
+        try:
+            posted = await self._post(author, video_id, text, parent_id, ip, claim.comment_id)
+        except Conflict as exc:
+            # The same id stored meanwhile: an attempt we took over finished after all.
+            found = None
+            if exc.code == "duplicate_id":
+                found = await self._find_posted(video_id, claim.comment_id, held=False)
+            if found is None:
+                await self._idempotency.finish(claim, ok=False, status=exc.status)
+                raise
+            posted = found
+        except BaseException as exc:
+            status = exc.status if isinstance(exc, LiveCommentsError) else 500
+            await self._idempotency.finish(claim, ok=False, status=status)
+            raise
+        await self._idempotency.finish(claim, ok=True, status=202 if posted.held else 201)
+        return posted
+
+    async def _find_posted(
+        self, video_id: str, comment_id: int, held: bool | None
+    ) -> Posted | None:
+        """The comment a keyed post made, published or held (``held=None``: either)."""
+        if held is not True:
+            doc = await self._store.get_comment(video_id, comment_id)
+            if doc is not None:
+                return Posted(doc, held=False)
+        if held is not False:
+            doc = await self._store.get_held(comment_id)
+            if doc is not None and doc.get("video_id") == video_id:
+                return Posted(doc, held=True)
+        return None
+
+    async def _post(
+        self,
+        author: Principal,
+        video_id: str,
+        text: str,
+        parent_id: int | None,
+        ip: str,
+        comment_id: int,
+    ) -> Posted:
         now = utcnow()  # accepted: the time the event carries (latency probes start here)
         if parent_id is not None:
             await self._check_parent(video_id, parent_id)
@@ -115,7 +201,7 @@ class Comments:
             )
         )
         doc: dict[str, Any] = {
-            "_id": self.ids.next_id(),
+            "_id": comment_id,
             "video_id": video_id,
             "user_id": author.user_id,
             "author": author.username,

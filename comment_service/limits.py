@@ -13,12 +13,15 @@ import functools
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from livecomments.errors import Forbidden, LiveCommentsError, Unauthorized, Unavailable
+
+if TYPE_CHECKING:
+    from livecomments.settings import CommentServiceSettings
 
 
 class TooManyRequests(LiveCommentsError):
@@ -145,6 +148,116 @@ end
 ADMIT_KEYS = 10
 ADMIT_ARGS = 6
 
+# Login attempts. K: 1 the address's attempt bucket, 2 the (account, address)
+# failure bucket, 3 the account's failure bucket (every address), 4 the
+# account's back-off gate, 5 its back-off level, 6 the "this address logged in
+# to this account before" mark. A: the three buckets' cap and rate, then the
+# back-off's first and longest delay (ms). Every admitted attempt is counted as a
+# failure at once (a success gives it back), so concurrent guesses cannot slip
+# past the lock while the password hash is being checked. Returns verdict, ms:
+# ok, locked (this pair), backoff (the account, from an address never used for
+# it), rate_ip.
+_LOGIN = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local function level(key, cap, rate)
+  local v = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens, ts = tonumber(v[1]), tonumber(v[2])
+  if tokens == nil or ts == nil then tokens, ts = cap, now end
+  return math.min(cap, tokens + math.max(0, now - ts) * rate)
+end
+local function store(key, tokens, cap, rate)
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(cap / rate) + 1000)
+end
+local cap, rate = {}, {}
+for i = 1, 3 do cap[i], rate[i] = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i]) end
+local ip = level(KEYS[1], cap[1], rate[1])
+local pair = level(KEYS[2], cap[2], rate[2])
+local account = level(KEYS[3], cap[3], rate[3])
+if pair < 1 then return {'locked', math.ceil((1 - pair) / rate[2])} end
+local known = redis.call('EXISTS', KEYS[6]) == 1
+if not known then
+  local gate = redis.call('PTTL', KEYS[4])
+  if gate > 0 then return {'backoff', gate} end
+end
+if ip < 1 then return {'rate_ip', math.ceil((1 - ip) / rate[1])} end
+store(KEYS[1], ip - 1, cap[1], rate[1])
+store(KEYS[2], pair - 1, cap[2], rate[2])
+if account >= 1 then
+  store(KEYS[3], account - 1, cap[3], rate[3])
+elseif not known then
+  -- Over the account-wide threshold: each attempt from an unknown address
+  -- doubles the wait before the next one may start, up to the longest delay.
+  local n = redis.call('INCR', KEYS[5])
+  redis.call('PEXPIRE', KEYS[5], math.ceil(cap[3] / rate[3]))
+  local delay = math.min(tonumber(ARGV[8]), tonumber(ARGV[7]) * 2 ^ math.min(n - 1, 30))
+  redis.call('SET', KEYS[4], '1', 'PX', math.max(1, math.floor(delay)))
+end
+return {'ok', 0}
+"""
+
+# A login succeeded: the pair's failures are forgotten, the account bucket gets
+# the attempt back, and the address is remembered as the owner's (exempt from
+# the account-wide back-off). K: 2, 3 and 6 of _LOGIN. A: account cap, the
+# mark's lifetime (ms).
+_LOGIN_OK = """
+redis.call('DEL', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local tokens = tonumber(redis.call('HGET', KEYS[2], 'tokens') or ARGV[1])
+  redis.call('HSET', KEYS[2], 'tokens', tostring(math.min(tonumber(ARGV[1]), tokens + 1)))
+end
+redis.call('SET', KEYS[3], '1', 'PX', tonumber(ARGV[2]))
+return 1
+"""
+
+_LOGIN_REFUSALS: dict[str, tuple[str, str]] = {
+    "locked": (
+        "login_locked",
+        "too many failed logins to this account from your address; try again later",
+    ),
+    "backoff": (
+        "login_backoff",
+        "too many failed logins to this account; wait before trying again",
+    ),
+    "rate_ip": ("rate_limited", "too many login attempts from your address; try again later"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LoginLimits:
+    """Failed logins per (account, address) lock that pair; per account they slow
+    down addresses the account never logged in from; attempts per address."""
+
+    pair: Rate
+    ip: Rate
+    account: Rate
+    backoff_first: float  # seconds
+    backoff_max: float  # seconds
+    known_address: float  # seconds an address stays the owner's after a login
+
+    @classmethod
+    def from_settings(cls, settings: CommentServiceSettings) -> LoginLimits:
+        """From a ``CommentServiceSettings``' ``login_*`` fields."""
+        return cls(
+            pair=Rate.parse(settings.login_limit_account),
+            ip=Rate.parse(settings.login_limit_ip),
+            account=Rate.parse(settings.login_backoff_account),
+            backoff_first=settings.login_backoff_first,
+            backoff_max=settings.login_backoff_max,
+            known_address=settings.login_known_address_days * 86400.0,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LoginAttempt:
+    """An admitted attempt; ``Limiter.login_succeeded`` gives it back on success."""
+
+    keys: tuple[str, str, str]
+    account_cap: int
+    known_ms: int
+
+
 _REFUSALS: dict[str, tuple[str, str]] = {
     "slow_mode": ("slow_mode", "slow mode is on: wait before commenting again"),
     "duplicate": ("duplicate_message", "you sent the same message a moment ago"),
@@ -167,6 +280,8 @@ class Limiter:
         self._redis = redis
         self._prefix = prefix
         self._buckets = redis.register_script(_BUCKETS)
+        self._login = redis.register_script(_LOGIN)
+        self._login_ok = redis.register_script(_LOGIN_OK)
 
     def key(self, *parts: str | int) -> str:
         return self._prefix + ":".join(str(p) for p in parts)
@@ -183,6 +298,44 @@ class Limiter:
             raise Unavailable(f"rate limiter: {exc}") from exc
         if int(worst):
             raise TooManyRequests(f"too many {what}; try again later", int(wait))
+
+    async def login_attempt(self, account: str, ip: str, limits: LoginLimits) -> LoginAttempt:
+        """Admit one login attempt to ``account`` (lower case) from ``ip``, or raise 429.
+
+        The same answer whether or not the account exists, so a lock tells
+        nobody which usernames are taken.
+        """
+        keys = [
+            self.key("rl", "login-ip", ip),
+            self.key("rl", "login-fail", account, ip),
+            self.key("rl", "login-account", account),
+            self.key("login-gate", account),
+            self.key("login-level", account),
+            self.key("login-known", account, ip),
+        ]
+        args: list[Any] = []
+        for rate in (limits.ip, limits.pair, limits.account):
+            args += [rate.capacity, repr(rate.per_ms)]
+        args += [int(limits.backoff_first * 1000), int(limits.backoff_max * 1000)]
+        try:
+            verdict, ms = await self._login(keys=keys, args=args)
+        except RedisError as exc:
+            raise Unavailable(f"rate limiter: {exc}") from exc
+        verdict = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+        if verdict != "ok":
+            code, message = _LOGIN_REFUSALS[verdict]
+            raise TooManyRequests(message, int(ms), code=code)
+        return LoginAttempt(
+            (keys[1], keys[2], keys[5]), limits.account.capacity, int(limits.known_address * 1000)
+        )
+
+    async def login_succeeded(self, attempt: LoginAttempt) -> None:
+        try:
+            await self._login_ok(
+                keys=list(attempt.keys), args=[attempt.account_cap, attempt.known_ms]
+            )
+        except RedisError as exc:
+            raise Unavailable(f"rate limiter: {exc}") from exc
 
     def duplicate_key(self, user_id: int, video_id: str, text: str) -> str:
         digest = hashlib.blake2b(text.casefold().encode(), digest_size=12).hexdigest()

@@ -164,16 +164,24 @@ async def put_ban(request: web.Request) -> web.Response:
     if target is None:
         raise NotFound("no such user", code="user_not_found")
     actor = await server.store.get_user(principal.user_id)
-    actor_rank = RANK[(actor or {}).get("role", "viewer")]
-    if RANK[target.get("role", "viewer")] >= min(actor_rank, RANK["admin"]):
+    actor_role = (actor or {}).get("role", "viewer")
+    if RANK[target.get("role", "viewer")] >= min(RANK[actor_role], RANK["admin"]):
         raise Forbidden("you cannot ban a user with this role", code="forbidden")
-    doc = await server.policies.ban(scope, target, seconds, reason, principal.user_id)
+    doc = await server.policies.ban(
+        scope, target, seconds, reason, principal.user_id, by_role=actor_role
+    )
     return json_response(ban_json(doc))
 
 
 async def delete_ban(request: web.Request) -> web.Response:
-    await _moderator(request)
-    found = await server_of(request).policies.unban(_scope(request), path_id(request, "user_id"))
+    """Lift a ban; a moderator cannot lift one an admin set (403 ``ban_set_by_admin``)."""
+    server = server_of(request)
+    principal = await _moderator(request)
+    actor = await server.store.get_user(principal.user_id)
+    actor_role = (actor or {}).get("role", "viewer")
+    found = await server.policies.unban(
+        _scope(request), path_id(request, "user_id"), by_role=actor_role
+    )
     if not found:
         raise NotFound("that user is not banned here", code="ban_not_found")
     return web.Response(status=204)

@@ -13,8 +13,11 @@ import functools
 from typing import Any
 
 from comment_service.auth import ROLES
+from comment_service.idempotency import HEADER as IDEMPOTENCY_HEADER
+from comment_service.idempotency import KEY_PATTERN as IDEMPOTENCY_KEY
 from comment_service.moderation import REPORT_REASONS, REPORT_STATES
 from comment_service.moderation_routes import MAX_BAN_SECONDS
+from comment_service.passwords import MIN_LENGTH as MIN_PASSWORD
 from comment_service.reactions import EMOJI
 from comment_service.recent import REPLY_PREVIEW
 from livecomments import __version__, events
@@ -302,6 +305,12 @@ def _schemas(settings: CommentServiceSettings) -> dict[str, Schema]:
                 "video_id": _nullable(_ref("VideoId")),
                 "reason": {"type": "string", "maxLength": 200},
                 "banned_by": _ref("Id"),
+                "banned_by_role": {
+                    "type": ["string", "null"],
+                    "enum": [*ROLES, None],
+                    "description": "The role of who set it, then (null for older bans). Only "
+                    "an admin can change or lift a ban an admin set.",
+                },
                 "created_at": {"type": "string", "format": "date-time"},
                 "expires_at": {
                     "type": ["string", "null"],
@@ -375,6 +384,23 @@ def _schemas(settings: CommentServiceSettings) -> dict[str, Schema]:
                     "description": "3-32 letters, digits or underscores; unique ignoring case.",
                 },
                 "password": {"type": "string", "minLength": 8, "maxLength": 128},
+            }
+        ),
+        "NewAccount": _object(
+            {
+                "username": {
+                    "type": "string",
+                    "pattern": USERNAME_PATTERN,
+                    "description": "3-32 letters, digits or underscores; unique ignoring case.",
+                },
+                "password": {
+                    "type": "string",
+                    "minLength": MIN_PASSWORD,
+                    "maxLength": 128,
+                    "description": f"At least {MIN_PASSWORD} characters, not containing the "
+                    "username, and not one of the 10,000 most common passwords (nor one of "
+                    "them with digits or punctuation added at either end).",
+                },
             }
         ),
         "CommentText": _text(settings.max_comment_chars),
@@ -571,7 +597,7 @@ class _Op:
             409: "Conflicts with the current state",
             413: "The body is too large",
             415: "The body is not application/json",
-            422: "Refused by the content filter",
+            422: "Refused (by the content filter, or a reused idempotency key)",
             429: "Too many requests",
             503: "A backend is unavailable; retry later",
         }
@@ -606,8 +632,8 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
             "post": op("Create an account and log in", "accounts")
             .public()
             .rate(("register_limit_ip", "client IP"))
-            .body("Credentials", SMALL_BODY)
-            .error(400, "invalid_type", "invalid_username", "invalid_password")
+            .body("NewAccount", SMALL_BODY)
+            .error(400, "invalid_type", "invalid_username", "invalid_password", "weak_password")
             .error(409, "username_taken")
             .error(503, *_BACKEND_ERRORS)
             .ok(201, "The new account and its token.", "Session")
@@ -615,10 +641,23 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
         "/api/auth/login": {
             "post": op("Log in", "accounts")
             .public()
-            .rate(("login_limit_account", "username"), ("login_limit_ip", "client IP"))
+            .describe(
+                "An unknown username and a wrong password get the same answer. Failed logins "
+                "to one account from one address lock that pair (429 `login_locked`); failed "
+                f"logins to one account from all addresses past `login_backoff_account` = "
+                f"{s.login_backoff_account} make addresses the account has not logged in "
+                f"from (in the last {s.login_known_address_days:g} days) wait between "
+                f"attempts, {s.login_backoff_first:g} s doubling up to "
+                f"{s.login_backoff_max:g} s (429 `login_backoff`)."
+            )
+            .rate(
+                ("login_limit_account", "failed login to one username from one client IP"),
+                ("login_limit_ip", "client IP"),
+            )
             .body("Credentials", SMALL_BODY)
             .error(400, "invalid_type", "invalid_username", "invalid_password")
             .error(401, "invalid_credentials")
+            .error(429, "login_locked", "login_backoff")
             .error(503, *_BACKEND_ERRORS)
             .ok(200, "The account and a new token.", "Session")
         },
@@ -648,16 +687,33 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
                 "and admins skip the filter, slow mode and duplicate suppression "
                 f"(same text within {s.duplicate_window:g} s)."
             )
-            .params(VIDEO)
+            .describe(
+                f"With an `{IDEMPOTENCY_HEADER}`, a retry (same user, video and key, within "
+                f"`idempotency_window` = {s.idempotency_window:g} s) gets the first attempt's "
+                "comment and status instead of a second comment, without meeting the rate "
+                "limits again; 409 `idempotency_in_flight` (with Retry-After) while the first "
+                "attempt is still running; 422 `idempotency_key_reused` for another text or "
+                "parent under the same key. After a failed attempt the key may be retried."
+            )
+            .params(
+                VIDEO,
+                _param(
+                    IDEMPOTENCY_HEADER,
+                    "header",
+                    {"type": "string", "pattern": "^" + IDEMPOTENCY_KEY.pattern + "$"},
+                    "A key the client makes for this comment (a UUID, say) and sends again "
+                    "with every retry of it.",
+                ),
+            )
             .auth()
             .rate(("post_limit_user", "user"), ("post_limit_ip", "client IP"))
             .body("NewComment", s.max_body_bytes)
             .error(400, "invalid_type", "empty_text", "text_too_long", "invalid_characters")
-            .error(400, "invalid_id", "nested_reply")
+            .error(400, "invalid_id", "nested_reply", "invalid_idempotency_key")
             .error(403, "banned")
-            .error(404, "parent_not_found")
-            .error(409, "parent_deleted")
-            .error(422, "content_refused")
+            .error(404, "parent_not_found", "comment_not_found")
+            .error(409, "parent_deleted", "idempotency_in_flight")
+            .error(422, "content_refused", "idempotency_key_reused")
             .error(429, "slow_mode", "duplicate_message")
             .ok(201, "Published: viewers receive it live.", "Comment")
             .ok(202, "Held for a moderator's review (status held, no seq yet).", "Comment"),
@@ -899,13 +955,17 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
         },
         "/api/users/{user_id}/role": {
             "put": op("Change a user's role", "moderation")
-            .describe("Admins make moderators and admins, or take the role back; not their own.")
+            .describe(
+                "Admins make moderators and admins, or take the role back; not their own, "
+                "and never the last admin's (409 `last_admin`)."
+            )
             .params(USER)
             .auth("admin")
             .rate(("moderate_limit_user", "user"))
             .body("RoleChange", TINY_BODY)
             .error(400, "invalid_field", "own_account")
             .error(404, "user_not_found")
+            .error(409, "last_admin")
             .ok(200, "The user with the new role.", "UserDetails"),
         },
     }
@@ -932,12 +992,14 @@ def _paths(settings: CommentServiceSettings) -> dict[str, Any]:
             .error(400, "invalid_field", "invalid_type", "empty_text", "text_too_long")
             .error(400, "invalid_characters")
             .error(400, "own_account")
+            .error(403, "ban_set_by_admin")
             .error(404, "user_not_found")
             .ok(200, "The ban.", "Ban"),
             "delete": op(f"Lift a ban or timeout on {scope}", "moderation")
             .params(*scoped, USER)
             .auth("moderator")
             .rate(("moderate_limit_user", "user"))
+            .error(403, "ban_set_by_admin")
             .error(404, "ban_not_found")
             .ok(204, "Lifted."),
         }

@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from comment_service.limits import Limiter
-from livecomments.errors import Unavailable
+from livecomments.errors import Forbidden, Unavailable
 from livecomments.events import iso
 from livecomments.store import Store, utcnow
 
@@ -75,6 +75,7 @@ def ban_json(doc: dict[str, Any]) -> dict[str, Any]:
         "video_id": None if doc["scope"] == GLOBAL else doc["scope"],
         "reason": doc.get("reason") or "",
         "banned_by": str(doc["by"]),
+        "banned_by_role": doc.get("by_role"),
         "created_at": iso(doc["created_at"], "seconds"),
         "expires_at": iso(expires, "seconds"),
     }
@@ -82,6 +83,17 @@ def ban_json(doc: dict[str, Any]) -> dict[str, Any]:
 
 def _settings_json(video_id: str, doc: dict[str, Any]) -> dict[str, Any]:
     return {"video_id": video_id, "slow_mode_seconds": int(doc.get("slow_mode", 0))}
+
+
+def _protected_from(role: str) -> str | None:
+    """The role whose bans ``role`` may not replace or lift (admins may touch any)."""
+    return None if role == "admin" else "admin"
+
+
+def _admins_ban() -> Forbidden:
+    return Forbidden(
+        "an admin set this ban: only an admin can change or lift it", code="ban_set_by_admin"
+    )
 
 
 class Policies:
@@ -133,7 +145,13 @@ class Policies:
         seconds: int | None,
         reason: str,
         by: int,
+        by_role: str = "moderator",
     ) -> dict[str, Any]:
+        """Ban (or replace the ban of) ``user``; who set it and their role are kept.
+
+        A moderator cannot replace a ban an admin set (403 ``ban_set_by_admin``):
+        the check is part of the store write, so it holds against a concurrent admin.
+        """
         now = utcnow()
         doc = {
             "_id": f"{scope}:{user['_id']}",
@@ -142,15 +160,21 @@ class Policies:
             "username": user["username"],
             "reason": reason,
             "by": by,
+            "by_role": by_role,
             "created_at": now,
             "expires_at": now + dt.timedelta(seconds=seconds) if seconds else None,
         }
-        await self._store.put_ban(doc)
+        if not await self._store.put_ban(doc, unless_set_by=_protected_from(by_role)):
+            raise _admins_ban()
         await self._redis_call(self._set_ban_key(doc))
         return doc
 
-    async def unban(self, scope: str, user_id: int) -> bool:
-        found = await self._store.delete_ban(f"{scope}:{user_id}")
+    async def unban(self, scope: str, user_id: int, by_role: str = "moderator") -> bool:
+        """Lift a ban; False if there was none. 403 for a moderator lifting an admin's."""
+        ban_id = f"{scope}:{user_id}"
+        found = await self._store.delete_ban(ban_id, unless_set_by=_protected_from(by_role))
+        if not found and _protected_from(by_role) and await self._store.get_ban(ban_id):
+            raise _admins_ban()
         await self._redis_call(self._redis.delete(self._limiter.key("ban", scope, user_id)))
         return found
 

@@ -17,7 +17,8 @@ from comment_service.browser import ViewerPage, check_origins, origin_of
 from comment_service.comments import Comments
 from comment_service.dispatch import DispatchClient
 from comment_service.filter import ContentFilter, load_scorer
-from comment_service.limits import Limiter, PostLimits, Rate
+from comment_service.idempotency import Idempotency
+from comment_service.limits import Limiter, LoginLimits, PostLimits, Rate
 from comment_service.moderation import Moderation
 from comment_service.outbox import Outbox
 from comment_service.policy import Policies
@@ -91,6 +92,7 @@ class CommentServer:
             Rate.parse(settings.post_limit_ip),
             settings.duplicate_window,
         )
+        self.login_limits = LoginLimits.from_settings(settings)  # parsed once, checked at start
         for spec in (settings.login_limit_account, settings.login_limit_ip,
                      settings.register_limit_ip, settings.react_limit_user,
                      settings.report_limit_user, settings.moderate_limit_user,
@@ -168,6 +170,7 @@ class CommentServer:
             admission=Admission(self.redis, self.limiter, self.sequencer, self.post_limits),
             recent=self.recent,
             revoked_key=self.accounts.revoked_key,
+            idempotency=Idempotency(self.redis, s.redis_prefix, s.idempotency_window),
         )
         self.moderation = Moderation(self.store, self.comments, ids, s.flag_threshold)
         self.reactions.start()

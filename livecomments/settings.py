@@ -122,8 +122,20 @@ class CommentServiceSettings(BackendSettings):
     # every replica through Redis. Posting follows Twitch's 20 messages / 30 s.
     post_limit_user: str = "20/30"
     post_limit_ip: str = "60/30"  # several users may share an address (NAT, campus)
+    # Logins: failed attempts to one account from one address lock that pair
+    # (429 login_locked); attempts from one address to any account are a bucket.
     login_limit_account: str = "10/300"
     login_limit_ip: str = "30/300"
+    # Failed logins to one account from every address together: past this bucket,
+    # addresses the account never logged in from must wait between attempts, a
+    # wait that doubles from login_backoff_first up to login_backoff_max seconds
+    # (429 login_backoff). It slows a spray from many addresses without locking
+    # the owner out: their own addresses (a login within login_known_address_days)
+    # are exempt, and a new one waits at most login_backoff_max.
+    login_backoff_account: str = "100/300"
+    login_backoff_first: float = 1.0
+    login_backoff_max: float = 60.0
+    login_known_address_days: float = 30.0
     register_limit_ip: str = "10/3600"
     react_limit_user: str = "60/30"
     report_limit_user: str = "10/60"
@@ -134,6 +146,11 @@ class CommentServiceSettings(BackendSettings):
     # address (NAT, campus), hence the large burst.
     history_limit_ip: str = "600/60"
     history_limit_user: str = "300/60"
+    # Idempotency-Key on posts: a retry with the same key (same user and video)
+    # within this many seconds gets the first answer instead of a second comment.
+    # 24 h, as Stripe: a phone that queued a post offline may retry hours later,
+    # and a keyed post costs ~150 bytes of Redis for that long.
+    idempotency_window: float = 86400.0
     duplicate_window: float = 30.0  # same text from the same user on a video is refused this long
     max_slow_mode: int = 3600  # seconds; the longest slow mode a moderator may set
     # The content filter: a scorer ("" = the built-in word list and patterns, or

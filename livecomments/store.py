@@ -300,13 +300,25 @@ class Store:
 
     # -- bans ---------------------------------------------------------------------
 
-    async def put_ban(self, doc: Doc) -> None:
-        with _guard():
-            await self._col("bans").replace_one({"_id": doc["_id"]}, doc, upsert=True)
+    async def put_ban(self, doc: Doc, *, unless_set_by: str | None = None) -> bool:
+        """Store or replace a ban; False (nothing written) when the ban in place, still
+        running, was set by a user of role ``unless_set_by`` (one conditional write)."""
+        query: Doc = {"_id": doc["_id"], **_not_protected(unless_set_by)}
+        try:
+            with _guard():
+                await self._col("bans").replace_one(query, doc, upsert=True)
+        except DuplicateKeyError:
+            return False  # the upsert met the protected ban's _id
+        return True
 
-    async def delete_ban(self, ban_id: str) -> bool:
+    async def get_ban(self, ban_id: str) -> Doc | None:
         with _guard():
-            result = await self._col("bans").delete_one({"_id": ban_id})
+            return await self._col("bans").find_one({"_id": ban_id})
+
+    async def delete_ban(self, ban_id: str, *, unless_set_by: str | None = None) -> bool:
+        query: Doc = {"_id": ban_id, **_not_protected(unless_set_by)}
+        with _guard():
+            result = await self._col("bans").delete_one(query)
         return bool(result.deleted_count)
 
     async def active_bans(self, scope: str | None = None) -> list[Doc]:
@@ -361,6 +373,30 @@ class Store:
                 {"_id": user_id}, update, return_document=ReturnDocument.AFTER
             )
 
+    async def count_users(self, query: Doc) -> int:
+        with _guard():
+            return int(await self.users.count_documents(query))
+
+    async def try_lock(self, name: str, holder: str, seconds: float) -> bool:
+        """Take the named lease (a document in ``locks``) unless another holder has
+        it and it has not expired; it expires so that a crashed holder frees it."""
+        now = utcnow()
+        try:
+            with _guard():
+                doc = await self._col("locks").find_one_and_update(
+                    {"_id": name, "until": {"$lt": now}},
+                    {"$set": {"holder": holder, "until": now + dt.timedelta(seconds=seconds)}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+        except DuplicateKeyError:
+            return False  # held: the upsert met the holder's document
+        return doc is not None and doc.get("holder") == holder
+
+    async def unlock(self, name: str, holder: str) -> None:
+        with _guard():
+            await self._col("locks").delete_one({"_id": name, "holder": holder})
+
     async def flagged_users(self, *, limit: int) -> list[Doc]:
         with _guard():
             cursor = self.users.find({"flagged": True}).sort("flagged_at", DESCENDING)
@@ -370,6 +406,13 @@ class Store:
 def void_id(video_id: str, seq: int) -> str:
     """The ``_id`` of the void at ``(video_id, seq)``: one per seq, never a comment's id."""
     return f"void:{video_id}:{seq}"
+
+
+def _not_protected(role: str | None) -> Doc:
+    """A ban filter: not set by ``role``, or already over (None: any ban)."""
+    if role is None:
+        return {}
+    return {"$or": [{"by_role": {"$ne": role}}, {"expires_at": {"$lte": utcnow()}}]}
 
 
 @contextlib.contextmanager

@@ -224,7 +224,9 @@ async def test_accounts_validate_and_refuse_bad_credentials(api: Api) -> None:
     name = unique("acct")
     await api.register(name, "right password")
     status, body, _ = await api.request(
-        "POST", "/api/auth/register", json={"username": name.upper(), "password": "whatever123"}
+        "POST",
+        "/api/auth/register",
+        json={"username": name.upper(), "password": "whatever it takes"},
     )
     assert (status, body["error"]["code"]) == (409, "username_taken")
     status, body, _ = await api.request(

@@ -25,6 +25,7 @@ import orjson
 from livecomments import events
 from livecomments.errors import LiveCommentsError
 from livecomments.pb import livecomments_pb2 as pb
+from rtms.wire import Refusals
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ HEARTBEAT = b": hb\n\n"
 # batch does not read as a storm, short enough to follow a video within seconds.
 RATE_TAU = 1.0
 VIRAL_EXIT = 0.5  # leave viral mode below this fraction of the threshold
+MAX_HELD = 1024  # events of an unconfirmed epoch held per video; the store fills the rest
 
 
 class Transport(Protocol):
@@ -193,6 +195,8 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.viewer_count = 0
         self.stats = Stats()
+        self.refusals = Refusals()  # events refused from the wire (rtms/wire.py, epochs)
+        self._held: dict[Channel, list[pb.Event]] = {}  # other epochs, until confirmed
 
     # -- viewers ------------------------------------------------------------
 
@@ -369,18 +373,12 @@ class Hub:
         return accepted, duplicates, unhosted
 
     def _offer(self, channel: Channel, event: pb.Event, frames: list[bytes]) -> bool:
-        if channel.epoch is None:
-            channel.epoch = event.epoch
-        elif event.epoch != channel.epoch:
-            if event.epoch < channel.epoch:
+        if event.epoch != channel.epoch:
+            if channel.epoch is not None and event.epoch < channel.epoch:
                 return False  # a straggler from before the counter was re-created
-            # The counter was re-created: seqs may repeat. Start over from here and
-            # tell viewers to reload history.
-            frames.append(reset_frame("epoch_changed", event.epoch))
-            channel.epoch = event.epoch
-            channel.last_seq = event.seq - 1
-            channel.ring.clear()
-            channel.pending.clear()
+            # A new epoch resets the video for every viewer, so the wire's word is
+            # not enough: hold the event until Redis says the epoch is current.
+            return self._hold(channel, event)
         seq = event.seq
         if seq <= channel.last_seq or seq in channel.pending:
             return False
@@ -391,6 +389,55 @@ class Hub:
             channel.pending[seq] = (event.frame, event.target_seq)
             self._request_fill(channel)
         return True
+
+    def _hold(self, channel: Channel, event: pb.Event) -> bool:
+        """Keep ``event`` (another epoch) until :meth:`_confirm_epoch` has asked Redis."""
+        held = self._held.get(channel)
+        if held is None:
+            held = self._held[channel] = []
+            self._spawn(self._confirm_epoch(channel))
+        if len(held) >= MAX_HELD:
+            self.refusals.add("epoch", event)
+            return False
+        held.append(event)
+        return True
+
+    async def _confirm_epoch(self, channel: Channel) -> None:
+        """Adopt the held events' epoch if it is the video's current one; drop the rest.
+
+        One Redis read per epoch change (or per forgery), none while the epochs
+        match. The counter was re-created: seqs may repeat, so the channel starts
+        over at the first held event and viewers are told to reload history.
+        """
+        current: int | None = None
+        for attempt in range(3):
+            try:
+                current = (await self._backend.head(channel.video_id))[1]
+                break
+            except LiveCommentsError as exc:
+                log.warning("epoch check for %s failed: %s", channel.video_id, exc)
+                await asyncio.sleep(0.1 * (attempt + 1))
+        held = sorted(self._held.pop(channel, ()), key=lambda e: e.seq)
+        if self.channels.get(channel.video_id) is not channel:
+            return
+        frames: list[bytes] = []
+        refused = [e for e in held if current is None or e.epoch != current]
+        for event in held:
+            if current is None or event.epoch != current:
+                continue
+            if channel.epoch is not None and event.epoch != channel.epoch:
+                if event.epoch < channel.epoch:
+                    continue
+                frames.append(reset_frame("epoch_changed", event.epoch))
+                channel.last_seq = event.seq - 1
+                channel.ring.clear()
+                channel.pending.clear()
+            channel.epoch = event.epoch
+            self._offer(channel, event, frames)  # counted as accepted when it was held
+        if refused:
+            self.refusals.add("epoch", refused[0], n=len(refused))
+        if frames:
+            self._queue(channel, frames)
 
     def _accept(
         self, channel: Channel, seq: int, frame: bytes, frames: list[bytes], target: int = 0

@@ -221,11 +221,11 @@ class Cluster:
         port, grpc_port = self._port(8801, index), self._port(9801, index)
         env = {
             **self.grpc_env(RTMS),
+            "LIVECOMMENTS_GRPC_HOST": "127.0.0.1",  # loopback: only our own processes
             **self.base_env(),
             **self._tls_env(),
             "LIVECOMMENTS_NODE_ID": f"rtms-{index}",
             "LIVECOMMENTS_PORT": str(port),
-            "LIVECOMMENTS_GRPC_HOST": "127.0.0.1",  # loopback: only our own processes
             "LIVECOMMENTS_GRPC_PORT": str(grpc_port),
             "LIVECOMMENTS_CORS_ORIGINS": ",".join(self.comment_origins()),
         }

@@ -410,14 +410,20 @@ class Hub:
         over at the first held event and viewers are told to reload history.
         """
         current: int | None = None
-        for attempt in range(3):
-            try:
-                current = (await self._backend.head(channel.video_id))[1]
-                break
-            except LiveCommentsError as exc:
-                log.warning("epoch check for %s failed: %s", channel.video_id, exc)
-                await asyncio.sleep(0.1 * (attempt + 1))
-        held = sorted(self._held.pop(channel, ()), key=lambda e: e.seq)
+        try:
+            for attempt in range(3):
+                try:
+                    current = (await self._backend.head(channel.video_id))[1]
+                    break
+                except LiveCommentsError as exc:
+                    await asyncio.sleep(0.1 * (attempt + 1))
+                    if attempt == 2:
+                        # Unconfirmed: dropped (counted with the refusals). The next
+                        # event of that epoch asks again, and its reset sends viewers
+                        # to the store's history, which has these events.
+                        log.warning("epoch check for %s failed: %s", channel.video_id, exc)
+        finally:  # whatever happens, the next other-epoch event starts a new check
+            held = sorted(self._held.pop(channel, ()), key=lambda e: e.seq)
         if self.channels.get(channel.video_id) is not channel:
             return
         frames: list[bytes] = []

@@ -35,6 +35,7 @@ HEARTBEAT = b": hb\n\n"
 RATE_TAU = 1.0
 VIRAL_EXIT = 0.5  # leave viral mode below this fraction of the threshold
 MAX_HELD = 1024  # events of an unconfirmed epoch held per video; the store fills the rest
+MAX_AHEAD = 1024  # a seq further ahead of the last delivered one is confirmed with Redis
 
 
 class Transport(Protocol):
@@ -372,7 +373,9 @@ class Hub:
         self.stats.unhosted += unhosted
         return accepted, duplicates, unhosted
 
-    def _offer(self, channel: Channel, event: pb.Event, frames: list[bytes]) -> bool:
+    def _offer(
+        self, channel: Channel, event: pb.Event, frames: list[bytes], confirmed: bool = False
+    ) -> bool:
         if event.epoch != channel.epoch:
             if channel.epoch is not None and event.epoch < channel.epoch:
                 return False  # a straggler from before the counter was re-created
@@ -385,13 +388,18 @@ class Hub:
         if seq == channel.last_seq + 1:
             self._accept(channel, seq, event.frame, frames, event.target_seq)
             self._drain(channel, frames)
+        elif seq - channel.last_seq > MAX_AHEAD and not confirmed:
+            # Far ahead: once the gap was skipped, every real event would be a
+            # "duplicate". Redis must have handed that seq out already.
+            return self._hold(channel, event)
         else:
             channel.pending[seq] = (event.frame, event.target_seq)
             self._request_fill(channel)
         return True
 
     def _hold(self, channel: Channel, event: pb.Event) -> bool:
-        """Keep ``event`` (another epoch) until :meth:`_confirm_epoch` has asked Redis."""
+        """Keep ``event`` (another epoch, or far ahead) until :meth:`_confirm_epoch`
+        has asked Redis."""
         held = self._held.get(channel)
         if held is None:
             held = self._held[channel] = []
@@ -403,17 +411,20 @@ class Hub:
         return True
 
     async def _confirm_epoch(self, channel: Channel) -> None:
-        """Adopt the held events' epoch if it is the video's current one; drop the rest.
+        """Adopt the held events' epoch if it is the video's current one and their
+        seqs were handed out (at most the head); drop the rest.
 
-        One Redis read per epoch change (or per forgery), none while the epochs
-        match. The counter was re-created: seqs may repeat, so the channel starts
-        over at the first held event and viewers are told to reload history.
+        One Redis read per epoch change, big jump (or forgery), none while the
+        epochs match and seqs follow on. On a new epoch the counter was
+        re-created: seqs may repeat, so the channel starts over at the first held
+        event and viewers are told to reload history.
         """
         current: int | None = None
+        head = 0
         try:
             for attempt in range(3):
                 try:
-                    current = (await self._backend.head(channel.video_id))[1]
+                    head, current = await self._backend.head(channel.video_id)
                     break
                 except LiveCommentsError as exc:
                     await asyncio.sleep(0.1 * (attempt + 1))
@@ -427,9 +438,13 @@ class Hub:
         if self.channels.get(channel.video_id) is not channel:
             return
         frames: list[bytes] = []
-        refused = [e for e in held if current is None or e.epoch != current]
+        refused: dict[str, list[pb.Event]] = {"epoch": [], "seq": []}
         for event in held:
             if current is None or event.epoch != current:
+                refused["epoch"].append(event)
+                continue
+            if event.seq > head:
+                refused["seq"].append(event)  # a seq Redis never handed out
                 continue
             if channel.epoch is not None and event.epoch != channel.epoch:
                 if event.epoch < channel.epoch:
@@ -439,9 +454,11 @@ class Hub:
                 channel.ring.clear()
                 channel.pending.clear()
             channel.epoch = event.epoch
-            self._offer(channel, event, frames)  # counted as accepted when it was held
-        if refused:
-            self.refusals.add("epoch", refused[0], n=len(refused))
+            # Counted as accepted when it was held.
+            self._offer(channel, event, frames, confirmed=True)
+        for reason, events_ in refused.items():
+            if events_:
+                self.refusals.add(reason, events_[0], n=len(events_))
         if frames:
             self._queue(channel, frames)
 

@@ -16,8 +16,9 @@ stream. A frame passes only if it is exactly the shape
 
 These are a few byte comparisons and two C-level scans of a frame of a few
 hundred bytes (~2 us per event on the 2-core box, against ~6 us per viewer per
-write for the fan-out); no JSON parse on the hot path. (The epoch is checked by the hub: an
-event whose epoch differs from its video's is held until Redis confirms it.)
+write for the fan-out); no JSON parse on the hot path. (The hub checks the
+rest: an event whose epoch differs from its video's, or whose seq is far ahead
+of it, is held until Redis confirms that seq was handed out in that epoch.)
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ SEQUENCED: dict[int, bytes] = {
     pb.COMMENT_DELETED: b"\nevent: comment.deleted\ndata: {",
 }
 AGGREGATE: dict[int, bytes] = {pb.REACTIONS: b"event: reactions\ndata: {"}
-REASONS = ("kind", "id", "size", "shape", "epoch")
+REASONS = ("kind", "id", "size", "shape", "epoch", "seq")
 
 
 def refusal(event: pb.Event, max_bytes: int) -> str | None:

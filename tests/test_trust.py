@@ -274,6 +274,14 @@ async def test_forged_events_never_reach_viewers_and_the_video_keeps_flowing(
         "epoch": [
             event(f'id: {huge}-2\nevent: comment\ndata: {{"text": "forged"}}\n\n'.encode(), at=huge)
         ],
+        # Far ahead: had it waited for the gap to be skipped, every real event
+        # after it would have been dropped as a duplicate.
+        "seq": [
+            event(
+                f'id: {epoch}-{huge}\nevent: comment\ndata: {{"text": "forged"}}\n\n'.encode(),
+                seq=huge,
+            )
+        ],
     }
     async with cluster.grpc_security(DISPATCHER).channel(rtms_grpc(cluster), RTMS) as channel:
         for batch in forgeries.values():

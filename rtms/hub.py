@@ -197,7 +197,7 @@ class Hub:
         self.viewer_count = 0
         self.stats = Stats()
         self.refusals = Refusals()  # events refused from the wire (rtms/wire.py, epochs)
-        self._held: dict[Channel, list[pb.Event]] = {}  # other epochs, until confirmed
+        self._held: dict[Channel, list[pb.Event]] = {}  # other epoch or far ahead: to confirm
 
     # -- viewers ------------------------------------------------------------
 

@@ -25,7 +25,7 @@ async def create_admin(settings: BackendSettings, username: str, password: str) 
     check_new_password(username, password)
     store = Store(settings.mongo_uri, settings.mongo_db, settings.mongo_timeout)
     redis: Redis = Redis.from_url(settings.redis_url)
-    zk = ZK(settings.zk_hosts, settings.zk_root, timeout=settings.zk_timeout)
+    zk = ZK(settings.zk_hosts, settings.zk_root, timeout=settings.zk_timeout, auth=settings.zk_auth)
     lease = WorkerLease(zk)  # user ids are Snowflakes: this process needs a worker id too
     await store.start(create_indexes=True)
     try:

@@ -25,6 +25,7 @@ from tenacity import (
 
 from coord import NodeDirectory
 from livecomments.errors import Unavailable
+from livecomments.grpcauth import DISPATCHER, GrpcSecurity
 from livecomments.pb import livecomments_pb2 as pb
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.rpcstream import RequestStream, StreamChannel
@@ -44,8 +45,11 @@ def _open_stream(channel: Any) -> Any:
 
 
 class DispatchClient:
-    def __init__(self, directory: NodeDirectory, timeout: float) -> None:
+    def __init__(
+        self, directory: NodeDirectory, timeout: float, security: GrpcSecurity | None = None
+    ) -> None:
         self._directory = directory
+        self._security = security
         self._timeout = timeout
         self._replicas: dict[str, _Replica] = {}
         self._retiring: set[asyncio.Task[None]] = set()
@@ -78,6 +82,8 @@ class DispatchClient:
                 name=f"dispatcher {address}",
                 timeout=self._timeout,
                 error=DispatchFailed,
+                security=self._security,
+                peer_role=DISPATCHER,
             )
         return replica.stream()
 

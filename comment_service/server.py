@@ -26,6 +26,7 @@ from comment_service.reactions import Reactions
 from comment_service.recent import RecentCache
 from coord import ZK, NodeDirectory, Placement, Policy
 from coord.membership import WorkerLease
+from livecomments.grpcauth import GrpcSecurity
 from livecomments.ids import Snowflake
 from livecomments.sequencer import Sequencer
 from livecomments.settings import CommentServiceSettings
@@ -49,6 +50,7 @@ class CommentServer:
             settings.zk_root,
             session_timeout=settings.zk_session_timeout,
             timeout=settings.zk_timeout,
+            auth=settings.zk_auth,
         )
         self.store = Store(settings.mongo_uri, settings.mongo_db, settings.mongo_timeout)
         self.redis: Redis = Redis.from_url(
@@ -58,7 +60,9 @@ class CommentServer:
         self.dispatchers = NodeDirectory(self.zk, self.zk.paths.dispatchers)
         self.rtms_nodes = NodeDirectory(self.zk, self.zk.paths.rtms_nodes)
         self.placement = Placement(self.zk, Policy.from_settings(settings), self.rtms_nodes)
-        self.dispatch = DispatchClient(self.dispatchers, settings.dispatch_timeout)
+        self.dispatch = DispatchClient(
+            self.dispatchers, settings.dispatch_timeout, GrpcSecurity.from_settings(settings)
+        )
         self.recent = RecentCache(
             self.redis,
             self.sequencer,

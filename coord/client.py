@@ -15,6 +15,7 @@ from typing import Any
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.retry import KazooRetry
+from kazoo.security import make_digest_acl
 
 from coord.paths import Paths
 from livecomments.errors import CoordinationTimeout, Unavailable
@@ -24,14 +25,42 @@ log = logging.getLogger(__name__)
 StateListener = Callable[[str], None]
 
 
+def zk_security(auth: str) -> dict[str, Any]:
+    """``KazooClient`` arguments for digest credentials ``"user:password"`` ("" = none).
+
+    The session authenticates as that identity, and every znode it creates
+    (``create``, ``ensure_path``, transactions: kazoo's ``default_acl``) gets an
+    ACL giving all permissions to that identity and nothing to anyone else:
+    what the services and the CLI publish is not secret, but anyone able to
+    write it could route comments or viewers elsewhere. The same function
+    serves the services (:class:`ZK`) and the CLI (``livecomments.ops``).
+    """
+    if not auth:
+        return {}
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("LIVECOMMENTS_ZK_AUTH must be 'user:password'")
+    return {
+        "auth_data": [("digest", auth)],
+        "default_acl": [make_digest_acl(user, password, all=True)],
+    }
+
+
 class ZK:
     """One ZooKeeper session per process, shared by every coord recipe."""
 
     def __init__(
-        self, hosts: str, root: str, *, session_timeout: float = 6.0, timeout: float = 5.0
+        self,
+        hosts: str,
+        root: str,
+        *,
+        session_timeout: float = 6.0,
+        timeout: float = 5.0,
+        auth: str = "",
     ) -> None:
         self.paths = Paths(root)
         self.timeout = timeout
+        self._security = zk_security(auth)
         self._hosts = hosts
         self._session_timeout = session_timeout
         self._client: KazooClient | None = None
@@ -54,6 +83,7 @@ class ZK:
             timeout=self._session_timeout,
             # Reconnect forever in the background; each of our calls has its own deadline.
             connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=2.0),
+            **self._security,
         )
         self._client.add_listener(self._on_state)
         event = self._client.start_async()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coord import NodeDirectory, RoutingTable
+from livecomments.grpcauth import RTMS, GrpcSecurity
 from livecomments.pb import livecomments_pb2 as pb
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.rpcstream import StreamChannel
@@ -58,7 +59,9 @@ class _Sender:
     :class:`NodeGone`, and the next batch opens a new stream.
     """
 
-    def __init__(self, node_id: str, address: str, timeout: float) -> None:
+    def __init__(
+        self, node_id: str, address: str, timeout: float, security: GrpcSecurity | None = None
+    ) -> None:
         self.node_id = node_id
         self.address = address
         self._channel: StreamChannel[pb.DeliverRequest, pb.DeliverReply] = StreamChannel(
@@ -67,6 +70,8 @@ class _Sender:
             name=f"{node_id} at {address}",
             timeout=timeout,
             error=NodeGone,
+            security=security,
+            peer_role=RTMS,
         )
         self._queue: collections.deque[_Pending] = collections.deque()
         self._flush_soon: asyncio.Handle | None = None
@@ -125,9 +130,14 @@ class _Sender:
 
 class Router:
     def __init__(
-        self, table: RoutingTable, directory: NodeDirectory, deliver_timeout: float
+        self,
+        table: RoutingTable,
+        directory: NodeDirectory,
+        deliver_timeout: float,
+        security: GrpcSecurity | None = None,
     ) -> None:
         self.table = table
+        self._security = security
         self.directory = directory
         self._timeout = deliver_timeout
         self._senders: dict[str, _Sender] = {}
@@ -149,7 +159,7 @@ class Router:
         address = self.directory.nodes.get(node_id, {}).get("grpc")
         if not isinstance(address, str):
             return None  # hosted but not a live member: its session is gone
-        sender = self._senders[node_id] = _Sender(node_id, address, self._timeout)
+        sender = self._senders[node_id] = _Sender(node_id, address, self._timeout, self._security)
         return sender
 
     def submit(self, events: list[pb.Event]) -> Awaitable[pb.DispatchReply]:

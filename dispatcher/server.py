@@ -10,6 +10,7 @@ import grpc
 from coord import ZK, Membership, NodeDirectory, RoutingTable
 from dispatcher.router import Router
 from dispatcher.service import DispatcherService
+from livecomments.grpcauth import GrpcSecurity
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.rpcstream import SERVER_OPTIONS
 from livecomments.settings import DispatcherSettings, default_node_id
@@ -27,10 +28,13 @@ class DispatcherServer:
             settings.zk_root,
             session_timeout=settings.zk_session_timeout,
             timeout=settings.zk_timeout,
+            auth=settings.zk_auth,
         )
         self.table = RoutingTable(self.zk)
         self.directory = NodeDirectory(self.zk, self.zk.paths.rtms_nodes)
-        self.router = Router(self.table, self.directory, settings.deliver_timeout)
+        # Refuses to start without credentials (or an explicit grpc_insecure).
+        self.security = GrpcSecurity.from_settings(settings)
+        self.router = Router(self.table, self.directory, settings.deliver_timeout, self.security)
         self.membership = Membership(self.zk, self.zk.paths.dispatcher(self.node_id))
         self._grpc: grpc.aio.Server | None = None
         self._started = False
@@ -44,8 +48,10 @@ class DispatcherServer:
         await self.directory.start()
         await self.table.start()
         self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
-        pb_grpc.add_DispatcherServicer_to_server(DispatcherService(self.router), self._grpc)
-        self._grpc.add_insecure_port(self.address)
+        pb_grpc.add_DispatcherServicer_to_server(
+            DispatcherService(self.router, self.security), self._grpc
+        )
+        self.security.add_port(self._grpc, self.address)
         await self._grpc.start()
         await self.membership.join({"grpc": self.address})
         log.info("dispatcher %s on %s", self.node_id, self.address)

@@ -10,17 +10,24 @@ from typing import Any
 import grpc
 
 from dispatcher.router import Router
+from livecomments.grpcauth import COMMENT_SERVICE, GrpcSecurity, refuse
 from livecomments.pb import livecomments_pb2 as pb
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+# Only comment services send events for delivery (the outbox sweep included).
+DISPATCH_ROLES = (COMMENT_SERVICE,)
+
 
 class DispatcherService(pb_grpc.DispatcherServicer):  # type: ignore[misc]
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, security: GrpcSecurity | None = None) -> None:
         self._router = router
+        self._security = security or GrpcSecurity.insecure()
 
     async def Dispatch(self, request: pb.DispatchRequest, context: Any) -> pb.DispatchReply:
+        if not self._security.allows(context, DISPATCH_ROLES):
+            await refuse(context, DISPATCH_ROLES)
         return await self._router.dispatch(list(request.events))
 
     async def DispatchStream(
@@ -28,6 +35,8 @@ class DispatcherService(pb_grpc.DispatcherServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.DispatchReply]:
         """Each request is routed as it arrives (so in order) and answered when its
         nodes have answered: replies carry the request's id and may overtake each other."""
+        if not self._security.allows(context, DISPATCH_ROLES):
+            await refuse(context, DISPATCH_ROLES)
         replies: asyncio.Queue[pb.DispatchReply | BaseException | None] = asyncio.Queue()
         reader = asyncio.create_task(self._route_all(requests, replies))
         try:
@@ -71,6 +80,7 @@ class DispatcherService(pb_grpc.DispatcherServicer):  # type: ignore[misc]
             replies.put_nowait(None)
 
     async def Routes(self, request: pb.RoutesRequest, context: Any) -> pb.RoutesReply:
+        """Read-only: any authenticated component or an operator's tool may ask."""
         table = self._router.table.videos
         wanted = list(request.video_ids) or list(table)
         reply = pb.RoutesReply(live_nodes=sorted(self._router.directory.nodes))

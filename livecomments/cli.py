@@ -39,8 +39,9 @@ def main() -> None:
 
 @main.command()
 @click.option("--node-id", help="Unique node id (default rtms-<host>-<port>).")
-@click.option("--host", help="Address to bind.")
+@click.option("--host", help="Address the SSE listener binds (viewers).")
 @click.option("--port", type=int, help="SSE port.")
+@click.option("--grpc-host", help="Private address for Delivery gRPC (published in ZooKeeper).")
 @click.option("--grpc-port", type=int, help="Delivery gRPC port.")
 @click.option("--public-url", help="Base URL viewers reach this node at.")
 def rtms(**flags: Any) -> None:
@@ -224,6 +225,7 @@ def _print_urls(cluster: Any, backends: Any, run_dir: Path) -> None:
         f"  Redis            {backends.redis_url}",
         f"  MongoDB          {backends.mongo_uri}",
         f"  TLS CA           {cluster.ca_file or '(plain HTTP)'}",
+        f"  gRPC (mTLS)      per-role certificates in {run_dir / 'tls' / 'grpc'}",
         f"  logs             {run_dir / 'logs'}",
         "First admin (in another shell): .venv/bin/livecomments users create-admin NAME",
         "Ctrl-C stops everything.",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from livecomments import settings as cfg
+from livecomments.grpcauth import COMMENT_SERVICE, DISPATCHER, OPERATOR, RTMS, GrpcSecurity
 from livecomments.launcher import (
     Proc,
     free_port,
@@ -23,7 +24,7 @@ from livecomments.launcher import (
     wait_zookeeper,
     zookeeper_mode,
 )
-from livecomments.tls import make_dev_certificates
+from livecomments.tls import make_dev_certificates, make_grpc_certificates
 
 
 @dataclass
@@ -121,7 +122,12 @@ class Cluster:
         tls: bool = True,
         jwt_secret: str | None = None,
         extra_env: dict[str, str] | None = None,
+        grpc_tls: bool = True,
+        zk_auth: str = "",
     ) -> None:
+        """``tls``: HTTPS for the API and the streams. ``grpc_tls``: mutual TLS on the
+        internal gRPC, one certificate per role from a CA of its own (always, unless
+        turned off). ``zk_auth``: ZooKeeper digest credentials, "user:password"."""
         self.run_dir = run_dir
         self.backends = backends
         self.namespace = namespace
@@ -132,6 +138,11 @@ class Cluster:
         if tls:
             ca, cert, key = make_dev_certificates(run_dir / "tls")
             self.ca_file, self._tls = str(ca), (str(cert), str(key))
+        # Per role, the LIVECOMMENTS_GRPC_* settings; {} per role when grpc_tls is off.
+        self.grpc_roles: dict[str, dict[str, str]] = (
+            make_grpc_certificates(run_dir / "tls" / "grpc") if grpc_tls else {}
+        )
+        self.zk_auth = zk_auth
         secret_file = run_dir / "jwt-secret"
         if jwt_secret is None:
             if not secret_file.exists():
@@ -153,8 +164,21 @@ class Cluster:
             "LIVECOMMENTS_REDIS_PREFIX": f"{self.namespace}:",
             "LIVECOMMENTS_MONGO_URI": self.backends.mongo_uri,
             "LIVECOMMENTS_MONGO_DB": self.namespace,
+            **({"LIVECOMMENTS_ZK_AUTH": self.zk_auth} if self.zk_auth else {}),
             **self.extra_env,
         }
+
+    def grpc_env(self, role: str) -> dict[str, str]:
+        """The settings that give a process ``role``'s gRPC certificate."""
+        if not self.grpc_roles:
+            return {"LIVECOMMENTS_GRPC_INSECURE": "1"}
+        return dict(self.grpc_roles[role])
+
+    def grpc_security(self, role: str = OPERATOR) -> GrpcSecurity:
+        """Credentials for a tool or a test speaking gRPC to this cluster as ``role``."""
+        return GrpcSecurity.from_settings(
+            cfg.load(cfg.BackendSettings, environ=self.grpc_env(role))
+        )
 
     def _port(self, default: int, index: int) -> int:
         return default + index - 1 if self.fixed_ports else free_port()
@@ -184,14 +208,20 @@ class Cluster:
     def start_dispatcher(self, index: int | None = None) -> ServiceProc:
         index = index or self._next("dispatcher")
         port = self._port(9701, index)
-        env = {**self.base_env(), "LIVECOMMENTS_NODE_ID": f"dispatcher-{index}",
-               "LIVECOMMENTS_PORT": str(port)}  # fmt: skip
+        env = {
+            **self.grpc_env(DISPATCHER),
+            **self.base_env(),
+            "LIVECOMMENTS_NODE_ID": f"dispatcher-{index}",
+            "LIVECOMMENTS_PORT": str(port),
+        }
         return self._launch("dispatcher", f"dispatcher-{index}", env, port, f"127.0.0.1:{port}")
 
     def start_rtms(self, index: int | None = None) -> ServiceProc:
         index = index or self._next("rtms")
         port, grpc_port = self._port(8801, index), self._port(9801, index)
         env = {
+            **self.grpc_env(RTMS),
+            "LIVECOMMENTS_GRPC_HOST": "127.0.0.1",  # loopback: only our own processes
             **self.base_env(),
             **self._tls_env(),
             "LIVECOMMENTS_NODE_ID": f"rtms-{index}",
@@ -213,6 +243,7 @@ class Cluster:
         index = index or self._next("comment")
         port = self._port(8443, index)
         env = {
+            **self.grpc_env(COMMENT_SERVICE),
             **self.base_env(),
             **self._tls_env(),
             "LIVECOMMENTS_PORT": str(port),

@@ -29,6 +29,7 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
+from coord.client import zk_security
 from coord.paths import Paths, check_name
 from coord.placement import Policy, pinned_nodes, place
 from livecomments.errors import (
@@ -131,6 +132,7 @@ class Ops:
             # Try the other ensemble members until start()'s deadline, not forever.
             connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=1.0),
             logger=_quiet,
+            **zk_security(settings.zk_auth),  # the services' credentials and ACLs
         )
         try:
             client.start(timeout=settings.zk_timeout)

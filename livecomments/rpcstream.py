@@ -30,6 +30,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
+from livecomments.grpcauth import GrpcSecurity
+
 log = logging.getLogger(__name__)
 
 # For the channels that carry these streams. A stream may sit idle for long, so
@@ -223,9 +225,14 @@ class StreamChannel(Generic[Req, Rep]):
         name: str,
         timeout: float,
         error: Callable[[str], Exception],
+        security: GrpcSecurity | None = None,
+        peer_role: str = "",
     ) -> None:
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        # Mutual TLS, the peer checked to hold ``peer_role``'s certificate; plaintext
+        # only when ``security`` says so (None: for in-process test servers).
+        security = security or GrpcSecurity.insecure()
+        self._channel = security.channel(address, peer_role, CHANNEL_OPTIONS)
         self._open_call = open_call
         self._name = name
         self._timeout = timeout

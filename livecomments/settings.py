@@ -31,12 +31,26 @@ class BackendSettings:
     zk_root: str = "/livecomments"  # every znode lives under this path
     zk_session_timeout: float = 6.0  # seconds; ephemeral nodes vanish ~this long after a crash
     zk_timeout: float = 5.0  # every ZooKeeper call gives up after this many seconds
+    # ZooKeeper digest credentials, "user:password" ("" = none). With them every
+    # znode the project creates gets an ACL giving all permissions to that
+    # identity only: every process and the CLI of one deployment share them.
+    zk_auth: str = ""
     redis_url: str = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
     redis_prefix: str = "lc:"
     mongo_uri: str = f"mongodb://127.0.0.1:{DEFAULT_MONGO_PORT}/"
     mongo_db: str = "livecomments"
     mongo_timeout: float = 5.0
     log_level: str = "INFO"
+    # gRPC between the components (comment service -> dispatcher -> RTMS) is mutual
+    # TLS: the CA that signed every component's certificate, and this process's
+    # certificate (its role's name, e.g. "rtms.livecomments", as a DNS SAN) and
+    # key. `livecomments up` and the tests make them. Without them a process
+    # refuses to start unless grpc_insecure is set (plaintext, no peer check:
+    # only for a network that authenticates peers by other means).
+    grpc_ca: str = ""
+    grpc_cert: str = ""
+    grpc_key: str = ""
+    grpc_insecure: bool = False
     # Placement (everyone computes it the same way, so these must agree cluster-wide).
     min_spread: int = 1  # RTMS nodes every video is placed on
     spread_viewers: int = 5000  # a video gets one more node per this many viewers
@@ -48,7 +62,13 @@ class RTMSSettings(BackendSettings):
     node_id: str = ""  # defaults to "rtms-<hostname>-<port>"
     host: str = "127.0.0.1"
     port: int = 8801  # SSE listener
-    grpc_port: int = 9801  # Delivery service
+    # Delivery service (gRPC). Its own address, private: it is what ZooKeeper
+    # publishes for dispatchers to dial, while `host` faces viewers.
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 9801
+    # Largest SSE frame accepted from a dispatcher; a bigger one is refused
+    # (counted in /healthz "refused"), never delivered.
+    max_frame_bytes: int = 64 * 1024
     public_url: str = ""  # base URL viewers use, defaults to http(s)://host:port
     tls_cert: str = ""
     tls_key: str = ""
@@ -80,7 +100,7 @@ class RTMSSettings(BackendSettings):
 @dataclasses.dataclass(frozen=True)
 class DispatcherSettings(BackendSettings):
     node_id: str = ""
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the gRPC listener (a dispatcher has no other): keep it private
     port: int = 9701
     deliver_timeout: float = 2.0  # seconds one Deliver to one RTMS node may take
 

@@ -25,6 +25,7 @@ import orjson
 from livecomments import events
 from livecomments.errors import LiveCommentsError
 from livecomments.pb import livecomments_pb2 as pb
+from rtms.wire import Refusals
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ HEARTBEAT = b": hb\n\n"
 RATE_TAU = 1.0
 VIRAL_EXIT = 0.5  # leave viral mode below this fraction of the threshold
 FENCE_BATCH = 1000  # most seqs one gap fill fences at once
+MAX_HELD = 1024  # events of an unconfirmed epoch held per video; the store fills the rest
+MAX_AHEAD = 1024  # a seq further ahead of the last delivered one is confirmed with Redis
 
 
 class Transport(Protocol):
@@ -52,6 +55,7 @@ class Backend(Protocol):
     async def host(self, video_id: str) -> None: ...
     async def unhost(self, video_id: str) -> None: ...
     async def fence(self, video_id: str, seqs: list[int]) -> None: ...
+    async def heads(self, video_ids: list[str]) -> dict[str, tuple[int, int] | None]: ...
 
 
 class Viewer:
@@ -200,6 +204,8 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.viewer_count = 0
         self.stats = Stats()
+        self.refusals = Refusals()  # events refused from the wire (rtms/wire.py, epochs)
+        self._held: dict[Channel, list[pb.Event]] = {}  # other epoch or far ahead: to confirm
 
     # -- viewers ------------------------------------------------------------
 
@@ -375,29 +381,96 @@ class Hub:
         self.stats.unhosted += unhosted
         return accepted, duplicates, unhosted
 
-    def _offer(self, channel: Channel, event: pb.Event, frames: list[bytes]) -> bool:
-        if channel.epoch is None:
-            channel.epoch = event.epoch
-        elif event.epoch != channel.epoch:
-            if event.epoch < channel.epoch:
+    def _offer(
+        self, channel: Channel, event: pb.Event, frames: list[bytes], confirmed: bool = False
+    ) -> bool:
+        if event.epoch != channel.epoch:
+            if channel.epoch is not None and event.epoch < channel.epoch:
                 return False  # a straggler from before the counter was re-created
-            # The counter was re-created: seqs may repeat. Start over from here and
-            # tell viewers to reload history.
-            frames.append(reset_frame("epoch_changed", event.epoch))
-            channel.epoch = event.epoch
-            channel.last_seq = event.seq - 1
-            channel.ring.clear()
-            channel.pending.clear()
+            # A new epoch resets the video for every viewer, so the wire's word is
+            # not enough: hold the event until Redis says the epoch is current.
+            return self._hold(channel, event)
         seq = event.seq
         if seq <= channel.last_seq or seq in channel.pending:
             return False
         if seq == channel.last_seq + 1:
             self._accept(channel, seq, event.frame, frames, event.target_seq)
             self._drain(channel, frames)
+        elif seq - channel.last_seq > MAX_AHEAD and not confirmed:
+            # Far ahead: once the gap was skipped, every real event would be a
+            # "duplicate". Redis must have handed that seq out already.
+            return self._hold(channel, event)
         else:
             channel.pending[seq] = (event.frame, event.target_seq)
             self._request_fill(channel)
         return True
+
+    def _hold(self, channel: Channel, event: pb.Event) -> bool:
+        """Keep ``event`` (another epoch, or far ahead) until :meth:`_confirm_epoch`
+        has asked Redis."""
+        held = self._held.get(channel)
+        if held is None:
+            held = self._held[channel] = []
+            self._spawn(self._confirm_epoch(channel))
+        if len(held) >= MAX_HELD:
+            self.refusals.add("epoch", event)
+            return False
+        held.append(event)
+        return True
+
+    async def _confirm_epoch(self, channel: Channel) -> None:
+        """Adopt the held events' epoch if it is the video's current one and their
+        seqs were handed out (at most the head); drop the rest.
+
+        One Redis read per epoch change, big jump (or forgery), none while the
+        epochs match and seqs follow on. On a new epoch the counter was
+        re-created: seqs may repeat, so the channel starts over at the first held
+        event and viewers are told to reload history.
+        """
+        current: int | None = None
+        head = 0
+        try:
+            for attempt in range(3):
+                try:
+                    # The raw head (not where a new channel starts): seqs in flight count.
+                    raw = (await self._backend.heads([channel.video_id])).get(channel.video_id)
+                    head, current = raw if raw is not None else (0, None)
+                    break
+                except LiveCommentsError as exc:
+                    await asyncio.sleep(0.1 * (attempt + 1))
+                    if attempt == 2:
+                        # Unconfirmed: dropped (counted with the refusals). The next
+                        # event of that epoch asks again, and its reset sends viewers
+                        # to the store's history, which has these events.
+                        log.warning("epoch check for %s failed: %s", channel.video_id, exc)
+        finally:  # whatever happens, the next other-epoch event starts a new check
+            held = sorted(self._held.pop(channel, ()), key=lambda e: e.seq)
+        if self.channels.get(channel.video_id) is not channel:
+            return
+        frames: list[bytes] = []
+        refused: dict[str, list[pb.Event]] = {"epoch": [], "seq": []}
+        for event in held:
+            if current is None or event.epoch != current:
+                refused["epoch"].append(event)
+                continue
+            if event.seq > head:
+                refused["seq"].append(event)  # a seq Redis never handed out
+                continue
+            if channel.epoch is not None and event.epoch != channel.epoch:
+                if event.epoch < channel.epoch:
+                    continue
+                frames.append(reset_frame("epoch_changed", event.epoch))
+                channel.last_seq = event.seq - 1
+                channel.ring.clear()
+                channel.pending.clear()
+            channel.epoch = event.epoch
+            # Counted as accepted when it was held.
+            self._offer(channel, event, frames, confirmed=True)
+        for reason, events_ in refused.items():
+            if events_:
+                self.refusals.add(reason, events_[0], n=len(events_))
+        if frames:
+            self._queue(channel, frames)
 
     def _accept(
         self, channel: Channel, seq: int, frame: bytes, frames: list[bytes], target: int = 0
@@ -614,8 +687,16 @@ class Hub:
         self, channel: Channel, before: int, hi: int, docs: list[dict[str, Any]]
     ) -> bool:
         """Fence the seqs in ``before+1..hi`` the store lacks (at most FENCE_BATCH)."""
+        try:  # only seqs a writer really took: never a future one a forged event named
+            head = (await self._backend.heads([channel.video_id])).get(channel.video_id)
+        except LiveCommentsError as exc:
+            log.warning("reading the head of %s failed: %s", channel.video_id, exc)
+            return False
+        if head is None or head[1] != channel.epoch:
+            return False
         have = {doc["seq"] for doc in docs}
-        lacking = [s for s in range(before + 1, hi + 1) if s not in have][:FENCE_BATCH]
+        top = min(hi, head[0])
+        lacking = [s for s in range(before + 1, top + 1) if s not in have][:FENCE_BATCH]
         if not lacking:
             return False
         log.warning(

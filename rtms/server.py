@@ -12,6 +12,7 @@ import grpc
 from redis.asyncio import Redis
 
 from coord import ZK, HostedRegistry, Membership, Placement, Policy
+from livecomments.grpcauth import GrpcSecurity
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.rpcstream import SERVER_OPTIONS
 from livecomments.sequencer import Sequencer
@@ -75,11 +76,14 @@ class RTMSServer:
             settings.zk_root,
             session_timeout=settings.zk_session_timeout,
             timeout=settings.zk_timeout,
+            auth=settings.zk_auth,
         )
         self.store = Store(settings.mongo_uri, settings.mongo_db, settings.mongo_timeout)
         self.redis: Redis = Redis.from_url(
             settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
         )
+        # Refuses to start without credentials (or an explicit grpc_insecure).
+        self.security = GrpcSecurity.from_settings(settings)
         self.registry = HostedRegistry(self.zk, self.node_id)
         self.membership = Membership(self.zk, self.zk.paths.rtms_node(self.node_id))
         self.backend = _Backend(
@@ -134,6 +138,9 @@ class RTMSServer:
             "viral": self.hub.viral_videos(),
             "viral_entered": self.hub.stats.viral_entered,
             "viral_left": self.hub.stats.viral_left,
+            # Events from the wire refused (never delivered), by reason: kind, id,
+            # size, shape (rtms/wire.py), epoch (not the video's current one).
+            "refused": dict(self.hub.refusals.counts),
             "draining": self.draining,
         }
 
@@ -147,7 +154,7 @@ class RTMSServer:
         )
         return {
             "sse_url": self.public_url,
-            "grpc": f"{self.settings.host}:{self.settings.grpc_port}",
+            "grpc": f"{self.settings.grpc_host}:{self.settings.grpc_port}",
             "connections": self.hub.viewer_count,
             "videos": len(self.hub.channels),
             "draining": self.draining,
@@ -207,8 +214,11 @@ class RTMSServer:
         await self.store.start(create_indexes=False)
         await self.zk.start()
         self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
-        pb_grpc.add_DeliveryServicer_to_server(DeliveryService(self.hub), self._grpc)
-        self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        pb_grpc.add_DeliveryServicer_to_server(
+            DeliveryService(self.hub, self.security, s.max_frame_bytes), self._grpc
+        )
+        # Its own (private) address, apart from the viewers' listener.
+        self.security.add_port(self._grpc, f"{s.grpc_host}:{s.grpc_port}")
         await self._grpc.start()
         ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert else None
         loop = asyncio.get_running_loop()
@@ -226,7 +236,9 @@ class RTMSServer:
             asyncio.create_task(self._every(s.reconcile_interval, self._reconcile)),
         ]
         self._placement_changed()  # a node that restarts while drained stays drained
-        log.info("rtms %s: SSE %s, gRPC %s:%d", self.node_id, self.public_url, s.host, s.grpc_port)
+        log.info(
+            "rtms %s: SSE %s, gRPC %s:%d", self.node_id, self.public_url, s.grpc_host, s.grpc_port
+        )
 
     async def _every(self, interval: float, job: Any) -> None:
         while True:

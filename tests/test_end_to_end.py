@@ -7,11 +7,11 @@ import datetime
 from typing import Any
 
 import aiohttp
-import grpc
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from livecomments.cluster import Cluster
+from livecomments.grpcauth import DISPATCHER, RTMS
 from livecomments.pb import livecomments_pb2 as pb
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.sequencer import video_key
@@ -173,7 +173,8 @@ async def test_seq_gap_is_filled_from_the_store(
 
     # A dispatcher retrying an event the node already has: dropped by seq.
     rtms_grpc = cluster.services["rtms-2"].env["LIVECOMMENTS_GRPC_PORT"]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{rtms_grpc}") as channel:
+    security = cluster.grpc_security(DISPATCHER)
+    async with security.channel(f"127.0.0.1:{rtms_grpc}", RTMS) as channel:
         reply = await pb_grpc.DeliveryStub(channel).Deliver(
             pb.DeliverRequest(
                 events=[
@@ -182,7 +183,7 @@ async def test_seq_gap_is_filled_from_the_store(
                         seq=3,
                         epoch=third["epoch"],
                         kind=pb.COMMENT,
-                        frame=b"event: comment\ndata: {}\n\n",
+                        frame=f"id: {third['epoch']}-3\nevent: comment\ndata: {{}}\n\n".encode(),
                     )
                 ]
             )

@@ -6,11 +6,11 @@ import asyncio
 import time
 
 import aiohttp
-import grpc
 import pytest
 from redis.asyncio import Redis
 
 from livecomments.cluster import Cluster
+from livecomments.grpcauth import DISPATCHER
 from livecomments.pb import livecomments_pb2 as pb
 from livecomments.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.sequencer import Sequencer
@@ -28,7 +28,7 @@ async def routes(cluster: Cluster, video: str) -> dict[str, tuple[set[str], set[
     answer = {}
     for name, service in cluster.services.items():
         if service.kind == "dispatcher":
-            async with grpc.aio.insecure_channel(service.url) as channel:
+            async with cluster.grpc_security().channel(service.url, DISPATCHER) as channel:
                 reply = await pb_grpc.DispatcherStub(channel).Routes(
                     pb.RoutesRequest(video_ids=[video]), timeout=2
                 )

@@ -265,10 +265,12 @@ class Hub:
         viewer that disconnects meanwhile only stops waiting. A failed creation
         answers every joiner with its error and is rolled back.
         """
-        channel = self.channels.get(video_id)
-        if channel is not None:
-            return channel
+        # While it is being created the channel already takes events (it is in
+        # `channels` before its znode exists), but a joiner waits for the znode.
         joining = self._joining.get(video_id)
+        channel = self.channels.get(video_id)
+        if channel is not None and joining is None:
+            return channel
         if joining is None:
             self._admit_creation()
             joining = self._joining[video_id] = asyncio.get_running_loop().create_future()

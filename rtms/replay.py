@@ -75,8 +75,7 @@ class ReplayPages:
         if page is not None and page.complete_to >= need and not self._stale(page, now):
             self.shared += 1
         else:
-            if len(self._pages) >= self._max_pages:
-                self._prune(now)
+            self._prune(now)
             future: asyncio.Future[Frames] = asyncio.get_running_loop().create_future()
             page = self._pages[key] = _Page(future, min(last, known))
             self._spawn(self._read(key, page, video_id, index * self.page_size + 1, last))
@@ -110,6 +109,7 @@ class ReplayPages:
         page.future.set_result(frames)
 
     def _prune(self, now: float) -> None:
+        """Forget stale pages (done at each read: at most ``max_pages`` of them to look at)."""
         for key, page in list(self._pages.items()):
             if self._stale(page, now):
                 del self._pages[key]

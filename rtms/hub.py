@@ -279,7 +279,8 @@ class Hub:
 
     def _admit_creation(self) -> None:
         """Refuse a new channel when the node hosts too many, or makes them too fast."""
-        if len(self.channels) + len(self._joining) >= self._max_channels:
+        creating = sum(1 for video in self._joining if video not in self.channels)
+        if len(self.channels) + creating >= self._max_channels:
             self.stats.channels_refused += 1
             raise Refused(503, "node_busy", "this node hosts as many videos as it can", 10)
         wait = self._creations.take()

@@ -352,6 +352,15 @@ class LiveCommentsTarget(Target):
         "LIVECOMMENTS_FILTER_HOLD_THRESHOLD": "1.0",
         "LIVECOMMENTS_FILTER_REFUSE_THRESHOLD": "1.0",
         "LIVECOMMENTS_MAX_VIEWERS": "19000",
+        # 10,000-15,000 viewers from 8 source addresses, ~100 connecting at once,
+        # over up to thousands of videos: lift the per-address and per-node join
+        # limits (a benchmark measures fan-out, not them).
+        "LIVECOMMENTS_MAX_STREAMS_PER_ADDRESS": "19000",
+        "LIVECOMMENTS_MAX_UNATTACHED_PER_PEER": "19000",
+        "LIVECOMMENTS_MAX_UNATTACHED": "19000",
+        "LIVECOMMENTS_JOIN_LIMIT_ADDRESS": "1000000/1",
+        "LIVECOMMENTS_CHANNEL_LIMIT_NODE": "1000000/1",
+        "LIVECOMMENTS_MAX_CHANNELS": "100000",
         "LIVECOMMENTS_HEARTBEAT_INTERVAL": "15",
         "LIVECOMMENTS_LOG_LEVEL": "WARNING",
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -12,6 +11,7 @@ from comment_service.auth import Principal
 from comment_service.limits import Rate
 from livecomments.errors import LiveCommentsError, Unauthorized, ValidationError
 from livecomments.ids import valid_video_id
+from livecomments.netaddr import TrustedProxies
 
 if TYPE_CHECKING:
     from comment_service.server import CommentServer
@@ -65,22 +65,12 @@ async def caller(request: web.Request, *, revocation_checked_later: bool = False
 def client_ip(request: web.Request) -> str:
     """The client's address; X-Forwarded-For counts only when a trusted proxy sent it.
 
-    Hops are read from the right, skipping our own proxies: the first other
-    address is the one the outermost trusted proxy saw, which a client cannot forge.
+    ``trusted_proxies`` takes addresses and CIDR ranges (``livecomments.netaddr``,
+    shared with the RTMS listener so both count the same client).
     """
-    peer = request.remote or "unknown"
-    trusted = server_of(request).settings.trusted_proxies
-    if peer not in trusted:
-        return peer
-    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
-    for hop in reversed(hops):
-        if hop in trusted:
-            continue
-        try:
-            return str(ipaddress.ip_address(hop))
-        except ValueError:
-            break
-    return peer
+    trusted = TrustedProxies.of(server_of(request).settings.trusted_proxies)
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
+    return trusted.client(request.remote, forwarded)
 
 
 async def limit(request: web.Request, what: str, *buckets: tuple[str, str]) -> None:

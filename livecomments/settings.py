@@ -14,6 +14,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from livecomments.netaddr import TrustedProxies
+
 ENV_PREFIX = "LIVECOMMENTS_"
 
 # Ports `livecomments up` uses by default. Not the well-known ones, so a system
@@ -55,6 +57,14 @@ class BackendSettings:
     min_spread: int = 1  # RTMS nodes every video is placed on
     spread_viewers: int = 5000  # a video gets one more node per this many viewers
     max_spread: int = 4  # and at most this many
+    # Peers allowed to say who the client is with X-Forwarded-For (an L7 proxy or
+    # load balancer): addresses or CIDR ranges, comma-separated. The comment
+    # service's rate limits and the RTMS node's connection limits count clients by
+    # the address these peers report; anyone else is counted by its own address.
+    trusted_proxies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        TrustedProxies(self.trusted_proxies)  # a typo stops the process at start-up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +102,31 @@ class RTMSSettings(BackendSettings):
     # Every this many seconds the node reads the heads of all its videos (one Redis
     # call per 1,000) and fills those still behind the head it saw the time before.
     reconcile_interval: float = 1.0
-    replay_limit: int = 5000  # most events replayed to one resuming viewer
+    # Resume: what the ring holds is always replayed; older events are read from
+    # the store in pages of replay_page (concurrent resumers of a video share each
+    # page read), at most replay_limit of them. A viewer further behind gets a
+    # `reset` (reason too_far_behind) and reloads history instead.
+    replay_limit: int = 1000
+    replay_page: int = 200
+    # A viewer whose replay, `moved` event or close cannot drain its buffer within
+    # this many seconds is dropped (it resumes with its last event id).
+    write_timeout: float = 10.0
     max_viewers: int = 18000  # the process has 20K file descriptors
+    # Connection limits of the SSE listener, each refused with Retry-After and a
+    # JSON error. The defaults leave room for many viewers behind one carrier-grade
+    # NAT address (hundreds of subscribers share one) and a reconnect storm after
+    # a node fails, and stop one address from taking a node.
+    head_timeout: float = 10.0  # the request head (and the TLS handshake) within this: 408
+    max_unattached: int = 2000  # connections not streaming yet (head or joining): 503 node_busy
+    max_unattached_per_peer: int = 100  # of those, from one peer address: 429 too_many_connections
+    max_streams_per_address: int = 1000  # streams from one client address: 429 too_many_streams
+    # First viewers of videos this node does not host yet (each costs a ZooKeeper
+    # write and a Redis or store read): per client address (429 too_many_joins),
+    # and per node (503 node_busy), as "N/S" token buckets; and a cap on the
+    # videos the node hosts (503 node_busy). An IPv6 client counts by its /64.
+    join_limit_address: str = "20/10"
+    channel_limit_node: str = "200/2"
+    max_channels: int = 10000
     load_report_interval: float = 5.0  # how often connections and viewers go to ZooKeeper
 
 
@@ -136,8 +169,6 @@ class CommentServiceSettings(BackendSettings):
     # browsers and shared caches; an edit or a delete of an old comment can take that
     # long to show in them (the live stream shows it at once). 0: never cached.
     history_cache_seconds: int = 5
-    # Peers allowed to say who the client is with X-Forwarded-For (the L7 proxy).
-    trusted_proxies: tuple[str, ...] = ()
     # Token buckets, "N/S": bursts of N, refilled at N per S seconds. Shared by
     # every replica through Redis. Posting follows Twitch's 20 messages / 30 s.
     post_limit_user: str = "20/30"

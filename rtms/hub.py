@@ -23,8 +23,10 @@ from typing import Any, Protocol
 import orjson
 
 from livecomments import events
-from livecomments.errors import LiveCommentsError
+from livecomments.errors import LiveCommentsError, Unavailable
 from livecomments.pb import livecomments_pb2 as pb
+from rtms.limits import Bucket, Rate, Refused
+from rtms.replay import Frames, ReplayPages
 from rtms.wire import Refusals
 
 log = logging.getLogger(__name__)
@@ -59,12 +61,46 @@ class Backend(Protocol):
 
 
 class Viewer:
-    __slots__ = ("channel", "closed", "transport")
+    """One stream. ``paused`` follows the transport's flow control (see ``SSEProtocol``)."""
+
+    __slots__ = ("_drained", "channel", "closed", "paused", "transport")
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.channel: Channel | None = None
         self.closed = False
+        self.paused = False  # its buffer is above the high-water mark
+        self._drained: asyncio.Future[None] | None = None
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    async def drained(self, timeout: float) -> bool:
+        """Until the buffer is below the low-water mark: False if it is not within ``timeout``."""
+        while self.paused and not self.closed:
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained), timeout)
+            except TimeoutError:
+                return False
+        return not self.closed
+
+
+def _abort_unflushed(transports: list[Transport]) -> None:
+    for transport in transports:
+        if transport.get_write_buffer_size():
+            transport.abort()
+
+
+def _size(frames: Frames) -> int:
+    return sum(len(frame) for _, frame in frames)
 
 
 def reset_frame(reason: str, epoch: int | None) -> bytes:
@@ -133,12 +169,16 @@ class Channel:
 class Stats:
     __slots__ = (
         "accepted",
+        "channels_created",
+        "channels_failed",
+        "channels_refused",
         "duplicates",
         "gap_fenced",
         "gap_filled",
         "gap_skipped",
         "moved",
         "reconciled",
+        "replay_resets",
         "slow_dropped",
         "unhosted",
         "viral_entered",
@@ -150,6 +190,8 @@ class Stats:
         self.gap_filled = self.gap_skipped = self.slow_dropped = self.moved = 0
         self.gap_fenced = self.reconciled = 0
         self.viral_entered = self.viral_left = 0
+        self.channels_created = self.channels_failed = self.channels_refused = 0
+        self.replay_resets = 0  # resumes answered with `reset` (too_far_behind)
 
 
 class Hub:
@@ -183,10 +225,14 @@ class Hub:
         max_viewer_buffer: int = 256 * 1024,
         reorder_window: float = 0.05,
         gap_deadline: float = 3.0,
-        replay_limit: int = 5000,
+        replay_limit: int = 1000,
         coalesce_window: float = 0.005,
         viral_deliveries: float = 100_000,
         viral_window: float = 0.25,
+        replay_page: int = 200,
+        write_timeout: float = 10.0,
+        max_channels: int = 10000,
+        channel_limit: str = "200/2",
     ) -> None:
         self._backend = backend
         self._window = coalesce_window
@@ -198,52 +244,119 @@ class Hub:
         self._reorder_window = reorder_window
         self._gap_deadline = gap_deadline
         self._replay_limit = replay_limit
+        self._write_timeout = write_timeout
+        # Frames written to a viewer outside the broadcast (replay, `moved`) go in
+        # writes of at most half the buffer bound, each only when the buffer is
+        # below the other half (the transport's high-water mark, set by the listener).
+        self.write_budget = max(1, max_viewer_buffer // 2)
+        self._max_channels = max_channels
+        self._creations = Bucket(Rate.parse(channel_limit))
         self.channels: dict[str, Channel] = {}
         self.viral: dict[str, Channel] = {}  # the channels in viral mode
         self._joining: dict[str, asyncio.Future[Channel]] = {}
+        # Videos whose znode is being removed (retired, or a failed creation rolled
+        # back): hosting one again waits for that, or the removal could win.
+        self._retiring: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.viewer_count = 0
         self.stats = Stats()
         self.refusals = Refusals()  # events refused from the wire (rtms/wire.py, epochs)
         self._held: dict[Channel, list[pb.Event]] = {}  # other epoch or far ahead: to confirm
+        self.pages = ReplayPages(backend.fetch, self._spawn, page_size=replay_page)
 
     # -- viewers ------------------------------------------------------------
 
+    def hosts(self, video_id: str) -> bool:
+        """Whether this node hosts the video, or is about to (a join costs no creation)."""
+        return video_id in self.channels or video_id in self._joining
+
     async def channel(self, video_id: str) -> Channel:
-        """The video's channel, hosting it (ZooKeeper + head seq) on first use."""
-        channel = self.channels.get(video_id)
-        if channel is not None:
-            return channel
+        """The video's channel, hosting it (ZooKeeper + head seq) on first use.
+
+        The creation belongs to the node, not to the request that started it: it
+        runs as a hub task and every joiner awaits it through ``shield``, so a
+        viewer that disconnects meanwhile only stops waiting. A failed creation
+        answers every joiner with its error and is rolled back.
+        """
+        # While it is being created the channel already takes events (it is in
+        # `channels` before its znode exists), but a joiner waits for the znode.
         joining = self._joining.get(video_id)
-        if joining is not None:
-            return await asyncio.shield(joining)
-        future: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
-        self._joining[video_id] = future
+        channel = self.channels.get(video_id)
+        if channel is not None and joining is None:
+            return channel
+        if joining is None:
+            self._admit_creation()
+            joining = self._joining[video_id] = asyncio.get_running_loop().create_future()
+            self._spawn(self._create(video_id, joining))
+        return await asyncio.shield(joining)
+
+    def _admit_creation(self) -> None:
+        """Refuse a new channel when the node hosts too many, or makes them too fast."""
+        creating = sum(1 for video in self._joining if video not in self.channels)
+        if len(self.channels) + creating >= self._max_channels:
+            self.stats.channels_refused += 1
+            raise Refused(503, "node_busy", "this node hosts as many videos as it can", 10)
+        wait = self._creations.take()
+        if wait:
+            self.stats.channels_refused += 1
+            raise Refused(503, "node_busy", "this node is taking on too many videos now", wait)
+
+    async def _create(self, video_id: str, joining: asyncio.Future[Channel]) -> None:
+        channel: Channel | None = None
+        hosting = False
         try:
+            retiring = self._retiring.get(video_id)
+            if retiring is not None:
+                await asyncio.shield(retiring)
             # Read the head before announcing ourselves: anything sequenced after
             # it reaches us by dispatch, or by filling the gap from the store.
             last_seq, epoch = await self._backend.head(video_id)
             channel = Channel(video_id, last_seq, epoch, self._ring_size, self._window)
             self.channels[video_id] = channel
-            try:
-                await self._backend.host(video_id)
-            except BaseException:
-                self.channels.pop(video_id, None)
-                raise
-            # The dispatchers learn about us a few ms after the znode exists; a
-            # comment dispatched in between is caught by looking at the head again.
-            for delay in (0.3, 1.5):
-                asyncio.get_running_loop().call_later(
-                    delay, lambda: self._spawn(self._catch_up(channel))
-                )
-            future.set_result(channel)
-            return channel
+            hosting = True
+            await self._backend.host(video_id)
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: joiners get it through shield
-            raise
-        finally:
+            if channel is not None and self.channels.get(video_id) is channel:
+                del self.channels[video_id]
+            self.stats.channels_failed += 1
+            if isinstance(exc, asyncio.CancelledError):  # the node is stopping
+                joining.cancel()
+                del self._joining[video_id]
+                raise
+            log.warning("cannot host %s: %s", video_id, exc)
+            error = exc if isinstance(exc, LiveCommentsError) else Unavailable(str(exc))
+            joining.set_exception(error)
+            joining.exception()  # retrieved: the joiners get it through shield
             del self._joining[video_id]
+            if hosting:  # the znode may exist: remove it before anyone hosts the video again
+                await self._unhost(video_id)
+            return
+        del self._joining[video_id]
+        self.stats.channels_created += 1
+        # The dispatchers learn about us a few ms after the znode exists; a
+        # comment dispatched in between is caught by looking at the head again.
+        loop = asyncio.get_running_loop()
+        for delay in (0.3, 1.5):
+            loop.call_later(delay, lambda: self._spawn(self._catch_up(channel)))
+        joining.set_result(channel)
+        # Every joiner may have gone away: then the channel retires after the grace.
+        self._maybe_idle(channel)
+
+    async def _unhost(self, video_id: str) -> None:
+        """Remove the video's znode; hosting it again meanwhile waits for this."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        previous = self._retiring.get(video_id)
+        self._retiring[video_id] = done
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            await self._backend.unhost(video_id)
+        except LiveCommentsError as exc:
+            log.warning("unhosting %s failed: %s", video_id, exc)
+        finally:
+            done.set_result(None)
+            if self._retiring.get(video_id) is done:
+                del self._retiring[video_id]
 
     async def attach(
         self, viewer: Viewer, video_id: str, resume: tuple[int, int] | None, head: bytes = b""
@@ -257,76 +370,153 @@ class Hub:
         if channel.idle_handle is not None:
             channel.idle_handle.cancel()
             channel.idle_handle = None
-        replay: list[tuple[int, bytes]] = [(0, head)]  # (seq, frame); 0: not sequenced
-        if resume is not None:
-            epoch, seq = resume
-            # Epoch 0 is "whatever epoch the video had": a viewer moved off a node
-            # before the video's first event knew no epoch yet.
-            if channel.epoch is not None and epoch not in (0, channel.epoch):
-                replay.append((0, reset_frame("epoch_changed", channel.epoch)))
-            elif channel.last_seq - seq > self._replay_limit:
-                replay.append((0, reset_frame("too_far_behind", channel.epoch)))
-            elif seq < channel.last_seq:
-                replay.extend(await self._replay(channel, seq))
-        if viewer.closed:
+        try:
+            replay = await self._replay(viewer, channel, resume, head)
+        except BaseException:
+            self._maybe_idle(channel)
+            raise
+        if replay is None or viewer.closed or self.channels.get(video_id) is not channel:
+            if not viewer.closed:  # the channel retired during a long replay: come back
+                self._drop(viewer, "retired while replaying")
             self._maybe_idle(channel)
             return
-        if self._joins_mid_window(channel, resume):
+        frames, have = replay
+        if self._joins_mid_window(channel, have):
             # The outbox reaches this viewer with the others at the window's end,
             # so the replay stops where the last write stopped.
             sent = channel.sent_seq
-            viewer.transport.write(b"".join(f for s, f in replay if s <= sent))
+            viewer.transport.write(b"".join(f for s, f in frames if s <= sent))
         else:
             # What is accepted but not yet written is in the ring, so in the replay:
             # write it to the others now, so this viewer does not get it twice.
             self._flush(channel)
-            viewer.transport.write(b"".join(f for _, f in replay))
+            viewer.transport.write(b"".join(f for _, f in frames))
         viewer.channel = channel
         channel.viewers.add(viewer)
         self.viewer_count += 1
 
     @staticmethod
-    def _joins_mid_window(channel: Channel, resume: tuple[int, int] | None) -> bool:
+    def _joins_mid_window(channel: Channel, have: int | None) -> bool:
         """Whether a viewer may join a viral video without cutting its window short.
 
         Viral videos are the ones people flock to: flushing for every joiner
         would turn a 0.25 s window back into one write per join. Instead the
         joiner gets what was written so far and then the outbox with everyone
-        else. Not when it already has part of the outbox (it resumes from
-        beyond the last write) or the outbox starts a new epoch: then flush.
+        else. Not when it already has part of the outbox (it has everything up
+        to ``have``, beyond the last write) or the outbox starts a new epoch: then flush.
         """
         return (
             channel.viral
             and bool(channel.outbox)
             and channel.sent_epoch == channel.epoch
-            and (resume is None or resume[1] <= channel.sent_seq)
+            and (have is None or have <= channel.sent_seq)
         )
 
     def detach(self, viewer: Viewer) -> None:
         viewer.closed = True
+        viewer.resume_writing()  # a replay waiting for it to drain stops waiting
         channel, viewer.channel = viewer.channel, None
         if channel is not None and viewer in channel.viewers:
             channel.viewers.discard(viewer)
             self.viewer_count -= 1
             self._maybe_idle(channel)
 
-    async def _replay(self, channel: Channel, after: int) -> list[tuple[int, bytes]]:
-        """(seq, frame) with seq > ``after`` up to the channel head, in order (store, then ring)."""
-        frames: list[tuple[int, bytes]] = []
-        cursor = after
+    def _drop(self, viewer: Viewer, why: str) -> None:
+        """Abort a viewer that cannot take what it is owed; it resumes with its last event id."""
+        self.stats.slow_dropped += 1
+        log.info("dropping a viewer: %s", why)
+        self.detach(viewer)
+        viewer.transport.abort()
+
+    async def _replay(
+        self, viewer: Viewer, channel: Channel, resume: tuple[int, int] | None, head: bytes
+    ) -> tuple[Frames, int | None] | None:
+        """What ``viewer`` is owed before it goes live, and the seq it will then have.
+
+        Returns the last frames (``head`` first if nothing was written yet) for
+        the caller to write and join the live set with no await in between, or
+        None if the viewer was dropped. Events older than the ring come from the
+        store page by page (``ReplayPages``); whatever is longer than one write
+        (``write_budget``) is written on the way, each write waiting until the
+        viewer's buffer has room, so no viewer ever holds more than the bound.
+        """
+        out: Frames = [(0, head)] if head else []  # (seq, frame); 0: not sequenced
+        if resume is None:
+            return out, None
+        epoch, seq = resume
+        # Epoch 0 is "whatever epoch the video had": a viewer moved off a node
+        # before the video's first event knew no epoch yet.
+        if channel.epoch is not None and epoch not in (0, channel.epoch):
+            out.append((0, reset_frame("epoch_changed", channel.epoch)))
+            return out, None
+        start_epoch = channel.epoch
+        # The viewer was written everything up to `written`; `out` holds what follows, to `cursor`.
+        written = cursor = seq
+        budget = self.write_budget
         while True:
+            if start_epoch is not None and channel.epoch != start_epoch:
+                # The counter was re-created while we replayed: reload, then live.
+                out.append((0, reset_frame("epoch_changed", channel.epoch)))
+                return out, None
+            if cursor >= channel.last_seq:
+                return out, written
             ring_start = channel.ring[0][0] if channel.ring else channel.last_seq + 1
+            if ring_start - 1 - cursor > self._replay_limit:
+                # Further back than we replay from the store: the client reloads
+                # history instead (Centrifugo's `recovered: false`).
+                self.stats.replay_resets += 1
+                out.append((0, reset_frame("too_far_behind", channel.epoch)))
+                return out, None
             if cursor + 1 >= ring_start:
-                frames.extend(entry for entry in channel.ring if entry[0] > cursor)
-                return frames
-            # Older than the ring: read the store up to where the ring starts. No
-            # await separates the final ring read from joining the live set.
-            docs = await self._backend.fetch(channel.video_id, cursor + 1, ring_start - 1)
-            for doc in docs:
-                frame = events.replay_frame(doc)
-                if frame is not None:
-                    frames.append((doc["seq"], frame))
-            cursor = ring_start - 1
+                tail = [entry for entry in channel.ring if entry[0] > cursor]
+                if not viewer.paused and _size(out) + _size(tail) <= budget:
+                    out.extend(tail)
+                    return out, written
+                # More than one write: send this much, let the viewer drain, look again.
+                out.extend(tail)
+                cursor = channel.last_seq
+            else:
+                # Older than the ring: the store, one aligned page at a time.
+                _, page_end = self.pages.span(cursor + 1)
+                need = min(page_end, ring_start - 1)
+                page = await self.pages.frames(channel.video_id, cursor + 1, need, channel.last_seq)
+                out.extend(entry for entry in page if cursor < entry[0] <= need)
+                cursor = need
+                if _size(out) < budget:
+                    continue
+            if not await self._send(viewer, out):
+                return None
+            out, written = [], cursor
+
+    async def _send(self, viewer: Viewer, frames: Frames) -> bool:
+        """Write ``frames`` in writes of at most ``write_budget``, each once there is room."""
+        chunk: list[bytes] = []
+        size = 0
+        for _, frame in frames:
+            if chunk and size + len(frame) > self.write_budget:
+                if not await self._write(viewer, chunk):
+                    return False
+                chunk, size = [], 0
+            chunk.append(frame)
+            size += len(frame)
+        if chunk and not await self._write(viewer, chunk):
+            return False
+        return await self._room(viewer)
+
+    async def _write(self, viewer: Viewer, chunk: list[bytes]) -> bool:
+        if not await self._room(viewer):
+            return False
+        viewer.transport.write(b"".join(chunk))
+        return True
+
+    async def _room(self, viewer: Viewer) -> bool:
+        """Until the viewer's buffer is below the high-water mark; False if it was dropped."""
+        if viewer.closed:
+            return False
+        if viewer.paused and not await viewer.drained(self._write_timeout):
+            self._drop(viewer, "it did not read what it was owed")
+            return False
+        return not viewer.closed
 
     def _maybe_idle(self, channel: Channel) -> None:
         if channel.viewers or channel.idle_handle is not None:
@@ -349,10 +539,7 @@ class Hub:
         if channel.viral:
             now = asyncio.get_running_loop().time()
             self._set_viral(channel, False, channel.rate_now(now), now)
-        try:
-            await self._backend.unhost(channel.video_id)
-        except LiveCommentsError as exc:
-            log.warning("unhosting %s failed: %s", channel.video_id, exc)
+        await self._unhost(channel.video_id)
 
     # -- events -------------------------------------------------------------
 
@@ -758,10 +945,22 @@ class Hub:
     # -- housekeeping -------------------------------------------------------
 
     def heartbeat(self) -> None:
-        """One pass over every viewer; called by one timer, not one per connection."""
+        """One pass over every viewer; called by one timer, not one per connection.
+
+        A viewer whose buffer is already at the bound is dropped instead: a
+        client that stopped reading must not grow its buffer by heartbeats.
+        """
+        limit = self._max_buffer - len(HEARTBEAT)
+        slow: list[Viewer] = []
         for channel in self.channels.values():
             for viewer in channel.viewers:
-                viewer.transport.write(HEARTBEAT)
+                transport = viewer.transport
+                if transport.get_write_buffer_size() > limit:
+                    slow.append(viewer)
+                else:
+                    transport.write(HEARTBEAT)
+        for viewer in slow:
+            self._drop(viewer, "its buffer is full at a heartbeat")
 
     def move(self, video_id: str, base_url: str | None, reason: str) -> int:
         """Send the video's viewers elsewhere with a ``moved`` event, and close them.
@@ -780,11 +979,22 @@ class Hub:
             url = f"{base_url}/stream/{video_id}?redirected=1&last_event_id={last}"
         body = {"reason": reason, "url": url, "last_event_id": last}
         frame = events.sse_frame("moved", orjson.dumps(body))
+        limit = self._max_buffer - len(frame)
         viewers = list(channel.viewers)
+        closing: list[Transport] = []
         for viewer in viewers:
-            viewer.transport.write(frame)
+            transport = viewer.transport
+            if transport.get_write_buffer_size() > limit:
+                # Not reading: it follows its last event id when it reconnects.
+                self._drop(viewer, "its buffer is full at a move")
+                continue
+            transport.write(frame)
             self.detach(viewer)
-            viewer.transport.close()
+            transport.close()
+            closing.append(transport)
+        if closing:
+            # close() waits for the buffer to drain: one that never does is aborted.
+            asyncio.get_running_loop().call_later(self._write_timeout, _abort_unflushed, closing)
         self.stats.moved += len(viewers)
         return len(viewers)
 

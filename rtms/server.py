@@ -100,6 +100,10 @@ class RTMSServer:
             coalesce_window=settings.coalesce_window,
             viral_deliveries=settings.viral_deliveries,
             viral_window=settings.viral_window,
+            replay_page=settings.replay_page,
+            write_timeout=settings.write_timeout,
+            max_channels=settings.max_channels,
+            channel_limit=settings.channel_limit_node,
         )
         self.placement = Placement(self.zk, Policy.from_settings(settings))
         self.listener = SSEListener(
@@ -109,6 +113,12 @@ class RTMSServer:
             max_viewers=settings.max_viewers,
             health=self.health,
             elsewhere=self._elsewhere,
+            head_timeout=settings.head_timeout,
+            max_unattached=settings.max_unattached,
+            max_unattached_per_peer=settings.max_unattached_per_peer,
+            max_streams_per_address=settings.max_streams_per_address,
+            join_limit_address=settings.join_limit_address,
+            trusted_proxies=settings.trusted_proxies,
         )
         self._rebalances_seen: set[str] = set()
         self._tasks: set[asyncio.Future[None]] = set()
@@ -120,6 +130,7 @@ class RTMSServer:
         self._started_at = time.monotonic()
 
     def health(self) -> dict[str, Any]:
+        stats, pages, listener = self.hub.stats, self.hub.pages, self.listener
         return {
             "node_id": self.node_id,
             "status": "ok" if self.zk.state == "CONNECTED" else "degraded",
@@ -140,8 +151,22 @@ class RTMSServer:
             "viral_left": self.hub.stats.viral_left,
             # Events from the wire refused (never delivered), by reason: kind, id,
             # size, shape (rtms/wire.py), epoch (not the video's current one).
-            "refused": dict(self.hub.refusals.counts),
+            "events_refused": dict(self.hub.refusals.counts),
             "draining": self.draining,
+            # Connection limits: connections not streaming yet, and what was refused.
+            "connections": len(listener.connections),
+            "unattached": listener.unattached,
+            "requests_refused": dict(listener.refused),  # by error code (429/503 answers)
+            "head_timeouts": listener.head_timeouts,
+            "channels_created": stats.channels_created,
+            "channels_failed": stats.channels_failed,
+            "channels_refused": stats.channels_refused,
+            # Resume: store pages read, page requests that shared a read, documents
+            # read, and resumes told to reload history (too_far_behind).
+            "replay_reads": pages.reads,
+            "replay_shared": pages.shared,
+            "replay_docs": pages.docs,
+            "replay_resets": stats.replay_resets,
         }
 
     @property
@@ -223,7 +248,14 @@ class RTMSServer:
         ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert else None
         loop = asyncio.get_running_loop()
         self._sse = await loop.create_server(
-            self.listener.protocol, s.host, s.port, ssl=ssl_ctx, backlog=4096, reuse_address=True
+            self.listener.protocol,
+            s.host,
+            s.port,
+            ssl=ssl_ctx,
+            backlog=4096,
+            reuse_address=True,
+            # The TLS handshake is held to the request head's deadline too.
+            ssl_handshake_timeout=s.head_timeout if ssl_ctx else None,
         )
         await self.placement.start()
         self._rebalances_seen = set(self.placement.rebalances.nodes)  # only new ones count

@@ -5,12 +5,21 @@ instead of a full framework: an idle viewer costs this object, its transport
 and its socket, a few KB, where aiohttp's request machinery costs ~10 KB.
 After the request line and headers are parsed the parser is dropped; the
 connection is then written to by the hub only.
+
+Limits (each refusal is a JSON error with ``Retry-After``): the request head
+must arrive within ``head_timeout`` (408); connections that are not streaming
+yet are capped per node and per peer address (503 ``node_busy``, 429
+``too_many_connections``); streams and first viewers of videos the node does
+not host yet are capped per client address (429 ``too_many_streams``,
+``too_many_joins``). The client address is the peer's, or what a trusted proxy
+says in X-Forwarded-For (``livecomments.netaddr``); an IPv6 client counts by its /64.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -20,7 +29,9 @@ import orjson
 from livecomments import events
 from livecomments.errors import LiveCommentsError
 from livecomments.ids import valid_video_id
+from livecomments.netaddr import TrustedProxies, limit_key
 from rtms.hub import Hub, Viewer
+from rtms.limits import Buckets, Rate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,14 +46,22 @@ _REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
 
+# Retry-After (seconds) of the refusals that no bucket times.
+RETRY_BUSY = 1  # too many connections not streaming yet: they settle within a second
+RETRY_STREAMS = 10  # an address at its stream cap: streams end slowly
+RETRY_UNAVAILABLE = 2  # a backend did not answer
+
+
 class SSEListener:
-    """Routes parsed requests; owns the listening socket."""
+    """Routes parsed requests, applies the connection limits; owns the listening socket."""
 
     def __init__(
         self,
@@ -53,6 +72,12 @@ class SSEListener:
         max_viewers: int,
         health: Callable[[], dict[str, Any]],
         elsewhere: Callable[[str], str | None] = lambda video_id: None,
+        head_timeout: float = 10.0,
+        max_unattached: int = 2000,
+        max_unattached_per_peer: int = 100,
+        max_streams_per_address: int = 1000,
+        join_limit_address: str = "20/10",
+        trusted_proxies: tuple[str, ...] = (),
     ) -> None:
         self.hub = hub
         self._elsewhere = elsewhere
@@ -60,11 +85,104 @@ class SSEListener:
         self._cors = cors_origins
         self._max_viewers = max_viewers
         self._health = health
+        self.head_timeout = head_timeout
+        self._max_unattached = max_unattached
+        self._max_unattached_per_peer = max_unattached_per_peer
+        self._max_streams = max_streams_per_address
+        self._joins = Buckets(Rate.parse(join_limit_address))
+        self.trusted = TrustedProxies(trusted_proxies)
         self.accepting = True
         self.connections: set[SSEProtocol] = set()
+        self.unattached = 0  # connections not streaming yet (head pending, or joining)
+        self._unattached_by_peer: dict[str, int] = {}
+        self._streams_by_address: dict[str, int] = {}
+        self.refused: dict[str, int] = {}  # refusals by error code, for /healthz
+        self.head_timeouts = 0
 
     def protocol(self) -> SSEProtocol:
         return SSEProtocol(self)
+
+    # -- connection accounting ----------------------------------------------
+
+    def opened(self, conn: SSEProtocol) -> None:
+        """A new connection: counted as not streaming until it attaches or closes."""
+        self.connections.add(conn)
+        self.unattached += 1
+        conn.unattached = True
+        peer = conn.peer
+        if peer is not None and not self.trusted.trusts(peer):
+            conn.peer_key = key = limit_key(peer)
+            self._unattached_by_peer[key] = self._unattached_by_peer.get(key, 0) + 1
+            if self._unattached_by_peer[key] > self._max_unattached_per_peer:
+                self.refuse(
+                    conn, 429, "too_many_connections",
+                    "too many connections from this address are not streaming yet", RETRY_BUSY,
+                )  # fmt: skip
+                return
+        if self.unattached > self._max_unattached:
+            self.refuse(
+                conn, 503, "node_busy",
+                "this node has too many connections not streaming yet", RETRY_BUSY,
+            )  # fmt: skip
+            return
+        conn.deadline = asyncio.get_running_loop().call_later(self.head_timeout, conn.head_missed)
+
+    def settled(self, conn: SSEProtocol) -> None:
+        """The connection streams now, or is gone: it no longer counts as unattached."""
+        if not conn.unattached:
+            return
+        conn.unattached = False
+        self.unattached -= 1
+        key = conn.peer_key
+        if key is not None:
+            left = self._unattached_by_peer[key] - 1
+            if left:
+                self._unattached_by_peer[key] = left
+            else:
+                del self._unattached_by_peer[key]
+
+    def closed(self, conn: SSEProtocol) -> None:
+        self.connections.discard(conn)
+        self.settled(conn)
+        key, conn.stream_key = conn.stream_key, None
+        if key is not None:
+            left = self._streams_by_address[key] - 1
+            if left:
+                self._streams_by_address[key] = left
+            else:
+                del self._streams_by_address[key]
+
+    def refuse(
+        self, conn: SSEProtocol, status: int, code: str, message: str, retry_after: float
+    ) -> None:
+        self.refused[code] = self.refused.get(code, 0) + 1
+        extra = (
+            self.allow_origin(conn.origin)
+            + f"Retry-After: {max(1, math.ceil(retry_after))}\r\n".encode()
+        )
+        conn.error(status, code, message, extra)
+
+    def _admit_stream(self, conn: SSEProtocol, video_id: str) -> bool:
+        """The per-address limits on streams and on first viewers of new videos."""
+        address = self.trusted.client(conn.peer, conn.forwarded_for)
+        key = limit_key(address)
+        if self._streams_by_address.get(key, 0) >= self._max_streams:
+            self.refuse(
+                conn, 429, "too_many_streams",
+                "too many streams from this address on this node", RETRY_STREAMS,
+            )  # fmt: skip
+            return False
+        if not self.hub.hosts(video_id):
+            wait = self._joins.take(key)
+            if wait:
+                self.refuse(
+                    conn, 429, "too_many_joins",
+                    "too many new videos opened from this address", wait,
+                )  # fmt: skip
+                return False
+        conn.stream_key = key
+        self._streams_by_address[key] = self._streams_by_address.get(key, 0) + 1
+        return True
 
     def allow_origin(self, origin: bytes | None) -> bytes:
         """The one Access-Control-Allow-Origin line for this request (or nothing)."""
@@ -101,10 +219,12 @@ class SSEListener:
             conn.error(400, "invalid_video_id", "video ids are 1-64 of [A-Za-z0-9_-]", cors)
             return
         if not self.accepting:
-            conn.error(503, "shutting_down", "this node is shutting down", cors)
+            self.refuse(conn, 503, "shutting_down", "this node is shutting down", RETRY_BUSY)
             return
         if self.hub.viewer_count >= self._max_viewers:
-            conn.error(503, "node_full", "this node holds as many viewers as it can", cors)
+            self.refuse(
+                conn, 503, "node_full", "this node holds as many viewers as it can", RETRY_STREAMS
+            )
             return
         params = parse_qs(query)
         raw_id = conn.last_event_id
@@ -123,6 +243,8 @@ class SSEListener:
                 location += f"&last_event_id={events.event_id(*resume)}"
             extra = b"Location: " + location.encode() + b"\r\nCache-Control: no-store\r\n"
             conn.respond(307, b"", cors + extra)
+            return
+        if not self._admit_stream(conn, video_id):
             return
         head = (
             b"HTTP/1.1 200 OK\r\n"
@@ -145,12 +267,16 @@ class SSEListener:
             await self.hub.attach(viewer, video_id, resume, head)
         except LiveCommentsError as exc:
             log.warning("cannot serve %s: %s", video_id, exc)
-            conn.error(503, exc.code, exc.message, self.allow_origin(conn.origin))
+            status = exc.status if exc.status in (429, 503) else 503
+            retry = exc.headers.get("Retry-After", str(RETRY_UNAVAILABLE))
+            self.refuse(conn, status, exc.code, exc.message, float(retry))
         except Exception:
             log.exception("attaching a viewer of %s failed", video_id)
             conn.error(500, "internal", "internal error", self.allow_origin(conn.origin))
         finally:
             conn.attaching = None
+        if viewer.channel is not None:
+            self.settled(conn)
 
 
 class SSEProtocol(asyncio.Protocol):
@@ -161,9 +287,15 @@ class SSEProtocol(asyncio.Protocol):
         "_size",
         "_url",
         "attaching",
+        "deadline",
+        "forwarded_for",
         "last_event_id",
         "origin",
+        "peer",
+        "peer_key",
+        "stream_key",
         "transport",
+        "unattached",
         "viewer",
     )
 
@@ -177,13 +309,26 @@ class SSEProtocol(asyncio.Protocol):
         self.viewer: Viewer | None = None
         self.origin: bytes | None = None
         self.last_event_id: str | None = None
+        self.forwarded_for: str | None = None
         self.attaching: asyncio.Future[None] | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        self.peer: str | None = None
+        self.peer_key: str | None = None  # counted in the per-peer unattached connections
+        self.stream_key: str | None = None  # counted in the per-address streams
+        self.unattached = False
 
     # -- asyncio.Protocol ---------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self._listener.connections.add(self)
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple) and peername:
+            self.peer = str(peername[0])
+        # Flow control for the replay and `moved` writes: paused above half the
+        # per-viewer bound, so a write of the other half never passes it.
+        budget = self._listener.hub.write_budget
+        transport.set_write_buffer_limits(high=budget, low=budget // 4)
+        self._listener.opened(self)
 
     def data_received(self, data: bytes) -> None:
         if self._parser is None:
@@ -200,12 +345,35 @@ class SSEProtocol(asyncio.Protocol):
             self.error(400, "bad_request", "malformed HTTP request", b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._listener.connections.discard(self)
         self._parser = None
+        self._cancel_deadline()
+        self._listener.closed(self)
         if self.viewer is not None:
             self._listener.hub.detach(self.viewer)
         if self.attaching is not None:
+            # Only this request stops waiting: a channel it was creating, or a
+            # history page it was reading, belongs to the node (see Hub.channel).
             self.attaching.cancel()
+
+    def pause_writing(self) -> None:
+        if self.viewer is not None:
+            self.viewer.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.viewer is not None:
+            self.viewer.resume_writing()
+
+    def head_missed(self) -> None:
+        """The head deadline passed: 408, unless the head is complete by now."""
+        self.deadline = None
+        if self._parser is not None:
+            self._listener.head_timeouts += 1
+            self.error(408, "request_timeout", "the request head took too long", b"")
+
+    def _cancel_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
 
     # -- httptools callbacks --------------------------------------------------
 
@@ -218,11 +386,18 @@ class SSEProtocol(asyncio.Protocol):
             self.last_event_id = value.decode("latin-1")
         elif lowered == b"origin":
             self.origin = value
+        elif lowered == b"x-forwarded-for":
+            hops = value.decode("latin-1")
+            # Several headers are one list, in order.
+            self.forwarded_for = (
+                hops if self.forwarded_for is None else f"{self.forwarded_for},{hops}"
+            )
 
     def on_message_complete(self) -> None:
         parser, self._parser = self._parser, None
         if parser is None:
             return
+        self._cancel_deadline()
         try:
             url = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
@@ -238,6 +413,7 @@ class SSEProtocol(asyncio.Protocol):
         self, status: int, body: bytes, extra: bytes, *, content_type: bytes = b"application/json"
     ) -> None:
         self._parser = None
+        self._cancel_deadline()
         head = (
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n".encode()
             + b"Content-Type: "

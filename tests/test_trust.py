@@ -250,7 +250,7 @@ async def test_forged_events_never_reach_viewers_and_the_video_keeps_flowing(
 ) -> None:
     video, token, viewer, first = await viewer_with(cluster, api, session, "before")
     epoch = first["epoch"]
-    before = (await health(cluster, session))["refused"]
+    before = (await health(cluster, session))["events_refused"]
 
     def event(frame: bytes, *, seq: int = 2, at: int = epoch, kind: int = pb.COMMENT) -> pb.Event:
         return pb.Event(video_id=video, seq=seq, epoch=at, kind=kind, frame=frame)  # type: ignore[arg-type]
@@ -289,7 +289,7 @@ async def test_forged_events_never_reach_viewers_and_the_video_keeps_flowing(
 
     async def counted() -> dict[str, int]:
         while True:
-            refused = (await health(cluster, session))["refused"]
+            refused = (await health(cluster, session))["events_refused"]
             if all(refused[k] - before[k] >= len(v) for k, v in forgeries.items()):
                 return dict(refused)
             await asyncio.sleep(0.05)

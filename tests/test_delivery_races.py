@@ -350,5 +350,6 @@ async def test_a_node_the_dispatcher_cannot_find_still_gets_the_last_comment(
         with contextlib.suppress(NodeExistsError):
             await asyncio.to_thread(zk.create, member, data, ephemeral=True)
         await asyncio.to_thread(zk.stop)
+        zk.close()  # its wake-up socket pair, or it leaks (a ResourceWarning later)
     for viewer in viewers.values():
         await viewer.close()

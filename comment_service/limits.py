@@ -9,7 +9,6 @@ posts in one call.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from livecomments.errors import Forbidden, LiveCommentsError, Unauthorized, Unavailable
+from livecomments.rates import Rate
 
 if TYPE_CHECKING:
     from livecomments.settings import CommentServiceSettings
@@ -37,30 +37,6 @@ class TooManyRequests(LiveCommentsError):
             details={"retry_after": seconds},
             headers={"Retry-After": str(seconds)},
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """A bucket of ``capacity`` tokens refilled at ``capacity`` per ``per`` seconds."""
-
-    capacity: int
-    per: float
-
-    @classmethod
-    @functools.cache  # limits are parsed on every rate-limited request: parse each once
-    def parse(cls, spec: str) -> Rate:
-        count, sep, seconds = spec.partition("/")
-        try:
-            rate = cls(int(count), float(seconds))
-        except ValueError:
-            rate = cls(0, 0.0)
-        if not sep or rate.capacity < 1 or rate.per <= 0:
-            raise ValueError(f"a rate is 'N/SECONDS' with N >= 1, got {spec!r}")
-        return rate
-
-    @property
-    def per_ms(self) -> float:
-        return self.capacity / (self.per * 1000.0)
 
 
 # Token buckets: KEYS are the buckets, ARGV[2i-1], ARGV[2i] their capacity and

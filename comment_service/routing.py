@@ -8,10 +8,10 @@ import orjson
 from aiohttp import web
 
 from comment_service.auth import Principal
-from comment_service.limits import Rate
 from livecomments.errors import LiveCommentsError, Unauthorized, ValidationError
 from livecomments.ids import valid_video_id
 from livecomments.netaddr import TrustedProxies
+from livecomments.rates import Rate
 
 if TYPE_CHECKING:
     from comment_service.server import CommentServer

@@ -18,7 +18,7 @@ from comment_service.comments import Comments
 from comment_service.dispatch import DispatchClient
 from comment_service.filter import ContentFilter, load_scorer
 from comment_service.idempotency import Idempotency
-from comment_service.limits import Limiter, LoginLimits, PostLimits, Rate
+from comment_service.limits import Limiter, LoginLimits, PostLimits
 from comment_service.moderation import Moderation
 from comment_service.outbox import Outbox
 from comment_service.policy import Policies
@@ -28,6 +28,7 @@ from coord import ZK, NodeDirectory, Placement, Policy
 from coord.membership import WorkerLease
 from livecomments.grpcauth import GrpcSecurity
 from livecomments.ids import Snowflake
+from livecomments.rates import Rate
 from livecomments.sequencer import Sequencer
 from livecomments.settings import CommentServiceSettings
 from livecomments.store import Store

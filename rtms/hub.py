@@ -25,7 +25,8 @@ import orjson
 from livecomments import events
 from livecomments.errors import LiveCommentsError, Unavailable
 from livecomments.pb import livecomments_pb2 as pb
-from rtms.limits import Bucket, Rate, Refused
+from livecomments.rates import Rate
+from rtms.limits import Bucket, Refused
 from rtms.replay import Frames, ReplayPages
 from rtms.wire import Refusals
 
@@ -787,15 +788,19 @@ class Hub:
             for video, channel in self.viral.items()
         }
 
-    def _broadcast(self, channel: Channel, data: bytes) -> None:
-        limit = self._max_buffer
-        slow: list[Viewer] = []
-        for viewer in channel.viewers:
+    @staticmethod
+    def _write_all(viewers: Iterable[Viewer], data: bytes, limit: int, slow: list[Viewer]) -> None:
+        """Write ``data`` to each viewer within ``limit``; the others go to ``slow``."""
+        for viewer in viewers:
             transport = viewer.transport
             if transport.get_write_buffer_size() > limit:
                 slow.append(viewer)
             else:
                 transport.write(data)
+
+    def _broadcast(self, channel: Channel, data: bytes) -> None:
+        slow: list[Viewer] = []
+        self._write_all(channel.viewers, data, self._max_buffer, slow)
         for viewer in slow:
             # It resumes with its Last-Event-ID when it reconnects.
             self.stats.slow_dropped += 1
@@ -953,12 +958,7 @@ class Hub:
         limit = self._max_buffer - len(HEARTBEAT)
         slow: list[Viewer] = []
         for channel in self.channels.values():
-            for viewer in channel.viewers:
-                transport = viewer.transport
-                if transport.get_write_buffer_size() > limit:
-                    slow.append(viewer)
-                else:
-                    transport.write(HEARTBEAT)
+            self._write_all(channel.viewers, HEARTBEAT, limit, slow)
         for viewer in slow:
             self._drop(viewer, "its buffer is full at a heartbeat")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from livecomments.errors import LiveCommentsError
+from livecomments.rates import Rate
 
 
 class Refused(LiveCommentsError):
@@ -29,25 +29,6 @@ class Refused(LiveCommentsError):
             details={"retry_after": seconds},
             headers={"Retry-After": str(seconds)},
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """A bucket of ``capacity`` tokens refilled at ``capacity`` per ``per`` seconds ("N/S")."""
-
-    capacity: int
-    per: float
-
-    @classmethod
-    def parse(cls, spec: str) -> Rate:
-        count, sep, seconds = spec.partition("/")
-        try:
-            rate = cls(int(count), float(seconds))
-        except ValueError:
-            rate = cls(0, 0.0)
-        if not sep or rate.capacity < 1 or rate.per <= 0:
-            raise ValueError(f"a rate is 'N/SECONDS' with N >= 1, got {spec!r}")
-        return rate
 
 
 class Bucket:

@@ -30,8 +30,9 @@ from livecomments import events
 from livecomments.errors import LiveCommentsError
 from livecomments.ids import valid_video_id
 from livecomments.netaddr import TrustedProxies, limit_key
+from livecomments.rates import Rate
 from rtms.hub import Hub, Viewer
-from rtms.limits import Buckets, Rate
+from rtms.limits import Buckets
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from livecomments.cluster import Backends, Cluster
 from livecomments.launcher import missing_system_packages
@@ -97,6 +98,25 @@ async def session(cluster: Cluster) -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def api(cluster: Cluster, session: aiohttp.ClientSession) -> Api:
     return Api(cluster.services["comment-1"].url, session)
+
+
+CHROMIUM = "/usr/lib/chromium/chromium"  # Debian's; a browser is never downloaded
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium, with the flags this machine needs (no network but loopback)."""
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--ignore-certificate-errors",
+            ],
+        )  # fmt: skip
+        yield launched
+        await launched.close()
 
 
 @pytest.hookimpl(wrapper=True)

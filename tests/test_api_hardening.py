@@ -20,14 +20,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 from redis.asyncio import Redis
 
 from livecomments.cluster import Cluster
 from livecomments.launcher import free_port
 from tests.support import PASSWORD, Api, cli, client_session, unique
 
-CHROMIUM = "/usr/lib/chromium/chromium"
 ALLOWED_PORT, OTHER_PORT = free_port(), free_port()
 ALLOWED = f"http://127.0.0.1:{ALLOWED_PORT}"  # a page origin the API lets in
 OTHER = f"http://127.0.0.1:{OTHER_PORT}"  # one it does not
@@ -300,19 +299,6 @@ async def test_the_page_and_the_api_send_the_security_headers(cluster: Cluster, 
 
 
 # -- in Chromium ------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--ignore-certificate-errors"],
-        )  # fmt: skip
-        yield launched
-        await launched.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 
 import pytest
 from playwright.async_api import (
@@ -19,37 +18,14 @@ from playwright.async_api import (
     ConsoleMessage,
     Locator,
     Page,
-    async_playwright,
     expect,
 )
 
 from livecomments.cluster import Cluster
 from tests.support import PASSWORD, Api, staff, unique
 
-CHROMIUM = "/usr/lib/chromium/chromium"
 pytestmark = pytest.mark.slow
 LIVE = 10000  # ms a live change may take to reach another page
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--ignore-certificate-errors",
-            ],
-        )
-        yield launched
-        await launched.close()
 
 
 class Pages:

@@ -18,14 +18,13 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from livecomments.cluster import Cluster
 from livecomments.store import Store
@@ -36,7 +35,6 @@ GAP_DEADLINE = 1.5
 # One dispatcher: which replica skips a frozen node is then certain (test 3).
 CLUSTER_SHAPE = {"comment_services": 2, "dispatchers": 1}
 CLUSTER_ENV = {"LIVECOMMENTS_GAP_DEADLINE": str(GAP_DEADLINE)}
-CHROMIUM = "/usr/lib/chromium/chromium"
 
 
 def seq_of(event_id: str | None) -> int:
@@ -136,21 +134,6 @@ async def test_pages_loaded_during_bursts_lose_and_repeat_nothing(
     assert totals["mid_burst"] > 0, totals
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--ignore-certificate-errors",
-            ],
-        )  # fmt: skip
-        yield launched
-        await launched.close()
-
-
 @pytest.mark.timeout(180)
 async def test_the_viewer_page_loaded_during_bursts_shows_every_comment_once(
     cluster: Cluster, session: aiohttp.ClientSession, browser: Browser
@@ -188,6 +171,23 @@ async def test_the_viewer_page_loaded_during_bursts_shows_every_comment_once(
             await context.close()
     print(f"\nChromium page loads during bursts: {loads}, lost {lost}, duplicated {duplicated}")
     assert (loads, lost, duplicated) == (20, 0, 0)
+
+
+async def settled_viewers(
+    cluster: Cluster, session: aiohttp.ClientSession, api: Api, video: str, token: str
+) -> dict[str, Viewer]:
+    """A viewer of ``video`` on each node, with one comment, once the nodes' own
+    catch-up looks after hosting it (0.3 s, 1.5 s) are over: what follows can only
+    reach a node by dispatch, by the outbox or by its reconciling."""
+    viewers = {
+        n: await Viewer(f"{cluster.services[n].url}/stream/{video}", session).connect()
+        for n in ("rtms-1", "rtms-2")
+    }
+    await api.post(video, "first", token)
+    for viewer in viewers.values():
+        await viewer.wait_for(1)
+    await asyncio.sleep(2.0)
+    return viewers
 
 
 def _signal(cluster: Cluster, name: str, sig: signal.Signals) -> None:
@@ -280,14 +280,7 @@ async def test_a_paused_node_gets_the_last_comment_after_it_resumes(
     api = Api(cluster.services["comment-2"].url, session)
     video = unique("tail")
     token = await api.register(unique("tail"))
-    viewers = {
-        n: await Viewer(f"{cluster.services[n].url}/stream/{video}", session).connect()
-        for n in ("rtms-1", "rtms-2")
-    }
-    await api.post(video, "first", token)
-    for viewer in viewers.values():
-        await viewer.wait_for(1)
-    await asyncio.sleep(2.0)  # past a new channel's own looks at the head (0.3 s, 1.5 s)
+    viewers = await settled_viewers(cluster, session, api, video, token)
     _signal(cluster, "rtms-1", signal.SIGSTOP)
     try:
         started = time.monotonic()
@@ -324,14 +317,7 @@ async def test_a_node_the_dispatcher_cannot_find_still_gets_the_last_comment(
     api = Api(cluster.services["comment-2"].url, session)
     video = unique("nodir")
     token = await api.register(unique("nodir"))
-    viewers = {
-        n: await Viewer(f"{cluster.services[n].url}/stream/{video}", session).connect()
-        for n in ("rtms-1", "rtms-2")
-    }
-    await api.post(video, "first", token)
-    for viewer in viewers.values():
-        await viewer.wait_for(1)
-    await asyncio.sleep(2.0)  # past a new channel's own looks at the head (0.3 s, 1.5 s)
+    viewers = await settled_viewers(cluster, session, api, video, token)
     zk = KazooClient(hosts=cluster.backends.zk_hosts)
     await asyncio.to_thread(zk.start, 10)
     try:

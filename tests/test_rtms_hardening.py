@@ -32,15 +32,17 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from playwright.async_api import Browser, expect
 from redis.asyncio import Redis
 
 from livecomments.cluster import Cluster
 from livecomments.errors import Unavailable
 from livecomments.netaddr import TrustedProxies, limit_key
+from livecomments.rates import Rate
 from livecomments.sequencer import video_key
 from rtms.hub import HEARTBEAT, Hub
 from rtms.hub import Viewer as HubViewer
-from rtms.limits import Buckets, Rate, Refused
+from rtms.limits import Buckets, Refused
 from tests.support import Api, Viewer, cli, client_session, unique
 
 HEAD_TIMEOUT = 3.0
@@ -688,51 +690,36 @@ async def test_far_back_resumes_share_store_reads_and_get_exactly_what_they_miss
         await viewer.close()
 
 
-CHROMIUM = "/usr/lib/chromium/chromium"
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_the_viewer_page_reloads_history_when_too_far_behind(
-    cluster: Cluster, api: Api, session: aiohttp.ClientSession
+    cluster: Cluster, api: Api, session: aiohttp.ClientSession, browser: Browser
 ) -> None:
     """The page's stream comes back 120 events later: `reset` (too_far_behind), history reloaded."""
-    from playwright.async_api import async_playwright, expect
-
     video = unique("far")
     token = await api.register(unique("poster"))
     await api.post(video, "first", token)
     resets = sum([(await health(session, cluster, i))["replay_resets"] for i in (1, 2)])
     errors: list[str] = []
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--disable-background-networking", "--no-first-run",
-                  "--ignore-certificate-errors"],
-        )  # fmt: skip
-        try:
-            context = await browser.new_context(ignore_https_errors=True)
-            page = await context.new_page()
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            texts = page.locator("#comments .comment .text")
-            await page.goto(f"{cluster.services['comment-1'].url}/?v={video}")
-            await expect(page.locator("#status")).to_have_text("live", timeout=15000)
-            await expect(texts).to_have_text(["first"])
-            # The network goes away; 120 comments are posted before it is back.
-            await context.set_offline(True)
-            await page.evaluate("es && es.onerror()")
-            await expect(page.locator("#status")).to_have_text("reconnecting")
-            await asyncio.gather(*(api.post(video, f"c{n}", token) for n in range(120)))
-            await context.set_offline(False)
-            await expect(page.locator("#status")).to_have_text("live", timeout=30000)
-            # It was told to reload: "first" is gone with the old list, the newest are there.
-            await expect(texts.filter(has_text="c119")).to_have_count(1, timeout=15000)
-            await expect(texts.filter(has_text="first")).to_have_count(0, timeout=15000)
-            await api.post(video, "live again", token)
-            await expect(texts.filter(has_text="live again")).to_have_count(1, timeout=10000)
-        finally:
-            await browser.close()
+    context = await browser.new_context(ignore_https_errors=True)
+    page = await context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    texts = page.locator("#comments .comment .text")
+    await page.goto(f"{cluster.services['comment-1'].url}/?v={video}")
+    await expect(page.locator("#status")).to_have_text("live", timeout=15000)
+    await expect(texts).to_have_text(["first"])
+    # The network goes away; 120 comments are posted before it is back.
+    await context.set_offline(True)
+    await page.evaluate("es && es.onerror()")
+    await expect(page.locator("#status")).to_have_text("reconnecting")
+    await asyncio.gather(*(api.post(video, f"c{n}", token) for n in range(120)))
+    await context.set_offline(False)
+    await expect(page.locator("#status")).to_have_text("live", timeout=30000)
+    # It was told to reload: "first" is gone with the old list, the newest are there.
+    await expect(texts.filter(has_text="c119")).to_have_count(1, timeout=15000)
+    await expect(texts.filter(has_text="first")).to_have_count(0, timeout=15000)
+    await api.post(video, "live again", token)
+    await expect(texts.filter(has_text="live again")).to_have_count(1, timeout=10000)
     after = sum([(await health(session, cluster, i))["replay_resets"] for i in (1, 2)])
     assert after == resets + 1
     assert errors == []

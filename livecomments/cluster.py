@@ -21,6 +21,7 @@ from livecomments.launcher import (
     start_redis,
     start_store,
     start_zookeeper,
+    wait_ready,
     wait_zookeeper,
     zookeeper_mode,
 )
@@ -199,13 +200,13 @@ class Cluster:
     # -- starting ---------------------------------------------------------------
 
     def _launch(
-        self, kind: str, name: str, env: dict[str, str], port: int, url: str
+        self, kind: str, name: str, env: dict[str, str], port: int, url: str, wait: bool = True
     ) -> ServiceProc:
-        proc = start_component(kind, name, self.run_dir, env, port)
+        proc = start_component(kind, name, self.run_dir, env, port, wait=wait)
         service = self.services[name] = ServiceProc(proc, env, kind, url)
         return service
 
-    def start_dispatcher(self, index: int | None = None) -> ServiceProc:
+    def start_dispatcher(self, index: int | None = None, *, wait: bool = True) -> ServiceProc:
         index = index or self._next("dispatcher")
         port = self._port(9701, index)
         env = {
@@ -214,9 +215,10 @@ class Cluster:
             "LIVECOMMENTS_NODE_ID": f"dispatcher-{index}",
             "LIVECOMMENTS_PORT": str(port),
         }
-        return self._launch("dispatcher", f"dispatcher-{index}", env, port, f"127.0.0.1:{port}")
+        url = f"127.0.0.1:{port}"
+        return self._launch("dispatcher", f"dispatcher-{index}", env, port, url, wait)
 
-    def start_rtms(self, index: int | None = None) -> ServiceProc:
+    def start_rtms(self, index: int | None = None, *, wait: bool = True) -> ServiceProc:
         index = index or self._next("rtms")
         port, grpc_port = self._port(8801, index), self._port(9801, index)
         env = {
@@ -229,7 +231,8 @@ class Cluster:
             "LIVECOMMENTS_GRPC_PORT": str(grpc_port),
             "LIVECOMMENTS_CORS_ORIGINS": ",".join(self.comment_origins()),
         }
-        return self._launch("rtms", f"rtms-{index}", env, port, f"{self.scheme}://127.0.0.1:{port}")
+        url = f"{self.scheme}://127.0.0.1:{port}"
+        return self._launch("rtms", f"rtms-{index}", env, port, url, wait)
 
     def comment_origins(self) -> list[str]:
         """Origins the viewer page is served from (for the RTMS nodes' CORS answers)."""
@@ -239,7 +242,7 @@ class Cluster:
         ]
         return origins or ["*"]
 
-    def start_comment_service(self, index: int | None = None) -> ServiceProc:
+    def start_comment_service(self, index: int | None = None, *, wait: bool = True) -> ServiceProc:
         index = index or self._next("comment")
         port = self._port(8443, index)
         env = {
@@ -249,18 +252,21 @@ class Cluster:
             "LIVECOMMENTS_PORT": str(port),
             "LIVECOMMENTS_JWT_SECRET": self.jwt_secret,
         }
-        return self._launch(
-            "comment-service", f"comment-{index}", env, port, f"{self.scheme}://127.0.0.1:{port}"
-        )
+        url = f"{self.scheme}://127.0.0.1:{port}"
+        return self._launch("comment-service", f"comment-{index}", env, port, url, wait)
 
     def start(self, *, dispatchers: int = 2, rtms: int = 2, comment_services: int = 1) -> None:
+        """Start them all at once, then wait until each is ready.
+
+        Nothing depends on start-up order: every process finds the others in
+        ZooKeeper (watched), and nothing is posted before all are ready.
+        """
         try:
-            for _ in range(dispatchers):
-                self.start_dispatcher()
-            for _ in range(rtms):
-                self.start_rtms()
-            for _ in range(comment_services):
-                self.start_comment_service()
+            started = [self.start_dispatcher(wait=False) for _ in range(dispatchers)]
+            started += [self.start_rtms(wait=False) for _ in range(rtms)]
+            started += [self.start_comment_service(wait=False) for _ in range(comment_services)]
+            for service in started:
+                wait_ready(service.proc)
         except BaseException:
             self.stop()
             raise
@@ -272,10 +278,14 @@ class Cluster:
         return self._launch(old.kind, name, old.env, old.proc.port, old.url)
 
     def stop(self) -> None:
-        # Comment services first (no new posts), then RTMS (viewers told), then dispatchers.
-        order = {"comment-service": 0, "rtms": 1, "dispatcher": 2}
-        for service in sorted(self.services.values(), key=lambda s: order[s.kind]):
-            service.proc.stop()
+        # Comment services first (no new posts), then RTMS (viewers told), then
+        # dispatchers; the processes of one kind stop together.
+        for kind in ("comment-service", "rtms", "dispatcher"):
+            procs = [s.proc for s in self.services.values() if s.kind == kind]
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait_stopped()
 
     def logs(self) -> str:
         parts = []

@@ -76,9 +76,18 @@ class Proc:
             self.popen.wait(5)
 
     def stop(self, timeout: float = 10.0) -> None:
+        self.terminate()
+        self.wait_stopped(timeout)
+
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM); :meth:`wait_stopped` waits for it."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = 10.0) -> None:
+        """Until it has exited; ``kill -9`` after ``timeout``."""
         if not self.alive():
             return
-        self.popen.send_signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -244,10 +253,27 @@ def start_store(run_dir: Path, port: int, *, memory: bool = False) -> Proc:
 
 
 def start_component(
-    kind: str, name: str, run_dir: Path, env: Mapping[str, str], port: int, timeout: float = 30.0
+    kind: str,
+    name: str,
+    run_dir: Path,
+    env: Mapping[str, str],
+    port: int,
+    timeout: float = 30.0,
+    *,
+    wait: bool = True,
 ) -> Proc:
-    """``python -m livecomments <kind>``, waited for until it says it is ready."""
+    """``python -m livecomments <kind>``, waited for until it says it is ready.
+
+    ``wait=False`` returns at once: start several, then :func:`wait_ready` each,
+    so their start-ups overlap.
+    """
     argv = [sys.executable, "-m", "livecomments", kind]
     proc = spawn(name, argv, run_dir / "logs", env=env, port=port)
-    wait_until(proc, lambda: _log_has(proc, READY_MARK), timeout, "starting")
+    if wait:
+        wait_ready(proc, timeout)
     return proc
+
+
+def wait_ready(proc: Proc, timeout: float = 30.0) -> None:
+    """Until a component we started says it is ready (LaunchError if it exits or times out)."""
+    wait_until(proc, lambda: _log_has(proc, READY_MARK), timeout, "starting")

@@ -1,4 +1,4 @@
-"""Every znode path, built in one place (layout: DESIGN.md, "coord")."""
+"""Every znode path, built in one place (layout: docs/architecture.md, "The ZooKeeper layout")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""What the operator commands do: read and write ZooKeeper directly (DESIGN.md, "coord").
+"""What the operator commands do: read and write ZooKeeper directly.
+
+The layout is in docs/architecture.md, "The ZooKeeper layout".
 
 A CLI run is one short synchronous session, so this uses a plain
 :class:`~kazoo.client.KazooClient` rather than the asyncio bridge the services

@@ -14,8 +14,10 @@
 // ---------------------------------------------------------------------------
 // Shard key: {video_id: 1, seq: 1}, ranged. Not {video_id: 1, _id: 1}.
 //
-// DESIGN.md asks for two things that cannot both hold on a sharded collection:
-// the shard key {video_id: 1, _id: 1} and a unique index {video_id: 1, seq: -1}.
+// The original design (docs/architecture.md, "Departures from the original
+// design, and why") asked for two things that cannot both hold on a sharded
+// collection: the shard key {video_id: 1, _id: 1} and a unique index
+// {video_id: 1, seq: -1}.
 // Each shard enforces a unique index only over the documents it holds, so
 // MongoDB accepts a unique index on a sharded collection only if the shard key
 // fields are a prefix of it (the _id index aside). It checks field names, in
@@ -35,7 +37,7 @@
 //    are {video_id, seq: {$gte, $lte}} ranges, contiguous in the shard key,
 //    usually one chunk on one shard.
 //  - A viral video still splits: its chunks divide on seq, so no chunk grows
-//    into an unsplittable jumbo chunk (DESIGN.md's reason for a compound key).
+//    into an unsplittable jumbo chunk (the original design's reason for a compound key).
 //  - Ranged, not hashed: hashed shard keys cannot be declared unique, and
 //    MongoDB documents unique enforcement for ranged keys. Ranged also keeps a
 //    video's history in seq order inside its chunks.

@@ -91,7 +91,8 @@ def video_key(prefix: str, video_id: str, name: str) -> str:
 
 def outbox_key(prefix: str) -> str:
     # One key for every video, so one sweep finds them all. (On Redis Cluster
-    # this would want one outbox per slot; see the README.)
+    # this would want one outbox per slot, and the Lua calls that touch both it and a
+    # video's keys would have to be split: not supported yet.)
     return f"{prefix}outbox"
 
 

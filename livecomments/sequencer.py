@@ -143,13 +143,7 @@ class Sequencer:
 
     async def head(self, video_id: str) -> tuple[int, int] | None:
         """``(last assigned seq, epoch)``, or None when the video has no counter."""
-        try:
-            seq, epoch = await self._redis.mget(self.keys(video_id))
-        except RedisError as exc:
-            raise Unavailable(f"redis: {exc}") from exc
-        if epoch is None:
-            return None
-        return int(seq or 0), int(epoch)
+        return (await self.heads([video_id]))[video_id]
 
     async def heads(self, video_ids: list[str]) -> dict[str, tuple[int, int] | None]:
         """``head()`` of many videos in one round trip."""

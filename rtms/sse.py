@@ -61,6 +61,15 @@ RETRY_STREAMS = 10  # an address at its stream cap: streams end slowly
 RETRY_UNAVAILABLE = 2  # a backend did not answer
 
 
+def _release(counts: dict[str, int], key: str) -> None:
+    """One fewer for ``key``; keys at zero are removed, so the map holds live ones only."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
 class SSEListener:
     """Routes parsed requests, applies the connection limits; owns the listening socket."""
 
@@ -134,24 +143,15 @@ class SSEListener:
             return
         conn.unattached = False
         self.unattached -= 1
-        key = conn.peer_key
-        if key is not None:
-            left = self._unattached_by_peer[key] - 1
-            if left:
-                self._unattached_by_peer[key] = left
-            else:
-                del self._unattached_by_peer[key]
+        if conn.peer_key is not None:
+            _release(self._unattached_by_peer, conn.peer_key)
 
     def closed(self, conn: SSEProtocol) -> None:
         self.connections.discard(conn)
         self.settled(conn)
         key, conn.stream_key = conn.stream_key, None
         if key is not None:
-            left = self._streams_by_address[key] - 1
-            if left:
-                self._streams_by_address[key] = left
-            else:
-                del self._streams_by_address[key]
+            _release(self._streams_by_address, key)
 
     def refuse(
         self, conn: SSEProtocol, status: int, code: str, message: str, retry_after: float

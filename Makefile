@@ -48,14 +48,15 @@ $(STAMP): pyproject.toml
 
 # Regenerate the gRPC code after editing proto/livecomments.proto (the output is committed).
 proto: venv
-	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=livecomments/pb \
-	  --grpc_python_out=livecomments/pb --pyi_out=livecomments/pb proto/livecomments.proto
-	sed -i 's/^import livecomments_pb2 as/from livecomments.pb import livecomments_pb2 as/' \
-	  livecomments/pb/livecomments_pb2_grpc.py
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=livecomments/kernel/pb \
+	  --grpc_python_out=livecomments/kernel/pb --pyi_out=livecomments/kernel/pb proto/livecomments.proto
+	sed -i 's/^import livecomments_pb2 as/from livecomments.kernel.pb import livecomments_pb2 as/' \
+	  livecomments/kernel/pb/livecomments_pb2_grpc.py
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy

@@ -33,7 +33,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from livecomments.cluster import Backends, Cluster
+from livecomments.cli.cluster import Backends, Cluster
 
 LIFTED = {
     "LIVECOMMENTS_POST_LIMIT_USER": "1000000/1",

@@ -66,14 +66,14 @@ def missing_packages(target: str) -> list[str]:
     elif target == "pushpin":
         ok = all(shutil.which(b) for b in ("pushpin", "condure", "zurl"))
     else:
-        from livecomments.launcher import missing_system_packages
+        from livecomments.cli.launcher import missing_system_packages
 
         return missing_system_packages()
     return [] if ok else DEBIAN_PACKAGES[target].split()
 
 
 def free_port() -> int:
-    from livecomments.launcher import free_port as _free_port
+    from livecomments.cli.launcher import free_port as _free_port
 
     return _free_port()
 
@@ -371,7 +371,7 @@ class LiveCommentsTarget(Target):
         self.cluster: Any = None
 
     def _start(self) -> None:
-        from livecomments.cluster import Backends, Cluster
+        from livecomments.cli.cluster import Backends, Cluster
 
         self.backends = Backends.start(self.dir, memory_store=True)
         try:

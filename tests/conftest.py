@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from livecomments.cluster import Backends, Cluster
-from livecomments.launcher import missing_system_packages
+from livecomments.cli.cluster import Backends, Cluster
+from livecomments.cli.launcher import missing_system_packages
 from tests.support import Api, client_session
 
 _namespaces = itertools.count(1)

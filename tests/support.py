@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from livecomments.cluster import Cluster
+from livecomments.cli.cluster import Cluster
 
 
 @dataclass

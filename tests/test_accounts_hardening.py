@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from pymongo import AsyncMongoClient
 
-from livecomments.cluster import Cluster
+from livecomments.cli.cluster import Cluster
 from tests.support import PASSWORD, Api, create_admin, staff, unique
 
 PAIR_LIMIT = 5  # failed logins per (account, address)

@@ -23,8 +23,8 @@ from aiohttp import web
 from playwright.async_api import Browser, Page, expect
 from redis.asyncio import Redis
 
-from livecomments.cluster import Cluster
-from livecomments.launcher import free_port
+from livecomments.cli.cluster import Cluster
+from livecomments.cli.launcher import free_port
 from tests.support import PASSWORD, Api, cli, client_session, unique
 
 ALLOWED_PORT, OTHER_PORT = free_port(), free_port()

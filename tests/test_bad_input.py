@@ -13,7 +13,7 @@ import orjson
 import pytest
 from pymongo import AsyncMongoClient
 
-from livecomments.cluster import Cluster
+from livecomments.cli.cluster import Cluster
 from tests.support import Api, Viewer, staff, unique
 
 

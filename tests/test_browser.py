@@ -21,7 +21,7 @@ from playwright.async_api import (
     expect,
 )
 
-from livecomments.cluster import Cluster
+from livecomments.cli.cluster import Cluster
 from tests.support import PASSWORD, Api, staff, unique
 
 pytestmark = pytest.mark.slow

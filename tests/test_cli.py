@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from coord.placement import rendezvous
-from livecomments import settings as cfg
-from livecomments.cluster import Cluster
-from livecomments.ops import KEEP_REBALANCE_REQUESTS, Ops
+from livecomments.cli.cluster import Cluster
+from livecomments.cli.ops import KEEP_REBALANCE_REQUESTS, Ops
+from livecomments.coord.placement import rendezvous
+from livecomments.kernel import settings as cfg
 from tests.support import Viewer, unique
 
 # One node per video, so a viewer can sit on a node its video is not placed on;

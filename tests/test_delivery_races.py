@@ -26,8 +26,8 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError
 from playwright.async_api import Browser, expect
 
-from livecomments.cluster import Cluster
-from livecomments.store import Store
+from livecomments.cli.cluster import Cluster
+from livecomments.kernel.store import Store
 from tests.support import Api, Viewer, unique
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]

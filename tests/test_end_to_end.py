@@ -10,11 +10,11 @@ import aiohttp
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
-from livecomments.cluster import Cluster
-from livecomments.grpcauth import DISPATCHER, RTMS
-from livecomments.pb import livecomments_pb2 as pb
-from livecomments.pb import livecomments_pb2_grpc as pb_grpc
-from livecomments.sequencer import video_key
+from livecomments.cli.cluster import Cluster
+from livecomments.kernel.grpcauth import DISPATCHER, RTMS
+from livecomments.kernel.pb import livecomments_pb2 as pb
+from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.kernel.sequencer import video_key
 from tests.support import Api, Viewer, unique
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from livecomments.cluster import Backends, Cluster
+from livecomments.cli.cluster import Backends, Cluster
 from tests.conftest import NO_LIMITS, make_cluster
 from tests.support import Api, Follower, cli, client_session, unique
 

@@ -9,12 +9,12 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from livecomments.cluster import Cluster
-from livecomments.grpcauth import DISPATCHER
-from livecomments.pb import livecomments_pb2 as pb
-from livecomments.pb import livecomments_pb2_grpc as pb_grpc
-from livecomments.sequencer import Sequencer
-from livecomments.store import Store, utcnow
+from livecomments.cli.cluster import Cluster
+from livecomments.kernel.grpcauth import DISPATCHER
+from livecomments.kernel.pb import livecomments_pb2 as pb
+from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.kernel.sequencer import Sequencer
+from livecomments.kernel.store import Store, utcnow
 from tests.support import Api, Viewer, unique
 
 SESSION_TIMEOUT = 4.0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from comment_service.filter import (
+from livecomments.comment_service.filter import (
     DEFAULT_BLOCKED,
     ContentFilter,
     PatternScorer,

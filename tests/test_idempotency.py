@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from livecomments.cluster import Cluster
+from livecomments.cli.cluster import Cluster
 from tests.support import Api, Viewer, staff, unique
 
 CLUSTER_ENV = {

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from livecomments.cluster import Cluster
+from livecomments.cli.cluster import Cluster
 from tests.support import Api, client_session, unique
 
 CLUSTER_SHAPE = {"comment_services": 2}

@@ -10,7 +10,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
-from livecomments.cluster import Cluster
+from livecomments.cli.cluster import Cluster
 from tests.support import Api, Viewer, staff, unique
 
 CLUSTER_ENV = {"LIVECOMMENTS_FLAG_THRESHOLD": "2"}

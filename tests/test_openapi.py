@@ -35,13 +35,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from comment_service.app import build_app
-from comment_service.auth import ROLES
-from comment_service.moderation import REPORT_REASONS, REPORT_STATES
-from comment_service.openapi import openapi_document
-from comment_service.reactions import EMOJI
-from livecomments.cluster import Cluster
-from livecomments.settings import CommentServiceSettings, load
+from livecomments.cli.cluster import Cluster
+from livecomments.comment_service.app import build_app
+from livecomments.comment_service.auth import ROLES
+from livecomments.comment_service.moderation import REPORT_REASONS, REPORT_STATES
+from livecomments.comment_service.openapi import openapi_document
+from livecomments.comment_service.reactions import EMOJI
+from livecomments.kernel.settings import CommentServiceSettings, load
 from tests.support import Api, staff, unique
 
 HELD_TEXT = "great stream, more at https://example.com/watch"  # one link: held for review

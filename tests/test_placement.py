@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from coord.placement import rendezvous
-from livecomments.cluster import Cluster
+from livecomments.cli.cluster import Cluster
+from livecomments.coord.placement import rendezvous
 from tests.support import Api, Follower, cli, unique
 
 CLUSTER_SHAPE = {"rtms": 3}

@@ -10,7 +10,7 @@ import aiohttp
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
-from livecomments.cluster import Cluster
+from livecomments.cli.cluster import Cluster
 from tests.support import Api, Viewer, unique
 
 CLUSTER_ENV = {"LIVECOMMENTS_REACTION_FLUSH_INTERVAL": "0.5"}

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from livecomments.cluster import Cluster
-from livecomments.sequencer import Sequencer
-from livecomments.store import Store, utcnow
+from livecomments.cli.cluster import Cluster
+from livecomments.kernel.sequencer import Sequencer
+from livecomments.kernel.store import Store, utcnow
 from tests.support import Api, staff, unique
 
 CLUSTER_SHAPE = {"comment_services": 1}

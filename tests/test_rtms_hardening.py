@@ -35,14 +35,14 @@ import pytest
 from playwright.async_api import Browser, expect
 from redis.asyncio import Redis
 
-from livecomments.cluster import Cluster
-from livecomments.errors import Unavailable
-from livecomments.netaddr import TrustedProxies, limit_key
-from livecomments.rates import Rate
-from livecomments.sequencer import video_key
-from rtms.hub import HEARTBEAT, Hub
-from rtms.hub import Viewer as HubViewer
-from rtms.limits import Buckets, Refused
+from livecomments.cli.cluster import Cluster
+from livecomments.kernel.errors import Unavailable
+from livecomments.kernel.netaddr import TrustedProxies, limit_key
+from livecomments.kernel.rates import Rate
+from livecomments.kernel.sequencer import video_key
+from livecomments.rtms.hub import HEARTBEAT, Hub
+from livecomments.rtms.hub import Viewer as HubViewer
+from livecomments.rtms.limits import Buckets, Refused
 from tests.support import Api, Viewer, cli, client_session, unique
 
 HEAD_TIMEOUT = 3.0

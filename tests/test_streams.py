@@ -18,11 +18,11 @@ import aiohttp
 import grpc
 import pytest
 
-from dispatcher.router import MAX_IN_FLIGHT, NodeGone, _Sender
-from livecomments.cluster import Cluster
-from livecomments.pb import livecomments_pb2 as pb
-from livecomments.pb import livecomments_pb2_grpc as pb_grpc
-from livecomments.rpcstream import SERVER_OPTIONS
+from livecomments.cli.cluster import Cluster
+from livecomments.dispatcher.router import MAX_IN_FLIGHT, NodeGone, _Sender
+from livecomments.kernel.pb import livecomments_pb2 as pb
+from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.kernel.rpcstream import SERVER_OPTIONS
 from tests.support import Api, Viewer, unique
 
 SESSION_TIMEOUT = 4.0

@@ -36,10 +36,11 @@ from kazoo.exceptions import NoAuthError
 from kazoo.security import make_digest_acl_credential
 from redis.asyncio import Redis
 
-from coord.paths import Paths
-from livecomments import events
-from livecomments.cluster import Backends, Cluster
-from livecomments.grpcauth import (
+from livecomments.cli.cluster import Backends, Cluster
+from livecomments.cli.launcher import port_open, spawn
+from livecomments.coord.paths import Paths
+from livecomments.kernel import events
+from livecomments.kernel.grpcauth import (
     COMMENT_SERVICE,
     DISPATCHER,
     OPERATOR,
@@ -48,12 +49,11 @@ from livecomments.grpcauth import (
     GrpcSecurity,
     role_name,
 )
-from livecomments.launcher import port_open, spawn
-from livecomments.pb import livecomments_pb2 as pb
-from livecomments.pb import livecomments_pb2_grpc as pb_grpc
-from livecomments.sequencer import video_key
-from livecomments.settings import BackendSettings
-from rtms.wire import refusal
+from livecomments.kernel.pb import livecomments_pb2 as pb
+from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.kernel.sequencer import video_key
+from livecomments.kernel.settings import BackendSettings
+from livecomments.rtms.wire import refusal
 from tests.conftest import NO_LIMITS, make_cluster
 from tests.support import Api, Viewer, cli, unique
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from comment_service.validation import comment_text
-from coord.paths import Paths
-from coord.placement import Policy, place, rendezvous
-from livecomments import settings as cfg
-from livecomments.errors import ValidationError
-from livecomments.events import event_id, parse_event_id, sse_frame
-from livecomments.ids import Snowflake, parse_id, timestamp_ms, valid_video_id
+from livecomments.comment_service.validation import comment_text
+from livecomments.coord.paths import Paths
+from livecomments.coord.placement import Policy, place, rendezvous
+from livecomments.kernel import settings as cfg
+from livecomments.kernel.errors import ValidationError
+from livecomments.kernel.events import event_id, parse_event_id, sse_frame
+from livecomments.kernel.ids import Snowflake, parse_id, timestamp_ms, valid_video_id
 
 
 def test_snowflakes_are_unique_increasing_and_carry_their_time() -> None:
@@ -140,7 +140,7 @@ def test_placement_pins_drains_and_spread() -> None:
 async def test_batcher_groups_what_arrives_during_a_call() -> None:
     import asyncio
 
-    from livecomments.batching import Batcher
+    from livecomments.kernel.batching import Batcher
 
     calls: list[list[int]] = []
 

@@ -6,7 +6,7 @@
 //
 // Every step is idempotent, and the script works whether or not a comment
 // service already created the collection. The index specs are exactly those of
-// livecomments/store.py (Store.ensure_indexes), which every comment-service
+// livecomments/kernel/store.py (Store.ensure_indexes), which every comment-service
 // process runs at start-up: identical specs make that call a no-op, a different
 // spec under the same name would make it fail (IndexKeySpecsConflict /
 // IndexOptionsConflict) and the service would refuse to start.
@@ -26,7 +26,7 @@
 // to shard a collection that already has that unique index. Dropping the
 // uniqueness is not an option: it is the last line of defence against a seq
 // handed out twice after the Redis counter was lost or fell behind
-// (livecomments/sequencer.py).
+// (livecomments/kernel/sequencer.py).
 //
 // With the shard key {video_id: 1, seq: 1}:
 //  - {video_id: 1, seq: -1} unique is legal: the shard key's fields lead it
@@ -80,7 +80,7 @@ if (sharded === null) {
   print(NS + " is already sharded on " + JSON.stringify(SHARD_KEY));
 }
 
-// The application's indexes (livecomments/store.py), spec for spec.
+// The application's indexes (livecomments/kernel/store.py), spec for spec.
 comments.createIndex({ video_id: 1, seq: -1 }, { unique: true });
 comments.createIndex({ video_id: 1, _id: -1 });
 comments.createIndex(

@@ -1,0 +1,294 @@
+"""A whole livecomments system on this machine, as child processes.
+
+``livecomments up`` runs one with fixed ports; the integration tests run
+several with free ports, each in its own namespace (ZooKeeper root, Redis key
+prefix, database name) on shared backends.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from livecomments.cli.launcher import (
+    Proc,
+    free_port,
+    respawn,
+    start_component,
+    start_redis,
+    start_store,
+    start_zookeeper,
+    wait_ready,
+    wait_zookeeper,
+    zookeeper_mode,
+)
+from livecomments.kernel import settings as cfg
+from livecomments.kernel.grpcauth import COMMENT_SERVICE, DISPATCHER, OPERATOR, RTMS, GrpcSecurity
+from livecomments.kernel.tls import make_dev_certificates, make_grpc_certificates
+
+
+@dataclass
+class Backends:
+    """Where ZooKeeper, Redis and the store are, and the processes we started for them."""
+
+    zk_hosts: str
+    redis_url: str
+    mongo_uri: str
+    procs: dict[str, Proc] = field(default_factory=dict)
+    zk_ports: list[int] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        run_dir: Path,
+        *,
+        zk_hosts: str | None = None,
+        redis_url: str | None = None,
+        mongo_uri: str | None = None,
+        fixed_ports: bool = False,
+        zk_members: int = 1,
+        memory_store: bool = False,
+    ) -> Backends:
+        """Start whichever backend was not given an address."""
+        procs: dict[str, Proc] = {}
+        zk_ports: list[int] = []
+        try:
+            if zk_hosts is None:
+                if fixed_ports and zk_members == 1:
+                    zk_ports = [cfg.DEFAULT_ZK_PORT]
+                else:
+                    zk_ports = [free_port() for _ in range(zk_members)]
+                peers = (
+                    [(free_port(), free_port()) for _ in range(zk_members)]
+                    if zk_members > 1
+                    else None
+                )
+                zks = [
+                    start_zookeeper(run_dir, zk_ports, member=i, peer_ports=peers)
+                    for i in range(1, zk_members + 1)
+                ]
+                procs.update((p.name, p) for p in zks)
+                wait_zookeeper(zks)
+                zk_hosts = ",".join(f"127.0.0.1:{p}" for p in zk_ports)
+            if redis_url is None:
+                port = cfg.DEFAULT_REDIS_PORT if fixed_ports else free_port()
+                procs["redis"] = start_redis(run_dir, port)
+                redis_url = f"redis://127.0.0.1:{port}/0"
+            if mongo_uri is None:
+                port = cfg.DEFAULT_MONGO_PORT if fixed_ports else free_port()
+                procs["store"] = start_store(run_dir, port, memory=memory_store)
+                mongo_uri = f"mongodb://127.0.0.1:{port}/"
+        except BaseException:
+            for proc in procs.values():
+                proc.stop()
+            raise
+        return cls(zk_hosts, redis_url, mongo_uri, procs, zk_ports)
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+
+    def restart(self, name: str) -> Proc:
+        """Start a backend process (``redis``, ``zookeeper-2``, ...) again after a kill."""
+        self.procs[name] = respawn(self.procs[name])
+        return self.procs[name]
+
+    def zookeeper_leader(self) -> str | None:
+        """The name of the ensemble member that leads right now."""
+        for name, proc in self.procs.items():
+            if name.startswith("zookeeper") and zookeeper_mode(proc.port) == "leader":
+                return name
+        return None
+
+
+@dataclass
+class ServiceProc:
+    proc: Proc
+    env: dict[str, str]
+    kind: str
+    url: str = ""
+
+
+class Cluster:
+    """Our own processes (dispatchers, RTMS nodes, comment services) on given backends."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        backends: Backends,
+        *,
+        namespace: str = "livecomments",
+        fixed_ports: bool = False,
+        tls: bool = True,
+        jwt_secret: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        grpc_tls: bool = True,
+        zk_auth: str = "",
+    ) -> None:
+        """``tls``: HTTPS for the API and the streams. ``grpc_tls``: mutual TLS on the
+        internal gRPC, one certificate per role from a CA of its own (always, unless
+        turned off). ``zk_auth``: ZooKeeper digest credentials, "user:password"."""
+        self.run_dir = run_dir
+        self.backends = backends
+        self.namespace = namespace
+        self.fixed_ports = fixed_ports
+        self.services: dict[str, ServiceProc] = {}
+        self.ca_file = ""
+        self._tls: tuple[str, str] | None = None
+        if tls:
+            ca, cert, key = make_dev_certificates(run_dir / "tls")
+            self.ca_file, self._tls = str(ca), (str(cert), str(key))
+        # Per role, the LIVECOMMENTS_GRPC_* settings; {} per role when grpc_tls is off.
+        self.grpc_roles: dict[str, dict[str, str]] = (
+            make_grpc_certificates(run_dir / "tls" / "grpc") if grpc_tls else {}
+        )
+        self.zk_auth = zk_auth
+        secret_file = run_dir / "jwt-secret"
+        if jwt_secret is None:
+            if not secret_file.exists():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                secret_file.write_text(secrets.token_urlsafe(48))
+                secret_file.chmod(0o600)
+            jwt_secret = secret_file.read_text().strip()
+        self.jwt_secret = jwt_secret
+        self.extra_env = extra_env or {}
+        self._counters: dict[str, int] = {}
+
+    # -- environment ----------------------------------------------------------
+
+    def base_env(self) -> dict[str, str]:
+        return {
+            "LIVECOMMENTS_ZK_HOSTS": self.backends.zk_hosts,
+            "LIVECOMMENTS_ZK_ROOT": f"/{self.namespace}",
+            "LIVECOMMENTS_REDIS_URL": self.backends.redis_url,
+            "LIVECOMMENTS_REDIS_PREFIX": f"{self.namespace}:",
+            "LIVECOMMENTS_MONGO_URI": self.backends.mongo_uri,
+            "LIVECOMMENTS_MONGO_DB": self.namespace,
+            **({"LIVECOMMENTS_ZK_AUTH": self.zk_auth} if self.zk_auth else {}),
+            **self.extra_env,
+        }
+
+    def grpc_env(self, role: str) -> dict[str, str]:
+        """The settings that give a process ``role``'s gRPC certificate."""
+        if not self.grpc_roles:
+            return {"LIVECOMMENTS_GRPC_INSECURE": "1"}
+        return dict(self.grpc_roles[role])
+
+    def grpc_security(self, role: str = OPERATOR) -> GrpcSecurity:
+        """Credentials for a tool or a test speaking gRPC to this cluster as ``role``."""
+        return GrpcSecurity.from_settings(
+            cfg.load(cfg.BackendSettings, environ=self.grpc_env(role))
+        )
+
+    def _port(self, default: int, index: int) -> int:
+        return default + index - 1 if self.fixed_ports else free_port()
+
+    def _next(self, kind: str) -> int:
+        self._counters[kind] = self._counters.get(kind, 0) + 1
+        return self._counters[kind]
+
+    def _tls_env(self) -> dict[str, str]:
+        if self._tls is None:
+            return {}
+        return {"LIVECOMMENTS_TLS_CERT": self._tls[0], "LIVECOMMENTS_TLS_KEY": self._tls[1]}
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._tls else "http"
+
+    # -- starting ---------------------------------------------------------------
+
+    def _launch(
+        self, kind: str, name: str, env: dict[str, str], port: int, url: str, wait: bool = True
+    ) -> ServiceProc:
+        proc = start_component(kind, name, self.run_dir, env, port, wait=wait)
+        service = self.services[name] = ServiceProc(proc, env, kind, url)
+        return service
+
+    def start_dispatcher(self, index: int | None = None, *, wait: bool = True) -> ServiceProc:
+        index = index or self._next("dispatcher")
+        port = self._port(9701, index)
+        env = {
+            **self.grpc_env(DISPATCHER),
+            **self.base_env(),
+            "LIVECOMMENTS_NODE_ID": f"dispatcher-{index}",
+            "LIVECOMMENTS_PORT": str(port),
+        }
+        url = f"127.0.0.1:{port}"
+        return self._launch("dispatcher", f"dispatcher-{index}", env, port, url, wait)
+
+    def start_rtms(self, index: int | None = None, *, wait: bool = True) -> ServiceProc:
+        index = index or self._next("rtms")
+        port, grpc_port = self._port(8801, index), self._port(9801, index)
+        env = {
+            **self.grpc_env(RTMS),
+            "LIVECOMMENTS_GRPC_HOST": "127.0.0.1",  # loopback: only our own processes
+            **self.base_env(),
+            **self._tls_env(),
+            "LIVECOMMENTS_NODE_ID": f"rtms-{index}",
+            "LIVECOMMENTS_PORT": str(port),
+            "LIVECOMMENTS_GRPC_PORT": str(grpc_port),
+            "LIVECOMMENTS_CORS_ORIGINS": ",".join(self.comment_origins()),
+        }
+        url = f"{self.scheme}://127.0.0.1:{port}"
+        return self._launch("rtms", f"rtms-{index}", env, port, url, wait)
+
+    def comment_origins(self) -> list[str]:
+        """Origins the viewer page is served from (for the RTMS nodes' CORS answers)."""
+        ports = [self._port(8443, i) if self.fixed_ports else 0 for i in (1, 2)]
+        origins = [
+            f"{self.scheme}://{h}:{p}" for p in ports if p for h in ("127.0.0.1", "localhost")
+        ]
+        return origins or ["*"]
+
+    def start_comment_service(self, index: int | None = None, *, wait: bool = True) -> ServiceProc:
+        index = index or self._next("comment")
+        port = self._port(8443, index)
+        env = {
+            **self.grpc_env(COMMENT_SERVICE),
+            **self.base_env(),
+            **self._tls_env(),
+            "LIVECOMMENTS_PORT": str(port),
+            "LIVECOMMENTS_JWT_SECRET": self.jwt_secret,
+        }
+        url = f"{self.scheme}://127.0.0.1:{port}"
+        return self._launch("comment-service", f"comment-{index}", env, port, url, wait)
+
+    def start(self, *, dispatchers: int = 2, rtms: int = 2, comment_services: int = 1) -> None:
+        """Start them all at once, then wait until each is ready.
+
+        Nothing depends on start-up order: every process finds the others in
+        ZooKeeper (watched), and nothing is posted before all are ready.
+        """
+        try:
+            started = [self.start_dispatcher(wait=False) for _ in range(dispatchers)]
+            started += [self.start_rtms(wait=False) for _ in range(rtms)]
+            started += [self.start_comment_service(wait=False) for _ in range(comment_services)]
+            for service in started:
+                wait_ready(service.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart(self, name: str) -> ServiceProc:
+        """Start a stopped or killed service again with the same settings."""
+        old = self.services[name]
+        old.proc.stop()
+        return self._launch(old.kind, name, old.env, old.proc.port, old.url)
+
+    def stop(self) -> None:
+        # Comment services first (no new posts), then RTMS (viewers told), then
+        # dispatchers; the processes of one kind stop together.
+        for kind in ("comment-service", "rtms", "dispatcher"):
+            procs = [s.proc for s in self.services.values() if s.kind == kind]
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait_stopped()
+
+    def logs(self) -> str:
+        parts = []
+        for name, service in self.services.items():
+            parts.append(f"----- {name} -----\n{service.proc.log_tail(80)}")
+        return "\n".join(parts)

@@ -1,0 +1,205 @@
+"""A comment-service process: the HTTPS app plus its clients of the backends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from livecomments.comment_service import browser
+from livecomments.comment_service.admission import Admission
+from livecomments.comment_service.app import STATIC, build_app
+from livecomments.comment_service.auth import Accounts
+from livecomments.comment_service.browser import ViewerPage, check_origins, origin_of
+from livecomments.comment_service.comments import Comments
+from livecomments.comment_service.dispatch import DispatchClient
+from livecomments.comment_service.filter import ContentFilter, load_scorer
+from livecomments.comment_service.idempotency import Idempotency
+from livecomments.comment_service.limits import Limiter, LoginLimits, PostLimits
+from livecomments.comment_service.moderation import Moderation
+from livecomments.comment_service.outbox import Outbox
+from livecomments.comment_service.policy import Policies
+from livecomments.comment_service.reactions import Reactions
+from livecomments.comment_service.recent import RecentCache
+from livecomments.coord import ZK, NodeDirectory, Placement, Policy
+from livecomments.coord.membership import WorkerLease
+from livecomments.kernel.grpcauth import GrpcSecurity
+from livecomments.kernel.ids import Snowflake
+from livecomments.kernel.rates import Rate
+from livecomments.kernel.sequencer import Sequencer
+from livecomments.kernel.settings import CommentServiceSettings
+from livecomments.kernel.store import Store
+from livecomments.kernel.tls import server_context
+
+log = logging.getLogger(__name__)
+
+
+class CommentServer:
+    def __init__(self, settings: CommentServiceSettings) -> None:
+        if not settings.jwt_secret:
+            raise ValueError("set LIVECOMMENTS_JWT_SECRET (shared by every replica)")
+        self.settings = settings
+        scheme = "https" if settings.tls_cert else "http"
+        self.public_url = (
+            settings.public_url or f"{scheme}://{settings.host}:{settings.port}"
+        ).rstrip("/")
+        self.zk = ZK(
+            settings.zk_hosts,
+            settings.zk_root,
+            session_timeout=settings.zk_session_timeout,
+            timeout=settings.zk_timeout,
+            auth=settings.zk_auth,
+        )
+        self.store = Store(settings.mongo_uri, settings.mongo_db, settings.mongo_timeout)
+        self.redis: Redis = Redis.from_url(
+            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        self.sequencer = Sequencer(self.redis, settings.redis_prefix, self.store, outbox=True)
+        self.dispatchers = NodeDirectory(self.zk, self.zk.paths.dispatchers)
+        self.rtms_nodes = NodeDirectory(self.zk, self.zk.paths.rtms_nodes)
+        self.placement = Placement(self.zk, Policy.from_settings(settings), self.rtms_nodes)
+        self.dispatch = DispatchClient(
+            self.dispatchers, settings.dispatch_timeout, GrpcSecurity.from_settings(settings)
+        )
+        self.recent = RecentCache(
+            self.redis,
+            self.sequencer,
+            settings.redis_prefix,
+            settings.recent_cache_size,
+            settings.recent_cache_ttl,
+        )
+        self.outbox = Outbox(
+            self.redis,
+            settings.redis_prefix,
+            self.store,
+            self.dispatch,
+            self.recent,
+            age=settings.outbox_age,
+            interval=settings.outbox_interval,
+            fence_after=settings.outbox_fence_after,
+        )
+        self.lease = WorkerLease(self.zk)
+        self.accounts = Accounts(
+            self.store, self.redis, settings.redis_prefix, settings.jwt_secret, settings.jwt_ttl
+        )
+        self.limiter = Limiter(self.redis, settings.redis_prefix)
+        self.policies = Policies(self.store, self.redis, self.limiter)
+        self.content_filter = ContentFilter(
+            load_scorer(settings.filter_scorer, settings.filter_words_file),
+            settings.filter_hold_threshold,
+            settings.filter_refuse_threshold,
+        )
+        self.post_limits = PostLimits(
+            Rate.parse(settings.post_limit_user),
+            Rate.parse(settings.post_limit_ip),
+            settings.duplicate_window,
+        )
+        self.login_limits = LoginLimits.from_settings(settings)  # parsed once, checked at start
+        for spec in (settings.login_limit_account, settings.login_limit_ip,
+                     settings.register_limit_ip, settings.react_limit_user,
+                     settings.report_limit_user, settings.moderate_limit_user,
+                     settings.history_limit_ip, settings.history_limit_user):  # fmt: skip
+            Rate.parse(spec)  # a typo in a limit fails at start, not on the first request
+        self.reactions = Reactions(
+            self.redis,
+            settings.redis_prefix,
+            self.store,
+            self.dispatch,
+            push_interval=settings.reaction_push_interval,
+            flush_interval=settings.reaction_flush_interval,
+        )
+        # CORS and the page's policy: malformed values fail at start, not in a browser.
+        own = origin_of(self.public_url)
+        extra = () if own is None else (own,)
+        self._cors_origins = (
+            check_origins((o for o in settings.cors_origins if o != "*"), "cors_origins")
+            + extra
+            + (("*",) if "*" in settings.cors_origins else ())
+        )
+        check_origins(settings.rtms_origins, "rtms_origins")
+        self.page = ViewerPage(STATIC / "index.html", settings.frame_ancestors)
+        # Both need the Snowflake worker id leased in start().
+        self.comments: Comments = None  # type: ignore[assignment]
+        self.moderation: Moderation = None  # type: ignore[assignment]
+        self._runner: web.AppRunner | None = None
+        self._started = False
+
+    def cors_headers(self, request: web.Request) -> dict[str, str]:
+        """The CORS headers of an answer to ``request`` (see ``browser.py``)."""
+        return browser.cors_headers(self._cors_origins, request.headers.get("Origin"))
+
+    def stream_origins(self) -> list[str]:
+        """Origins the viewer page may stream from: the configured ones, then the
+        RTMS nodes up now (their public URLs, as the stream redirect names them)."""
+        live = (origin_of(str(info.get("sse_url", ""))) for info in self.rtms_nodes.nodes.values())
+        return [*self.settings.rtms_origins, *sorted({o for o in live if o})]
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.zk.state == "CONNECTED" else "degraded",
+            "zookeeper": self.zk.state,
+            "worker_id": self.lease.worker_id,
+            "dispatchers": len(self.dispatchers.nodes),
+            "rtms_nodes": len(self.rtms_nodes.nodes),
+            "dispatch_failures": self.comments.dispatch_failures if self.comments else 0,
+            "dispatch_undelivered": self.comments.undelivered if self.comments else 0,
+            "outbox_redispatched": self.outbox.redispatched,
+            "outbox_fenced": self.outbox.fenced,
+            "history_pages": dict(self.comments.page_reads) if self.comments else {},
+            "history_cache_entries_read": self.recent.entries_read,
+        }
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        s = self.settings
+        await self.store.start(create_indexes=True)
+        await self.zk.start()
+        await self.dispatchers.start()
+        await self.rtms_nodes.start()
+        await self.placement.start()
+        worker = await self.lease.acquire()
+        ids = Snowflake(worker)
+        self.comments = Comments(
+            self.store,
+            self.sequencer,
+            self.dispatch,
+            ids,
+            content_filter=self.content_filter,
+            limiter=self.limiter,
+            policies=self.policies,
+            admission=Admission(self.redis, self.limiter, self.sequencer, self.post_limits),
+            recent=self.recent,
+            revoked_key=self.accounts.revoked_key,
+            idempotency=Idempotency(self.redis, s.redis_prefix, s.idempotency_window),
+        )
+        self.moderation = Moderation(self.store, self.comments, ids, s.flag_threshold)
+        self.reactions.start()
+        self.outbox.start()
+        self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert else None
+        site = web.TCPSite(self._runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024)
+        await site.start()
+        log.info("comment service on %s (worker %d)", self.public_url, worker)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if not self._started:
+            return
+        self._started = False
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.reactions.stop()
+        await self.outbox.stop()
+        try:
+            await asyncio.wait_for(self.lease.release(), timeout)
+        except Exception as exc:
+            log.warning("releasing the worker id failed: %s", exc)
+        await self.dispatch.close()
+        await self.zk.stop()
+        await self.redis.aclose()
+        await self.store.stop()

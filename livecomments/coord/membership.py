@@ -1,0 +1,69 @@
+"""Process membership: ``/nodes/{kind}/{id}`` ephemeral nodes, and Snowflake worker leases."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from livecomments.coord.client import ZK
+from livecomments.coord.ephemeral import EphemeralSet
+from livecomments.kernel.errors import Unavailable
+from livecomments.kernel.ids import MAX_WORKER
+
+log = logging.getLogger(__name__)
+
+
+class Membership:
+    """Announces one process (an RTMS node or a dispatcher) with a JSON payload."""
+
+    def __init__(self, zk: ZK, path: str) -> None:
+        self._zk = zk
+        self.path = path
+        self._nodes = EphemeralSet(zk)
+        self.info: dict[str, Any] = {}
+
+    async def join(self, info: dict[str, Any]) -> None:
+        self.info = dict(info)
+        await self._nodes.add(self.path, orjson.dumps(self.info))
+
+    async def update(self, **changes: Any) -> None:
+        self.info.update(changes)
+        await self._nodes.update(self.path, orjson.dumps(self.info))
+
+    async def leave(self) -> None:
+        await self._nodes.clear()
+
+
+class WorkerLease:
+    """A Snowflake worker id no other live comment-service process holds.
+
+    Each process creates an ephemeral sequential node; its sequence number
+    modulo 1024 is the worker id. If another live node maps to the same id the
+    lease is taken again until the id is unique.
+    """
+
+    def __init__(self, zk: ZK) -> None:
+        self._zk = zk
+        self.worker_id = -1
+        self.path = ""
+
+    async def acquire(self) -> int:
+        base = self._zk.paths.comment_workers
+        for _ in range(8):
+            path = await self._zk.create(f"{base}/w-", b"", ephemeral=True, sequence=True)
+            worker = int(path.rsplit("-", 1)[1]) % (MAX_WORKER + 1)
+            mine = path.rsplit("/", 1)[1]
+            others = [c for c in await self._zk.children(base) if c != mine]
+            if all(int(c.rsplit("-", 1)[1]) % (MAX_WORKER + 1) != worker for c in others):
+                await self._zk.set(path, str(worker).encode())
+                self.worker_id, self.path = worker, path
+                return worker
+            await self._zk.delete(path)
+        raise Unavailable("no free Snowflake worker id")
+
+    async def release(self) -> None:
+        if self.path:
+            await self._zk.delete(self.path)
+            self.path = ""

@@ -1,0 +1,206 @@
+"""In-memory mirrors of ZooKeeper subtrees, kept current by watches.
+
+kazoo watches fire once, on kazoo's thread; each firing re-arms the watch from
+the event loop (``call_soon_threadsafe``) and re-reads the node. Reads are
+answered in request order on one session, so the last answer applied is the
+newest state. kazoo forgets every watch when the connection drops, so on each
+reconnect the whole subtree is read again. Readers on the hot path (the
+dispatcher's routing) only look at plain dicts: no ZooKeeper call there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from kazoo.exceptions import NoNodeError
+from kazoo.protocol.states import EventType, WatchedEvent
+
+from livecomments.coord.client import ZK
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[], None]
+
+
+class _Mirror:
+    """Base: a root whose children are watched, and per child a second watch."""
+
+    def __init__(self, zk: ZK, root: str) -> None:
+        self._zk = zk
+        self.root = root
+        self._children: set[str] = set()
+        self._listeners: list[Listener] = []
+        self._ready = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        zk.add_state_listener(self._on_state)
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("mirror listener failed")
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._zk.ensure_path(self.root)
+        self._arm_root()
+        await asyncio.wait_for(self._ready.wait(), self._zk.timeout)
+
+    def _on_state(self, state: str) -> None:
+        if state == "CONNECTED" and self._loop is not None:
+            self._arm_root()
+            for child in list(self._children):
+                self._arm_child(child)
+
+    # -- watches (callbacks on kazoo's thread only hop to the loop) ------------
+
+    def _root_fired(self, event: WatchedEvent) -> None:
+        if event.type != EventType.NONE and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._arm_root)
+
+    def _child_fired(self, event: WatchedEvent) -> None:
+        if event.type == EventType.NONE or self._loop is None or not event.path:
+            return
+        child = event.path.rsplit("/", 1)[1]
+        self._loop.call_soon_threadsafe(self._arm_child, child)
+
+    def _arm_root(self) -> None:
+        try:
+            result = self._zk.client.get_children_async(self.root, watch=self._root_fired)
+        except Exception as exc:  # not connected: the reconnect re-arms
+            log.debug("cannot watch %s: %s", self.root, exc)
+            return
+        self._zk.bridge(result).add_done_callback(self._root_answer)
+
+    def _root_answer(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            log.debug(
+                "reading %s failed: %r",
+                self.root,
+                None if future.cancelled() else future.exception(),
+            )
+            return
+        now = set(future.result())
+        for gone in self._children - now:
+            self._children.discard(gone)
+            self._forget(gone)
+        for new in now - self._children:
+            self._children.add(new)
+            self._arm_child(new)
+        if not now:
+            self._ready.set()
+        self._changed()
+
+    def _arm_child(self, child: str) -> None:
+        if child not in self._children:
+            return
+        path = f"{self.root}/{child}"
+        try:
+            result = self._read_child(path)
+        except Exception as exc:
+            log.debug("cannot watch %s: %s", path, exc)
+            return
+        self._zk.bridge(result).add_done_callback(lambda f: self._child_answer(child, f))
+
+    def _child_answer(self, child: str, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if isinstance(error, NoNodeError):
+            self._children.discard(child)
+            self._forget(child)
+        elif error is not None:
+            log.debug("reading %s/%s failed: %r", self.root, child, error)
+            return
+        elif child in self._children:
+            self._store(child, future.result())
+        if self._complete():
+            self._ready.set()
+        self._changed()
+
+    # -- what a subclass decides ---------------------------------------------
+
+    def _read_child(self, path: str) -> Any:
+        raise NotImplementedError
+
+    def _store(self, child: str, answer: Any) -> None:
+        raise NotImplementedError
+
+    def _forget(self, child: str) -> None:
+        raise NotImplementedError
+
+    def _complete(self) -> bool:
+        raise NotImplementedError
+
+
+class NodeDirectory(_Mirror):
+    """Live members under a ``/nodes/{kind}`` znode, each with its JSON payload."""
+
+    def __init__(self, zk: ZK, root: str) -> None:
+        super().__init__(zk, root)
+        self.nodes: dict[str, dict[str, Any]] = {}
+
+    def _read_child(self, path: str) -> Any:
+        return self._zk.client.get_async(path, watch=self._child_fired)
+
+    def _store(self, child: str, answer: Any) -> None:
+        data, _stat = answer
+        try:
+            info = orjson.loads(data) if data else {}
+        except orjson.JSONDecodeError:
+            info = {}
+        self.nodes[child] = info if isinstance(info, dict) else {}
+
+    def _forget(self, child: str) -> None:
+        self.nodes.pop(child, None)
+
+    def _complete(self) -> bool:
+        return self._children <= self.nodes.keys()
+
+
+class RoutingTable(_Mirror):
+    """video id -> ids of the RTMS nodes hosting it, from ``/hosted/{video}/{node}``."""
+
+    def __init__(self, zk: ZK) -> None:
+        super().__init__(zk, zk.paths.hosted)
+        self.videos: dict[str, frozenset[str]] = {}
+        self._seen: set[str] = set()
+
+    def nodes_for(self, video_id: str) -> frozenset[str]:
+        return self.videos.get(video_id, frozenset())
+
+    def drop_node(self, node_id: str) -> None:
+        """Stop routing to a node found dead before ZooKeeper notices its session is gone."""
+        for video, nodes in list(self.videos.items()):
+            if node_id in nodes:
+                rest = nodes - {node_id}
+                if rest:
+                    self.videos[video] = rest
+                else:
+                    del self.videos[video]
+
+    def _read_child(self, path: str) -> Any:
+        return self._zk.client.get_children_async(path, watch=self._child_fired)
+
+    def _store(self, child: str, answer: Any) -> None:
+        self._seen.add(child)
+        nodes = frozenset(answer)
+        if nodes:
+            self.videos[child] = nodes
+        else:
+            self.videos.pop(child, None)
+
+    def _forget(self, child: str) -> None:
+        self._seen.discard(child)
+        self.videos.pop(child, None)
+
+    def _complete(self) -> bool:
+        return self._children <= self._seen

@@ -1,0 +1,224 @@
+"""Routing events to the RTMS nodes that host their videos.
+
+The table (video -> nodes) and the directory (node -> gRPC address) are
+in-memory mirrors of ZooKeeper; nothing here reads ZooKeeper on the hot path.
+Each destination has one long-lived channel, one long-lived ``DeliverStream``
+on it and one sender that batches: while batches are in flight, events for that
+node queue up and leave together in the next message, so a burst costs one
+message per hosting node, not one per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from livecomments.coord import NodeDirectory, RoutingTable
+from livecomments.kernel.grpcauth import RTMS, GrpcSecurity
+from livecomments.kernel.pb import livecomments_pb2 as pb
+from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.kernel.rpcstream import StreamChannel
+
+log = logging.getLogger(__name__)
+
+SUSPECT_FOR = 3.0  # seconds a node that refused a delivery is skipped (ZooKeeper catches up)
+MAX_BATCH = 2000
+# Batches on one stream awaiting their reply. One would leave the stream idle
+# for a round trip after each batch; a few keep it busy under load while the
+# queue still fills into large batches.
+MAX_IN_FLIGHT = 2
+
+
+class NodeGone(Exception):
+    """The node could not be reached; it is treated as dead."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    events: list[pb.Event]
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+def _open_stream(channel: Any) -> Any:
+    return pb_grpc.DeliveryStub(channel).DeliverStream(wait_for_ready=False)
+
+
+class _Sender:
+    """One destination: a channel, one ``DeliverStream``, a queue, a few batches in flight.
+
+    Each batch has the deliver timeout as its deadline. When the stream fails
+    (or a batch outlives its deadline) every batch in flight fails with
+    :class:`NodeGone`, and the next batch opens a new stream.
+    """
+
+    def __init__(
+        self, node_id: str, address: str, timeout: float, security: GrpcSecurity | None = None
+    ) -> None:
+        self.node_id = node_id
+        self.address = address
+        self._channel: StreamChannel[pb.DeliverRequest, pb.DeliverReply] = StreamChannel(
+            address,
+            _open_stream,
+            name=f"{node_id} at {address}",
+            timeout=timeout,
+            error=NodeGone,
+            security=security,
+            peer_role=RTMS,
+        )
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._flush_soon: asyncio.Handle | None = None
+        self._closed = False
+
+    def send(self, events: list[pb.Event]) -> asyncio.Future[None]:
+        pending = _Pending(events)
+        if self._closed:
+            pending.done.set_exception(NodeGone(f"{self.node_id} closed"))
+            return pending.done
+        self._queue.append(pending)
+        if self._flush_soon is None:
+            # Everything sent during this turn of the loop goes in one batch.
+            self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
+        return pending.done
+
+    def _flush(self) -> None:
+        self._flush_soon = None
+        queue = self._queue
+        while queue and not self._closed:
+            stream = self._channel.stream()
+            if stream.in_flight >= MAX_IN_FLIGHT:
+                return  # a reply calls us again
+            batch: list[_Pending] = []
+            events: list[pb.Event] = []
+            while queue and len(events) < MAX_BATCH:
+                item = queue.popleft()
+                batch.append(item)
+                events.extend(item.events)
+            reply = stream.request(pb.DeliverRequest(events=events))
+            reply.add_done_callback(functools.partial(self._settle, batch))
+
+    def _settle(self, batch: list[_Pending], reply: asyncio.Future[pb.DeliverReply]) -> None:
+        error = NodeGone(f"{self.node_id} closed") if reply.cancelled() else reply.exception()
+        for item in batch:
+            if item.done.done():
+                continue
+            if error is None:
+                item.done.set_result(None)
+            else:
+                item.done.set_exception(error)
+        if self._queue and self._flush_soon is None:
+            self._flush()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()
+            self._flush_soon = None
+        for item in self._queue:
+            if not item.done.done():
+                item.done.set_exception(NodeGone(f"{self.node_id} closed"))
+        self._queue.clear()
+        await self._channel.close()
+
+
+class Router:
+    def __init__(
+        self,
+        table: RoutingTable,
+        directory: NodeDirectory,
+        deliver_timeout: float,
+        security: GrpcSecurity | None = None,
+    ) -> None:
+        self.table = table
+        self._security = security
+        self.directory = directory
+        self._timeout = deliver_timeout
+        self._senders: dict[str, _Sender] = {}
+        self._suspects: dict[str, float] = {}
+        self.undelivered = 0  # events some hosting node did not take (left to the outbox)
+        directory.add_listener(self._directory_changed)
+
+    def _directory_changed(self) -> None:
+        for node_id, sender in list(self._senders.items()):
+            info = self.directory.nodes.get(node_id)
+            if info is None or info.get("grpc") != sender.address:
+                del self._senders[node_id]
+                asyncio.get_running_loop().create_task(sender.close())
+
+    def _sender(self, node_id: str) -> _Sender | None:
+        sender = self._senders.get(node_id)
+        if sender is not None:
+            return sender
+        address = self.directory.nodes.get(node_id, {}).get("grpc")
+        if not isinstance(address, str):
+            return None  # hosted but not a live member: its session is gone
+        sender = self._senders[node_id] = _Sender(node_id, address, self._timeout, self._security)
+        return sender
+
+    def submit(self, events: list[pb.Event]) -> Awaitable[pb.DispatchReply]:
+        """Queue each event once for each node hosting its video; await the answers.
+
+        The queueing happens here, before the first await, so calls submitted in
+        order reach every node in that order. The reply lists the events some
+        hosting node did not take (skipped as suspect or unknown, or failed): the
+        caller keeps those in its outbox instead of counting them delivered.
+        """
+        now = time.monotonic()
+        per_node: dict[str, tuple[list[pb.Event], list[int]]] = {}
+        for index, event in enumerate(events):
+            for node_id in self.table.nodes_for(event.video_id):
+                entry = per_node.get(node_id)
+                if entry is None:
+                    entry = per_node[node_id] = ([], [])
+                entry[0].append(event)
+                entry[1].append(index)
+        waits: list[tuple[str, list[int], asyncio.Future[None]]] = []
+        undelivered: set[int] = set()
+        dropped = 0
+        for node_id, (batch, indexes) in per_node.items():
+            sender = None if self._suspects.get(node_id, 0.0) > now else self._sender(node_id)
+            if sender is None:  # suspect, or hosted but not a live member
+                dropped += 1
+                undelivered.update(indexes)
+                continue
+            waits.append((node_id, indexes, sender.send(batch)))
+        return self._collect(len(per_node), waits, dropped, undelivered)
+
+    async def dispatch(self, events: list[pb.Event]) -> pb.DispatchReply:
+        """Send each event once to each node hosting its video; wait for their answers."""
+        return await self.submit(events)
+
+    async def _collect(
+        self,
+        nodes: int,
+        waits: list[tuple[str, list[int], asyncio.Future[None]]],
+        dropped: int,
+        undelivered: set[int],
+    ) -> pb.DispatchReply:
+        delivered = 0
+        if waits:
+            results = await asyncio.gather(*(w for _, _, w in waits), return_exceptions=True)
+            for (node_id, indexes, _), result in zip(waits, results, strict=True):
+                if result is None:
+                    delivered += 1
+                    self._suspects.pop(node_id, None)
+                else:
+                    dropped += 1
+                    undelivered.update(indexes)
+                    log.warning("delivery failed, suspecting node: %s", result)
+                    self._suspects[node_id] = time.monotonic() + SUSPECT_FOR
+        self.undelivered += len(undelivered)
+        return pb.DispatchReply(
+            nodes=nodes, delivered=delivered, dropped=dropped, undelivered=sorted(undelivered)
+        )
+
+    async def close(self) -> None:
+        senders, self._senders = list(self._senders.values()), {}
+        await asyncio.gather(*(s.close() for s in senders), return_exceptions=True)

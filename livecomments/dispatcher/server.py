@@ -1,0 +1,70 @@
+"""A dispatcher replica: gRPC server, ZooKeeper mirrors, membership."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from livecomments.coord import ZK, Membership, NodeDirectory, RoutingTable
+from livecomments.dispatcher.router import Router
+from livecomments.dispatcher.service import DispatcherService
+from livecomments.kernel.grpcauth import GrpcSecurity
+from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.kernel.rpcstream import SERVER_OPTIONS
+from livecomments.kernel.settings import DispatcherSettings, default_node_id
+
+log = logging.getLogger(__name__)
+
+
+class DispatcherServer:
+    def __init__(self, settings: DispatcherSettings) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id or default_node_id("dispatcher", settings.port)
+        self.address = f"{settings.host}:{settings.port}"
+        self.zk = ZK(
+            settings.zk_hosts,
+            settings.zk_root,
+            session_timeout=settings.zk_session_timeout,
+            timeout=settings.zk_timeout,
+            auth=settings.zk_auth,
+        )
+        self.table = RoutingTable(self.zk)
+        self.directory = NodeDirectory(self.zk, self.zk.paths.rtms_nodes)
+        # Refuses to start without credentials (or an explicit grpc_insecure).
+        self.security = GrpcSecurity.from_settings(settings)
+        self.router = Router(self.table, self.directory, settings.deliver_timeout, self.security)
+        self.membership = Membership(self.zk, self.zk.paths.dispatcher(self.node_id))
+        self._grpc: grpc.aio.Server | None = None
+        self._started = False
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self.zk.start()
+        # The table must be whole before any comment service can pick us.
+        await self.directory.start()
+        await self.table.start()
+        self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
+        pb_grpc.add_DispatcherServicer_to_server(
+            DispatcherService(self.router, self.security), self._grpc
+        )
+        self.security.add_port(self._grpc, self.address)
+        await self._grpc.start()
+        await self.membership.join({"grpc": self.address})
+        log.info("dispatcher %s on %s", self.node_id, self.address)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if not self._started:
+            return
+        self._started = False
+        try:
+            await asyncio.wait_for(self.membership.leave(), timeout)
+        except Exception as exc:
+            log.warning("leaving failed: %s", exc)
+        if self._grpc is not None:
+            await self._grpc.stop(grace=min(2.0, timeout))
+        await self.router.close()
+        await self.zk.stop()

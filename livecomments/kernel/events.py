@@ -1,0 +1,188 @@
+"""The event model: how a comment becomes JSON and an SSE frame, in one place.
+
+The comment service encodes a frame once; dispatchers and RTMS nodes pass the
+same bytes along. An RTMS node that fills a gap from the store encodes with the
+same functions, so a replayed frame is byte-for-byte the live one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import orjson
+
+from livecomments.kernel.pb import livecomments_pb2 as pb
+
+EVENT_NAMES: dict[int, str] = {
+    pb.COMMENT: "comment",
+    pb.COMMENT_UPDATED: "comment.updated",
+    pb.COMMENT_DELETED: "comment.deleted",
+    pb.REACTIONS: "reactions",
+}
+
+STATUS_VISIBLE = "visible"
+STATUS_HELD = "held"
+STATUS_DELETED = "deleted"
+
+
+def event_id(epoch: int, seq: int) -> str:
+    return f"{epoch}-{seq}"
+
+
+def parse_event_id(raw: str | None) -> tuple[int, int] | None:
+    """``(epoch, seq)`` from an SSE id, or None for anything malformed."""
+    if not raw or len(raw) > 64:
+        return None
+    epoch_s, sep, seq_s = raw.strip().partition("-")
+    if not sep or not epoch_s.isdigit() or not seq_s.isdigit():
+        return None
+    if not epoch_s.isascii() or not seq_s.isascii():
+        return None
+    epoch, seq = int(epoch_s), int(seq_s)
+    if epoch >= 1 << 63 or seq >= 1 << 63:
+        return None
+    return epoch, seq
+
+
+def iso(value: dt.datetime | None, timespec: str = "milliseconds") -> str | None:
+    """A stored time as JSON: UTC ISO 8601 with a ``Z`` (None stays None)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def comment_json(doc: dict[str, Any]) -> dict[str, Any]:
+    """The public JSON view of a stored comment (ids as decimal strings).
+
+    ``rev`` counts the changes made to the comment: a client holding a newer
+    revision ignores an older one (a resumed stream can replay both).
+    """
+    deleted = doc.get("status") == STATUS_DELETED
+    parent = doc.get("parent_id")
+    return {
+        "id": str(doc["_id"]),
+        "video_id": doc["video_id"],
+        "seq": doc.get("seq"),
+        "epoch": doc.get("epoch"),
+        "user_id": str(doc["user_id"]),
+        "author": doc["author"],
+        "text": None if deleted else doc.get("text"),
+        "parent_id": str(parent) if parent is not None else None,
+        "status": doc.get("status", STATUS_VISIBLE),
+        "created_at": iso(doc.get("created_at")),
+        "created_at_ms": doc.get("created_at_ms"),
+        "edited_at": iso(doc.get("edited_at")),
+        "rev": doc.get("rev", 0),
+        "reactions": doc.get("reactions") or {},
+    }
+
+
+def sse_frame(event: str, data: bytes, ident: str | None = None) -> bytes:
+    """One SSE frame. ``data`` must not contain newlines (orjson output never does)."""
+    head = f"id: {ident}\nevent: {event}\n" if ident is not None else f"event: {event}\n"
+    return head.encode() + b"data: " + data + b"\n\n"
+
+
+def comment_frame(doc: dict[str, Any], kind: int = pb.COMMENT) -> bytes:
+    body = orjson.dumps(comment_json(doc))
+    return sse_frame(EVENT_NAMES[kind], body, event_id(doc.get("epoch", 0), doc["seq"]))
+
+
+def comment_event(doc: dict[str, Any], kind: int = pb.COMMENT) -> pb.Event:
+    """The wire event for a stored comment, frame included."""
+    return pb.Event(
+        comment_id=doc["_id"],
+        video_id=doc["video_id"],
+        seq=doc["seq"],
+        epoch=doc.get("epoch", 0),
+        kind=kind,  # type: ignore[arg-type]
+        frame=comment_frame(doc, kind),
+        created_at_ms=doc.get("created_at_ms") or 0,
+    )
+
+
+# -- changes to a comment ---------------------------------------------------------
+#
+# An edit or a delete takes the video's next seq, like a comment, and is stored
+# as a marker document at that seq holding the changed comment's JSON. So a
+# change is ordered with the comments around it, reaches a viewer that was
+# away when it happened (resume replays it), and a lost one is filled from the
+# store like any other gap.
+
+CHANGE_KINDS: dict[str, int] = {
+    "comment.updated": pb.COMMENT_UPDATED,
+    "comment.deleted": pb.COMMENT_DELETED,
+}
+
+
+def marker_frame(marker: dict[str, Any]) -> bytes:
+    ident = event_id(marker.get("epoch", 0), marker["seq"])
+    return sse_frame(marker["marker"], orjson.dumps(marker["snapshot"]), ident)
+
+
+def change_event(marker: dict[str, Any]) -> pb.Event:
+    return pb.Event(
+        comment_id=marker["target_id"],
+        video_id=marker["video_id"],
+        seq=marker["seq"],
+        epoch=marker.get("epoch", 0),
+        kind=CHANGE_KINDS[marker["marker"]],  # type: ignore[arg-type]
+        frame=marker_frame(marker),
+        created_at_ms=marker.get("created_at_ms") or 0,
+        target_seq=marker["target_seq"],
+    )
+
+
+def _replay_kind(doc: dict[str, Any]) -> int | None:
+    status = doc.get("status", STATUS_VISIBLE)
+    if status == STATUS_VISIBLE:
+        return pb.COMMENT_UPDATED if doc.get("edited_at") else pb.COMMENT
+    if status == STATUS_DELETED:
+        return pb.COMMENT_DELETED
+    return None  # held for review (not stored in `comments` any more, but older data may be)
+
+
+def replay_frame(doc: dict[str, Any]) -> bytes | None:
+    """The frame a stored document replays as (resume, gap fill), in its current state.
+
+    None for what viewers never see: a void (a seq fenced as never acknowledged,
+    see ``Store.fence``) or a comment held for review.
+    """
+    if doc.get("void"):
+        return None
+    if doc.get("marker"):
+        return marker_frame(doc)
+    kind = _replay_kind(doc)
+    return None if kind is None else comment_frame(doc, kind)
+
+
+def replay_event(doc: dict[str, Any]) -> pb.Event | None:
+    """The wire event for a stored document in its current state (outbox re-dispatch)."""
+    if doc.get("void"):
+        return None
+    if doc.get("marker"):
+        return change_event(doc)
+    kind = _replay_kind(doc)
+    return None if kind is None else comment_event(doc, kind)
+
+
+def retarget(frame: bytes, epoch: int, seq: int) -> bytes | None:
+    """``frame`` under another event id (a change frame standing in for the comment it changed)."""
+    if not frame.startswith(b"id: "):
+        return None
+    return f"id: {event_id(epoch, seq)}".encode() + frame[frame.index(b"\n") :]
+
+
+# -- reactions ----------------------------------------------------------------------
+
+
+def reactions_event(video_id: str, counts: dict[str, dict[str, int]]) -> pb.Event:
+    """Aggregated reaction totals for some comments of a video: unsequenced, not resumable.
+
+    Totals, not deltas: a lost or repeated event leaves no wrong count behind.
+    """
+    body = orjson.dumps({"video_id": video_id, "comments": counts})
+    return pb.Event(video_id=video_id, seq=0, kind=pb.REACTIONS, frame=sse_frame("reactions", body))

@@ -1,0 +1,271 @@
+"""Settings: one frozen dataclass per component, built in one place.
+
+Values come from, in increasing priority: the dataclass defaults, the
+``LIVECOMMENTS_<FIELD>`` environment variables, then explicit overrides (CLI
+flags). Nothing else in the code reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from livecomments.kernel.netaddr import TrustedProxies
+
+ENV_PREFIX = "LIVECOMMENTS_"
+
+# Ports `livecomments up` uses by default. Not the well-known ones, so a system
+# Redis or ZooKeeper on this machine is never touched by accident.
+DEFAULT_ZK_PORT = 21810
+DEFAULT_REDIS_PORT = 16379
+DEFAULT_MONGO_PORT = 27018
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSettings:
+    """Where the shared backends are, and the namespace inside each of them."""
+
+    zk_hosts: str = f"127.0.0.1:{DEFAULT_ZK_PORT}"
+    zk_root: str = "/livecomments"  # every znode lives under this path
+    zk_session_timeout: float = 6.0  # seconds; ephemeral nodes vanish ~this long after a crash
+    zk_timeout: float = 5.0  # every ZooKeeper call gives up after this many seconds
+    # ZooKeeper digest credentials, "user:password" ("" = none). With them every
+    # znode the project creates gets an ACL giving all permissions to that
+    # identity only: every process and the CLI of one deployment share them.
+    zk_auth: str = ""
+    redis_url: str = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
+    redis_prefix: str = "lc:"
+    mongo_uri: str = f"mongodb://127.0.0.1:{DEFAULT_MONGO_PORT}/"
+    mongo_db: str = "livecomments"
+    mongo_timeout: float = 5.0
+    log_level: str = "INFO"
+    # gRPC between the components (comment service -> dispatcher -> RTMS) is mutual
+    # TLS: the CA that signed every component's certificate, and this process's
+    # certificate (its role's name, e.g. "rtms.livecomments", as a DNS SAN) and
+    # key. `livecomments up` and the tests make them. Without them a process
+    # refuses to start unless grpc_insecure is set (plaintext, no peer check:
+    # only for a network that authenticates peers by other means).
+    grpc_ca: str = ""
+    grpc_cert: str = ""
+    grpc_key: str = ""
+    grpc_insecure: bool = False
+    # Placement (everyone computes it the same way, so these must agree cluster-wide).
+    min_spread: int = 1  # RTMS nodes every video is placed on
+    spread_viewers: int = 5000  # a video gets one more node per this many viewers
+    max_spread: int = 4  # and at most this many
+    # Peers allowed to say who the client is with X-Forwarded-For (an L7 proxy or
+    # load balancer): addresses or CIDR ranges, comma-separated. The comment
+    # service's rate limits and the RTMS node's connection limits count clients by
+    # the address these peers report; anyone else is counted by its own address.
+    trusted_proxies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        TrustedProxies(self.trusted_proxies)  # a typo stops the process at start-up
+
+
+@dataclasses.dataclass(frozen=True)
+class RTMSSettings(BackendSettings):
+    node_id: str = ""  # defaults to "rtms-<hostname>-<port>"
+    host: str = "127.0.0.1"
+    port: int = 8801  # SSE listener
+    # Delivery service (gRPC). Its own address, private: it is what ZooKeeper
+    # publishes for dispatchers to dial, while `host` faces viewers.
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 9801
+    # Largest SSE frame accepted from a dispatcher; a bigger one is refused
+    # (counted in /healthz "refused"), never delivered.
+    max_frame_bytes: int = 64 * 1024
+    public_url: str = ""  # base URL viewers use, defaults to http(s)://host:port
+    tls_cert: str = ""
+    tls_key: str = ""
+    cors_origins: tuple[str, ...] = ()  # exact origins allowed to open the stream; "*" for any
+    heartbeat_interval: float = 15.0
+    retry_ms: int = 2000
+    ring_size: int = 1024  # recent frames kept per video for resume
+    host_grace: float = 30.0  # keep hosting a video this long after its last viewer left
+    max_viewer_buffer: int = 256 * 1024  # bytes queued for one viewer before it is dropped
+    reorder_window: float = 0.05  # wait this long for a missing seq before asking the store
+    coalesce_window: float = 0.005  # events within this long share one write per viewer
+    # Viral mode: a video whose local viewers x events/s reach viral_deliveries
+    # (0: never) is written at most once per viral_window, until it falls below
+    # half of that. 100,000/s is ~10,000 viewers x 10 comments/s, where one
+    # video's sends (~6 us each) start to fill a core.
+    viral_deliveries: float = 100_000.0
+    viral_window: float = 0.25
+    # A seq the store still lacks this long after a gap showed is fenced (a void is
+    # stored in its place, so its late writer takes another seq) and stepped over.
+    gap_deadline: float = 3.0
+    # Every this many seconds the node reads the heads of all its videos (one Redis
+    # call per 1,000) and fills those still behind the head it saw the time before.
+    reconcile_interval: float = 1.0
+    # Resume: what the ring holds is always replayed; older events are read from
+    # the store in pages of replay_page (concurrent resumers of a video share each
+    # page read), at most replay_limit of them. A viewer further behind gets a
+    # `reset` (reason too_far_behind) and reloads history instead.
+    replay_limit: int = 1000
+    replay_page: int = 200
+    # A viewer whose replay, `moved` event or close cannot drain its buffer within
+    # this many seconds is dropped (it resumes with its last event id).
+    write_timeout: float = 10.0
+    max_viewers: int = 18000  # the process has 20K file descriptors
+    # Connection limits of the SSE listener, each refused with Retry-After and a
+    # JSON error. The defaults leave room for many viewers behind one carrier-grade
+    # NAT address (hundreds of subscribers share one) and a reconnect storm after
+    # a node fails, and stop one address from taking a node.
+    head_timeout: float = 10.0  # the request head (and the TLS handshake) within this: 408
+    max_unattached: int = 2000  # connections not streaming yet (head or joining): 503 node_busy
+    max_unattached_per_peer: int = 100  # of those, from one peer address: 429 too_many_connections
+    max_streams_per_address: int = 1000  # streams from one client address: 429 too_many_streams
+    # First viewers of videos this node does not host yet (each costs a ZooKeeper
+    # write and a Redis or store read): per client address (429 too_many_joins),
+    # and per node (503 node_busy), as "N/S" token buckets; and a cap on the
+    # videos the node hosts (503 node_busy). An IPv6 client counts by its /64.
+    join_limit_address: str = "20/10"
+    channel_limit_node: str = "200/2"
+    max_channels: int = 10000
+    load_report_interval: float = 5.0  # how often connections and viewers go to ZooKeeper
+
+
+@dataclasses.dataclass(frozen=True)
+class DispatcherSettings(BackendSettings):
+    node_id: str = ""
+    host: str = "127.0.0.1"  # the gRPC listener (a dispatcher has no other): keep it private
+    port: int = 9701
+    deliver_timeout: float = 2.0  # seconds one Deliver to one RTMS node may take
+
+
+@dataclasses.dataclass(frozen=True)
+class CommentServiceSettings(BackendSettings):
+    host: str = "127.0.0.1"
+    port: int = 8443
+    public_url: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    jwt_secret: str = ""  # required; every replica must share it
+    jwt_ttl: int = 3600
+    max_comment_chars: int = 500
+    max_body_bytes: int = 16 * 1024
+    history_page_max: int = 100
+    dispatch_timeout: float = 3.0
+    # Exact origins of the pages that call the API from elsewhere ("*" for any). The
+    # viewer page's own origin (public_url) is always allowed. Preflights are
+    # answered for them, and every /api answer (errors too) carries the CORS headers.
+    cors_origins: tuple[str, ...] = ()
+    # Origins the viewer page may open streams on, besides the RTMS nodes that are
+    # up when the page is served: its CSP connect-src, and the only origins whose
+    # `moved` URLs it follows. Exact origins or host wildcards as CSP writes them
+    # ("https://*.rtms.example.com"); set them in production so that nodes joining
+    # after a page was loaded are reachable from it.
+    rtms_origins: tuple[str, ...] = ()
+    # Who may frame the viewer page: a CSP frame-ancestors source list, e.g.
+    # "'self' https://www.example.com" to embed it there, or "'none'".
+    frame_ancestors: str = "'self'"
+    hsts_max_age: int = 31536000  # Strict-Transport-Security on answers over TLS (0 = off)
+    # Older history pages (that cannot gain comments) may be cached this long, by
+    # browsers and shared caches; an edit or a delete of an old comment can take that
+    # long to show in them (the live stream shows it at once). 0: never cached.
+    history_cache_seconds: int = 5
+    # Token buckets, "N/S": bursts of N, refilled at N per S seconds. Shared by
+    # every replica through Redis. Posting follows Twitch's 20 messages / 30 s.
+    post_limit_user: str = "20/30"
+    post_limit_ip: str = "60/30"  # several users may share an address (NAT, campus)
+    # Logins: failed attempts to one account from one address lock that pair
+    # (429 login_locked); attempts from one address to any account are a bucket.
+    login_limit_account: str = "10/300"
+    login_limit_ip: str = "30/300"
+    # Failed logins to one account from every address together: past this bucket,
+    # addresses the account never logged in from must wait between attempts, a
+    # wait that doubles from login_backoff_first up to login_backoff_max seconds
+    # (429 login_backoff). It slows a spray from many addresses without locking
+    # the owner out: their own addresses (a login within login_known_address_days)
+    # are exempt, and a new one waits at most login_backoff_max.
+    login_backoff_account: str = "100/300"
+    login_backoff_first: float = 1.0
+    login_backoff_max: float = 60.0
+    login_known_address_days: float = 30.0
+    register_limit_ip: str = "10/3600"
+    react_limit_user: str = "60/30"
+    report_limit_user: str = "10/60"
+    moderate_limit_user: str = "120/60"
+    # Reads of history (pages, replies, one comment): per address for anonymous
+    # readers, per user for logged-in ones. The viewer page reads one page on load
+    # and short-polls every 2 s while its stream is down; many readers may share an
+    # address (NAT, campus), hence the large burst.
+    history_limit_ip: str = "600/60"
+    history_limit_user: str = "300/60"
+    # Idempotency-Key on posts: a retry with the same key (same user and video)
+    # within this many seconds gets the first answer instead of a second comment.
+    # 24 h, as Stripe: a phone that queued a post offline may retry hours later,
+    # and a keyed post costs ~150 bytes of Redis for that long.
+    idempotency_window: float = 86400.0
+    duplicate_window: float = 30.0  # same text from the same user on a video is refused this long
+    max_slow_mode: int = 3600  # seconds; the longest slow mode a moderator may set
+    # The content filter: a scorer ("" = the built-in word list and patterns, or
+    # "package.module:name") and two thresholds on its 0..1 score.
+    filter_scorer: str = ""
+    filter_words_file: str = ""
+    filter_hold_threshold: float = 0.5  # at or above: held for a moderator
+    filter_refuse_threshold: float = 0.9  # at or above: refused
+    flag_threshold: int = 5  # reports against a user's comments before the user is flagged
+    reaction_push_interval: float = 1.0  # at most one reactions event per video this often
+    reaction_flush_interval: float = 5.0  # reaction counts written to the store this often
+    # Events whose dispatch is not confirmed after outbox_age seconds are sent again
+    # (their writer died, or no dispatcher answered); swept every outbox_interval.
+    outbox_age: float = 2.0
+    outbox_interval: float = 1.0
+    # A seq still missing from the store this long after the sweep first looked
+    # for it is fenced (a void is stored in its place; its writer, if it ever
+    # comes back, takes another seq): only then is its outbox entry dropped.
+    outbox_fence_after: float = 5.0
+    # The recent-comments cache (Redis, per video): the first history page and
+    # short-polling clients (?after=) near the head are served from it.
+    recent_cache_size: int = 500  # newest events kept per video (0 = off)
+    recent_cache_ttl: float = 86400.0  # seconds a video's cache outlives its last write
+
+
+S = TypeVar("S", bound=BackendSettings)
+
+
+def _convert(raw: Any, kind: Any, name: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    if kind is int:
+        return int(raw)
+    if kind is float:
+        return float(raw)
+    if typing.get_origin(kind) is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def load(
+    cls: type[S],
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> S:
+    """Build ``cls`` from defaults, ``LIVECOMMENTS_*`` variables and non-None overrides."""
+    env = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        key = ENV_PREFIX + field.name.upper()
+        if key in env:
+            values[field.name] = _convert(env[key], hints[field.name], field.name)
+        if overrides and overrides.get(field.name) is not None:
+            values[field.name] = _convert(overrides[field.name], hints[field.name], field.name)
+    return cls(**values)
+
+
+def default_node_id(kind: str, port: int) -> str:
+    return f"{kind}-{socket.gethostname()}-{port}"

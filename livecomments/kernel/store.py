@@ -1,0 +1,430 @@
+"""All MongoDB access, in one module (pymongo's native asyncio client).
+
+Queries always name ``video_id`` (the shard key prefix in production) and read
+bounded ``seq`` ranges, so a page costs at most ``limit`` documents on any store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+
+from livecomments.kernel.errors import Conflict, LiveCommentsError, Unavailable
+
+Doc = dict[str, Any]
+
+
+class Store:
+    """Owns the client; ``start()`` connects and makes sure the indexes exist."""
+
+    def __init__(self, uri: str, database: str, timeout: float = 5.0) -> None:
+        self._uri = uri
+        self._database = database
+        self._timeout_ms = int(timeout * 1000)
+        self._client: AsyncMongoClient[Doc] | None = None
+
+    async def start(self, *, create_indexes: bool = True) -> None:
+        if self._client is not None:
+            return
+        self._client = AsyncMongoClient(
+            self._uri,
+            serverSelectionTimeoutMS=self._timeout_ms,
+            connectTimeoutMS=self._timeout_ms,
+            timeoutMS=self._timeout_ms,
+            tz_aware=True,
+        )
+        if create_indexes:
+            await self.ensure_indexes()
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def _col(self, name: str) -> AsyncCollection[Doc]:
+        if self._client is None:
+            raise Unavailable("store not started")
+        return self._client[self._database][name]
+
+    @property
+    def comments(self) -> AsyncCollection[Doc]:
+        return self._col("comments")
+
+    @property
+    def users(self) -> AsyncCollection[Doc]:
+        return self._col("users")
+
+    async def ensure_indexes(self) -> None:
+        with _guard("cannot create indexes"):
+            await self.comments.create_indexes(
+                [
+                    IndexModel([("video_id", ASCENDING), ("seq", DESCENDING)], unique=True),
+                    IndexModel([("video_id", ASCENDING), ("_id", DESCENDING)]),
+                    IndexModel(
+                        [("parent_id", ASCENDING), ("_id", DESCENDING)],
+                        partialFilterExpression={"parent_id": {"$type": "long"}},
+                    ),
+                    IndexModel([("user_id", ASCENDING), ("_id", DESCENDING)]),
+                ]
+            )
+            await self.users.create_indexes(
+                [
+                    IndexModel([("username_key", ASCENDING)], unique=True),
+                    IndexModel([("flagged", ASCENDING), ("flagged_at", DESCENDING)]),
+                ]
+            )
+            await self._col("held").create_indexes(
+                [IndexModel([("state", ASCENDING), ("video_id", ASCENDING), ("_id", DESCENDING)])]
+            )
+            await self._col("reports").create_indexes(
+                [
+                    IndexModel(
+                        [("comment_id", ASCENDING), ("reporter_id", ASCENDING)], unique=True
+                    ),
+                    IndexModel([("status", ASCENDING), ("_id", DESCENDING)]),
+                ]
+            )
+            await self._col("bans").create_indexes([IndexModel([("scope", ASCENDING)])])
+
+    # -- comments ---------------------------------------------------------------
+
+    async def insert_comment(self, doc: Doc) -> None:
+        """Persist a comment or a change marker.
+
+        Conflict ``seq_conflict`` when its (video_id, seq) is taken, ``duplicate_id``
+        when a comment with its id is already stored (an approval done twice).
+        """
+        try:
+            with _guard():
+                await self.comments.insert_one(doc)
+        except DuplicateKeyError as exc:
+            if "_id" in ((exc.details or {}).get("keyPattern") or {}):
+                raise Conflict("comment already stored", code="duplicate_id") from exc
+            raise Conflict("sequence number already used", code="seq_conflict") from exc
+
+    async def insert_comments(self, docs: list[Doc]) -> list[LiveCommentsError | None]:
+        """Persist many in one round trip (group commit); per document, None or its Conflict."""
+        results: list[LiveCommentsError | None] = [None] * len(docs)
+        try:
+            with _guard():
+                await self.comments.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors", []):
+                index = int(error.get("index", -1))
+                if not 0 <= index < len(docs):
+                    continue
+                if error.get("code") == 11000:
+                    pattern = error.get("keyPattern") or {}
+                    results[index] = (
+                        Conflict("comment already stored", code="duplicate_id")
+                        if "_id" in pattern
+                        else Conflict("sequence number already used", code="seq_conflict")
+                    )
+                else:
+                    results[index] = Unavailable(f"store: {error.get('errmsg', 'write failed')}")
+        return results
+
+    async def comments_by_seq(self, video_id: str, lo: int, hi: int) -> list[Doc]:
+        """Comments and change markers with ``lo <= seq <= hi``, ascending by seq."""
+        if hi < lo:
+            return []
+        with _guard():
+            cursor = self.comments.find(
+                {"video_id": video_id, "seq": {"$gte": lo, "$lte": hi}}
+            ).sort("seq", ASCENDING)
+            return await cursor.to_list(length=hi - lo + 1)
+
+    async def comments_at(self, video_id: str, seqs: list[int]) -> list[Doc]:
+        """The documents (comments, change markers, voids) at these seqs, ascending."""
+        if not seqs:
+            return []
+        with _guard():
+            cursor = self.comments.find({"video_id": video_id, "seq": {"$in": sorted(seqs)}})
+            docs = await cursor.to_list(length=len(seqs))
+        return sorted(docs, key=lambda d: int(d["seq"]))
+
+    async def fence(self, video_id: str, seqs: list[int]) -> int:
+        """Void each seq that no document holds yet; how many voids were written.
+
+        A void is a document at ``(video_id, seq)`` that says "never acknowledged":
+        the unique index makes it race with a late writer's insert, and exactly one
+        of them wins. A writer that loses gets ``seq_conflict`` and takes another
+        seq, so no acknowledged comment ever sits at a voided seq, and a node may
+        step over a void knowing it hides nothing. Seqs someone else fenced, or
+        that a writer stored meanwhile, are left as they are.
+        """
+        if not seqs:
+            return 0
+        now = utcnow()
+        docs = [
+            {"_id": void_id(video_id, seq), "video_id": video_id, "seq": seq, "void": True,
+             "created_at": now}
+            for seq in seqs
+        ]  # fmt: skip
+        try:
+            with _guard():
+                result = await self.comments.insert_many(docs, ordered=False)
+            return len(result.inserted_ids)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 for e in errors):
+                raise Unavailable(f"store: fencing failed: {errors[:1]}") from exc
+            return int(exc.details.get("nInserted", len(docs) - len(errors)))
+
+    async def max_seq(self, video_id: str) -> int:
+        """The highest seq stored for a video (0 for none). Used only to re-seed a counter."""
+        with _guard():
+            doc = await self.comments.find_one(
+                {"video_id": video_id}, projection={"seq": 1}, sort=[("seq", DESCENDING)]
+            )
+        return int(doc["seq"]) if doc else 0
+
+    async def get_comment(self, video_id: str, comment_id: int) -> Doc | None:
+        with _guard():
+            # video_id first: on a sharded store this is a targeted query.
+            return await self.comments.find_one(
+                {"video_id": video_id, "_id": comment_id, "marker": None}
+            )
+
+    async def find_comment(self, comment_id: int) -> Doc | None:
+        """A comment by id alone. Not targeted on a sharded store: for rare paths (reports)."""
+        with _guard():
+            return await self.comments.find_one({"_id": comment_id, "marker": None})
+
+    async def update_comment(
+        self, video_id: str, comment_id: int, changes: Doc, *, unless_deleted: bool
+    ) -> Doc | None:
+        """Apply ``changes`` (a $set), bump ``rev``; the new document, or None if no match."""
+        query: Doc = {"video_id": video_id, "_id": comment_id, "marker": None}
+        if unless_deleted:
+            query["status"] = {"$ne": "deleted"}
+        update: Doc = {"$set": changes, "$inc": {"rev": 1}}
+        if changes.get("status") == "deleted":
+            update["$unset"] = {"text": ""}
+        with _guard():
+            return await self.comments.find_one_and_update(
+                query, update, return_document=ReturnDocument.AFTER
+            )
+
+    async def count_reply(self, video_id: str, parent_id: int) -> None:
+        with _guard():
+            await self.comments.update_one(
+                {"video_id": video_id, "_id": parent_id}, {"$inc": {"reply_count": 1}}
+            )
+
+    async def replies(
+        self, video_id: str, parent_id: int, *, after_seq: int, limit: int
+    ) -> list[Doc]:
+        """Replies to one comment, oldest first, from seq ``after_seq`` on."""
+        with _guard():
+            cursor = self.comments.find(
+                {"video_id": video_id, "parent_id": parent_id, "seq": {"$gt": after_seq}}
+            ).sort("seq", ASCENDING)
+            return await cursor.limit(limit).to_list(length=limit)
+
+    async def set_reactions(self, counts: dict[tuple[str, int], dict[str, int]]) -> None:
+        """Write flushed reaction counts: ``{(video_id, comment_id): {name: n}}``."""
+        if not counts:
+            return
+        with _guard():
+            await self.comments.bulk_write(
+                [
+                    UpdateOne({"video_id": video, "_id": cid}, {"$set": {"reactions": value}})
+                    for (video, cid), value in counts.items()
+                ],
+                ordered=False,
+            )
+
+    # -- held for review ----------------------------------------------------------
+
+    async def insert_held(self, doc: Doc) -> None:
+        with _guard():
+            await self._col("held").insert_one(doc)
+
+    async def held(self, video_id: str | None, *, before: int | None, limit: int) -> list[Doc]:
+        query: Doc = {"state": "pending"}
+        if video_id is not None:
+            query["video_id"] = video_id
+        if before is not None:
+            query["_id"] = {"$lt": before}
+        with _guard():
+            cursor = self._col("held").find(query).sort("_id", DESCENDING)
+            return await cursor.limit(limit).to_list(length=limit)
+
+    async def get_held(self, comment_id: int) -> Doc | None:
+        with _guard():
+            return await self._col("held").find_one({"_id": comment_id})
+
+    async def settle_held(self, comment_id: int, state: str, by: int) -> None:
+        with _guard():
+            await self._col("held").update_one(
+                {"_id": comment_id},
+                {"$set": {"state": state, "settled_by": by, "settled_at": utcnow()}},
+            )
+
+    # -- reports ------------------------------------------------------------------
+
+    async def insert_report(self, doc: Doc) -> None:
+        try:
+            with _guard():
+                await self._col("reports").insert_one(doc)
+        except DuplicateKeyError as exc:
+            raise Conflict("you already reported this comment", code="already_reported") from exc
+
+    async def reports(self, status: str, *, before: int | None, limit: int) -> list[Doc]:
+        query: Doc = {"status": status}
+        if before is not None:
+            query["_id"] = {"$lt": before}
+        with _guard():
+            cursor = self._col("reports").find(query).sort("_id", DESCENDING)
+            return await cursor.limit(limit).to_list(length=limit)
+
+    async def settle_reports(self, comment_id: int, status: str, by: int) -> int:
+        """Close every open report of a comment; how many were open."""
+        with _guard():
+            result = await self._col("reports").update_many(
+                {"comment_id": comment_id, "status": "open"},
+                {"$set": {"status": status, "settled_by": by, "settled_at": utcnow()}},
+            )
+        return int(result.modified_count)
+
+    async def get_report(self, report_id: int) -> Doc | None:
+        with _guard():
+            return await self._col("reports").find_one({"_id": report_id})
+
+    # -- bans ---------------------------------------------------------------------
+
+    async def put_ban(self, doc: Doc, *, unless_set_by: str | None = None) -> bool:
+        """Store or replace a ban; False (nothing written) when the ban in place, still
+        running, was set by a user of role ``unless_set_by`` (one conditional write)."""
+        query: Doc = {"_id": doc["_id"], **_not_protected(unless_set_by)}
+        try:
+            with _guard():
+                await self._col("bans").replace_one(query, doc, upsert=True)
+        except DuplicateKeyError:
+            return False  # the upsert met the protected ban's _id
+        return True
+
+    async def get_ban(self, ban_id: str) -> Doc | None:
+        with _guard():
+            return await self._col("bans").find_one({"_id": ban_id})
+
+    async def delete_ban(self, ban_id: str, *, unless_set_by: str | None = None) -> bool:
+        query: Doc = {"_id": ban_id, **_not_protected(unless_set_by)}
+        with _guard():
+            result = await self._col("bans").delete_one(query)
+        return bool(result.deleted_count)
+
+    async def active_bans(self, scope: str | None = None) -> list[Doc]:
+        query: Doc = {"$or": [{"expires_at": None}, {"expires_at": {"$gt": utcnow()}}]}
+        if scope is not None:
+            query["scope"] = scope
+        with _guard():
+            return await self._col("bans").find(query).to_list(length=None)
+
+    # -- videos -------------------------------------------------------------------
+
+    async def video_settings(self, video_id: str) -> Doc:
+        with _guard():
+            doc = await self._col("videos").find_one({"_id": video_id})
+        return doc or {"_id": video_id}
+
+    async def videos_with_settings(self) -> list[Doc]:
+        """Every video whose settings differ from the defaults (slow mode on)."""
+        with _guard():
+            return await self._col("videos").find({"slow_mode": {"$gt": 0}}).to_list(length=None)
+
+    async def set_video_settings(self, video_id: str, changes: Doc) -> Doc:
+        with _guard():
+            doc = await self._col("videos").find_one_and_update(
+                {"_id": video_id},
+                {"$set": changes},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        return doc or {"_id": video_id, **changes}
+
+    # -- users ----------------------------------------------------------------
+
+    async def create_user(self, doc: Doc) -> None:
+        try:
+            with _guard():
+                await self.users.insert_one(doc)
+        except DuplicateKeyError as exc:
+            raise Conflict("username is taken", code="username_taken") from exc
+
+    async def find_user(self, username_key: str) -> Doc | None:
+        with _guard():
+            return await self.users.find_one({"username_key": username_key})
+
+    async def get_user(self, user_id: int) -> Doc | None:
+        with _guard():
+            return await self.users.find_one({"_id": user_id})
+
+    async def update_user(self, user_id: int, update: Doc) -> Doc | None:
+        with _guard():
+            return await self.users.find_one_and_update(
+                {"_id": user_id}, update, return_document=ReturnDocument.AFTER
+            )
+
+    async def count_users(self, query: Doc) -> int:
+        with _guard():
+            return int(await self.users.count_documents(query))
+
+    async def try_lock(self, name: str, holder: str, seconds: float) -> bool:
+        """Take the named lease (a document in ``locks``) unless another holder has
+        it and it has not expired; it expires so that a crashed holder frees it."""
+        now = utcnow()
+        try:
+            with _guard():
+                doc = await self._col("locks").find_one_and_update(
+                    {"_id": name, "until": {"$lt": now}},
+                    {"$set": {"holder": holder, "until": now + dt.timedelta(seconds=seconds)}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+        except DuplicateKeyError:
+            return False  # held: the upsert met the holder's document
+        return doc is not None and doc.get("holder") == holder
+
+    async def unlock(self, name: str, holder: str) -> None:
+        with _guard():
+            await self._col("locks").delete_one({"_id": name, "holder": holder})
+
+    async def flagged_users(self, *, limit: int) -> list[Doc]:
+        with _guard():
+            cursor = self.users.find({"flagged": True}).sort("flagged_at", DESCENDING)
+            return await cursor.limit(limit).to_list(length=limit)
+
+
+def void_id(video_id: str, seq: int) -> str:
+    """The ``_id`` of the void at ``(video_id, seq)``: one per seq, never a comment's id."""
+    return f"void:{video_id}:{seq}"
+
+
+def _not_protected(role: str | None) -> Doc:
+    """A ban filter: not set by ``role``, or already over (None: any ban)."""
+    if role is None:
+        return {}
+    return {"$or": [{"by_role": {"$ne": role}}, {"expires_at": {"$lte": utcnow()}}]}
+
+
+@contextlib.contextmanager
+def _guard(what: str = "") -> Iterator[None]:
+    """Store failures become ``Unavailable``; duplicate keys are left to the caller."""
+    try:
+        yield
+    except (DuplicateKeyError, BulkWriteError):
+        raise
+    except PyMongoError as exc:
+        raise Unavailable(f"store: {what + ': ' if what else ''}{exc}") from exc
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -8,13 +8,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := zookeeper redis-server
 
-.PHONY: run test bootstrap system-deps _apt venv proto lint typecheck clean
+.PHONY: run test test-fast bootstrap system-deps _apt venv proto lint typecheck clean
 
 run: bootstrap
 	$(BIN)/livecomments up
 
 test: bootstrap
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The unit tests alone: no servers, a few seconds.
+test-fast: venv
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
 bootstrap: system-deps venv
 

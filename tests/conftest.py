@@ -34,7 +34,7 @@ NO_LIMITS = {
 } | {
     "LIVECOMMENTS_DUPLICATE_WINDOW": "0",
     # The RTMS listener's per-address and per-node limits: every test viewer
-    # comes from 127.0.0.1 (tests/test_rtms_hardening.py sets its own).
+    # comes from 127.0.0.1 (tests/system/test_rtms_hardening.py sets its own).
     "LIVECOMMENTS_MAX_STREAMS_PER_ADDRESS": "100000",
     "LIVECOMMENTS_MAX_UNATTACHED_PER_PEER": "100000",
     "LIVECOMMENTS_JOIN_LIMIT_ADDRESS": "100000/1",

@@ -2,7 +2,7 @@
 
 The enums (reaction names, report reasons, roles) and the limits (page sizes,
 comment length, slow mode, rate limits) come from the same constants and
-settings the handlers use, so they cannot drift apart; ``tests/test_openapi.py``
+settings the handlers use, so they cannot drift apart; ``tests/system/test_openapi.py``
 checks the paths against the route table and fuzzes the running service
 against the rest.
 """

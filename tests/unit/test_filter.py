@@ -360,7 +360,7 @@ def test_load_scorer_from_words_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["tests.test_filter:AlwaysHold", "tests.test_filter:make_always_hold"],
+    ["tests.unit.test_filter:AlwaysHold", "tests.unit.test_filter:make_always_hold"],
 )
 def test_load_scorer_calls_classes_and_factories(spec: str) -> None:
     scorer = load_scorer(spec)
@@ -370,20 +370,20 @@ def test_load_scorer_calls_classes_and_factories(spec: str) -> None:
 
 
 def test_load_scorer_uses_an_instance_as_is() -> None:
-    assert load_scorer("tests.test_filter:ALWAYS_HOLD") is ALWAYS_HOLD
+    assert load_scorer("tests.unit.test_filter:ALWAYS_HOLD") is ALWAYS_HOLD
 
 
 @pytest.mark.parametrize(
     "spec",
     [
-        "tests.test_filter",
-        "tests.test_filter:",
+        "tests.unit.test_filter",
+        "tests.unit.test_filter:",
         ":AlwaysHold",
         "tests.no_such_module:AlwaysHold",
-        "tests.test_filter:NoSuchScorer",
-        "tests.test_filter:NOT_A_SCORER",
-        "tests.test_filter:Fixed.score",
-        "tests.test_filter:test_load_scorer_default",  # a factory returning None
+        "tests.unit.test_filter:NoSuchScorer",
+        "tests.unit.test_filter:NOT_A_SCORER",
+        "tests.unit.test_filter:Fixed.score",
+        "tests.unit.test_filter:test_load_scorer_default",  # a factory returning None
     ],
 )
 def test_load_scorer_rejects_bad_specs(spec: str) -> None:
@@ -395,4 +395,4 @@ def test_load_scorer_rejects_a_words_file_for_a_custom_scorer(tmp_path: Path) ->
     words = tmp_path / "words.txt"
     words.write_text("banana\n", encoding="utf-8")
     with pytest.raises(ValueError):
-        load_scorer("tests.test_filter:AlwaysHold", str(words))
+        load_scorer("tests.unit.test_filter:AlwaysHold", str(words))

@@ -2,7 +2,7 @@
 
 Every test runs against the real cluster. Clients say which address they come
 from with X-Forwarded-For, through 127.0.0.1, a trusted proxy here as the L7
-proxy is in production (see tests/test_limits.py).
+proxy is in production (see tests/system/test_limits.py).
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ async def test_login_attempts_are_limited_per_account_and_address(
     )
     assert (status, body["error"]["code"]) == (429, "login_locked")
     assert int(response.headers["Retry-After"]) >= 1
-    # ... not from the owner's (tests/test_accounts_hardening.py has the rest).
+    # ... not from the owner's (tests/system/test_accounts_hardening.py has the rest).
     status, body, _ = await apis[0].request(
         "POST", "/api/auth/login", json=right, headers=client("10.1.0.99")
     )

@@ -6,7 +6,6 @@ import logging
 import random
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 
@@ -42,6 +41,7 @@ from livecomments.kernel.errors import (
     Unavailable,
     ValidationError,
 )
+from livecomments.kernel.stream import Position, stream_url
 
 log = logging.getLogger(__name__)
 
@@ -360,10 +360,10 @@ async def stream(request: web.Request) -> web.Response:
     if not placed:
         raise Unavailable("no realtime node is available", code="no_rtms_node")
     base = server.placement.url(random.choice(placed))
-    location = f"{base}/stream/{video_id}?redirected=1"
+    if base is None:  # the node left between the two reads
+        raise Unavailable("no realtime node is available", code="no_rtms_node")
     last_id = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-    if last_id and events.parse_event_id(last_id) is not None:
-        location += f"&last_event_id={quote(last_id, safe='')}"
+    location = stream_url(base, video_id, Position.parse(last_id))
     # CORS headers: headers_middleware (as on every /api answer).
     return web.Response(status=307, headers={"Location": location, "Cache-Control": "no-store"})
 

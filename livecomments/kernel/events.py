@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from livecomments.kernel.pb import livecomments_pb2 as pb
+from livecomments.kernel.stream import Position
 
 EVENT_NAMES: dict[int, str] = {
     pb.COMMENT: "comment",
@@ -27,22 +28,8 @@ STATUS_DELETED = "deleted"
 
 
 def event_id(epoch: int, seq: int) -> str:
-    return f"{epoch}-{seq}"
-
-
-def parse_event_id(raw: str | None) -> tuple[int, int] | None:
-    """``(epoch, seq)`` from an SSE id, or None for anything malformed."""
-    if not raw or len(raw) > 64:
-        return None
-    epoch_s, sep, seq_s = raw.strip().partition("-")
-    if not sep or not epoch_s.isdigit() or not seq_s.isdigit():
-        return None
-    if not epoch_s.isascii() or not seq_s.isascii():
-        return None
-    epoch, seq = int(epoch_s), int(seq_s)
-    if epoch >= 1 << 63 or seq >= 1 << 63:
-        return None
-    return epoch, seq
+    """The SSE id of ``seq`` in ``epoch`` (:class:`~livecomments.kernel.stream.Position`)."""
+    return str(Position(epoch, seq))
 
 
 def iso(value: dt.datetime | None, timespec: str = "milliseconds") -> str | None:

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from livecomments.kernel.errors import Unavailable
+from livecomments.kernel.stream import Position
 
 if TYPE_CHECKING:
     from livecomments.kernel.store import Store
@@ -141,11 +142,11 @@ class Sequencer:
         except RedisError as exc:
             raise Unavailable(f"redis: {exc}") from exc
 
-    async def head(self, video_id: str) -> tuple[int, int] | None:
-        """``(last assigned seq, epoch)``, or None when the video has no counter."""
+    async def head(self, video_id: str) -> Position | None:
+        """The last assigned seq and its epoch, or None when the video has no counter."""
         return (await self.heads([video_id]))[video_id]
 
-    async def heads(self, video_ids: list[str]) -> dict[str, tuple[int, int] | None]:
+    async def heads(self, video_ids: list[str]) -> dict[str, Position | None]:
         """``head()`` of many videos in one round trip."""
         keys = [key for video_id in video_ids for key in self.keys(video_id)]
         if not keys:
@@ -154,14 +155,14 @@ class Sequencer:
             values = await self._redis.mget(keys)
         except RedisError as exc:
             raise Unavailable(f"redis: {exc}") from exc
-        heads: dict[str, tuple[int, int] | None] = {}
+        heads: dict[str, Position | None] = {}
         for i, video_id in enumerate(video_ids):
             seq, epoch = values[2 * i], values[2 * i + 1]
-            heads[video_id] = None if epoch is None else (int(seq or 0), int(epoch))
+            heads[video_id] = None if epoch is None else Position(int(epoch), int(seq or 0))
         return heads
 
-    async def settled_head(self, video_id: str, scan: int = 1024) -> tuple[int, int] | None:
-        """``(seq, epoch)`` where every seq up to ``seq`` is stored or was given up.
+    async def settled_head(self, video_id: str, scan: int = 1024) -> Position | None:
+        """The position up to which every seq is stored or was given up.
 
         The head minus what is still in flight (the outbox has it: taken, not yet
         stored and dispatched), looking at most ``scan`` seqs below the head. A
@@ -175,4 +176,4 @@ class Sequencer:
             raise Unavailable(f"redis: {exc}") from exc
         if int(settled) < 0:
             return None
-        return int(settled), int(epoch)
+        return Position(int(epoch), int(settled))

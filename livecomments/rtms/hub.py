@@ -26,6 +26,7 @@ from livecomments.kernel import events
 from livecomments.kernel.errors import LiveCommentsError, Unavailable
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.rates import Rate
+from livecomments.kernel.stream import Position, stream_url
 from livecomments.rtms.limits import Bucket, Refused
 from livecomments.rtms.replay import Frames, ReplayPages
 from livecomments.rtms.wire import Refusals
@@ -58,7 +59,7 @@ class Backend(Protocol):
     async def host(self, video_id: str) -> None: ...
     async def unhost(self, video_id: str) -> None: ...
     async def fence(self, video_id: str, seqs: list[int]) -> None: ...
-    async def heads(self, video_ids: list[str]) -> dict[str, tuple[int, int] | None]: ...
+    async def heads(self, video_ids: list[str]) -> dict[str, Position | None]: ...
 
 
 class Viewer:
@@ -360,7 +361,7 @@ class Hub:
                 del self._retiring[video_id]
 
     async def attach(
-        self, viewer: Viewer, video_id: str, resume: tuple[int, int] | None, head: bytes = b""
+        self, viewer: Viewer, video_id: str, resume: Position | None, head: bytes = b""
     ) -> None:
         """Host the video, write ``head`` and what ``viewer`` missed since ``resume``, go live.
 
@@ -430,7 +431,7 @@ class Hub:
         viewer.transport.abort()
 
     async def _replay(
-        self, viewer: Viewer, channel: Channel, resume: tuple[int, int] | None, head: bytes
+        self, viewer: Viewer, channel: Channel, resume: Position | None, head: bytes
     ) -> tuple[Frames, int | None] | None:
         """What ``viewer`` is owed before it goes live, and the seq it will then have.
 
@@ -622,7 +623,7 @@ class Hub:
                 try:
                     # The raw head (not where a new channel starts): seqs in flight count.
                     raw = (await self._backend.heads([channel.video_id])).get(channel.video_id)
-                    head, current = raw if raw is not None else (0, None)
+                    head, current = (raw.seq, raw.epoch) if raw is not None else (0, None)
                     break
                 except LiveCommentsError as exc:
                     await asyncio.sleep(0.1 * (attempt + 1))
@@ -884,10 +885,10 @@ class Hub:
         except LiveCommentsError as exc:
             log.warning("reading the head of %s failed: %s", channel.video_id, exc)
             return False
-        if head is None or head[1] != channel.epoch:
+        if head is None or head.epoch != channel.epoch:
             return False
         have = {doc["seq"] for doc in docs}
-        top = min(hi, head[0])
+        top = min(hi, head.seq)
         lacking = [s for s in range(before + 1, top + 1) if s not in have][:FENCE_BATCH]
         if not lacking:
             return False
@@ -904,10 +905,10 @@ class Hub:
         self.stats.gap_fenced += len(lacking)
         return True
 
-    def reconcile(self, heads: dict[str, tuple[int, int] | None]) -> int:
+    def reconcile(self, heads: dict[str, Position | None]) -> int:
         """Compare hosted videos with their heads; fill those that stayed behind.
 
-        ``heads`` is (last assigned seq, epoch) per video, read in one batch
+        ``heads`` is the last assigned position per video, read in one batch
         (``RTMSServer`` calls this every ``reconcile_interval``). A head a little
         ahead is normal (seqs in flight); a video still behind the head seen at
         the previous look missed a delivery (the dispatcher skipped or lost this
@@ -919,7 +920,7 @@ class Hub:
             channel = self.channels.get(video_id)
             if channel is None or head is None:
                 continue
-            seq, epoch = head
+            epoch, seq = head
             if channel.epoch is None:
                 channel.epoch = epoch  # the video had no comments when we started hosting it
             if epoch != channel.epoch:
@@ -973,11 +974,9 @@ class Hub:
         if channel is None or not channel.viewers:
             return 0
         self._flush(channel)  # they have everything up to last_seq before they go
-        last = events.event_id(channel.epoch or 0, channel.last_seq)
-        url = None
-        if base_url:
-            url = f"{base_url}/stream/{video_id}?redirected=1&last_event_id={last}"
-        body = {"reason": reason, "url": url, "last_event_id": last}
+        last = Position(channel.epoch or 0, channel.last_seq)
+        url = stream_url(base_url, video_id, last) if base_url else None
+        body = {"reason": reason, "url": url, "last_event_id": str(last)}
         frame = events.sse_frame("moved", orjson.dumps(body))
         limit = self._max_buffer - len(frame)
         viewers = list(channel.viewers)

@@ -18,6 +18,7 @@ from livecomments.kernel.rpcstream import SERVER_OPTIONS
 from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.settings import RTMSSettings, default_node_id
 from livecomments.kernel.store import Store
+from livecomments.kernel.stream import Position
 from livecomments.kernel.tls import server_context
 from livecomments.rtms.delivery import DeliveryService
 from livecomments.rtms.hub import Hub
@@ -42,7 +43,7 @@ class _Backend:
         # seqs by dispatch or by filling the gap, instead of counting them seen.
         head = await self._sequencer.settled_head(video_id)
         if head is not None:
-            return head
+            return head.seq, head.epoch
         # No counter in Redis (new video, or Redis lost it): what is stored is
         # history, not news. The epoch is learned from the next event.
         return await self._store.max_seq(video_id), None
@@ -59,7 +60,7 @@ class _Backend:
     async def fence(self, video_id: str, seqs: list[int]) -> None:
         await self._store.fence(video_id, seqs)
 
-    async def heads(self, video_ids: list[str]) -> dict[str, tuple[int, int] | None]:
+    async def heads(self, video_ids: list[str]) -> dict[str, Position | None]:
         return await self._sequencer.heads(video_ids)
 
 

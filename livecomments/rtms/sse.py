@@ -26,11 +26,11 @@ from urllib.parse import parse_qs
 import httptools
 import orjson
 
-from livecomments.kernel import events
 from livecomments.kernel.errors import LiveCommentsError
 from livecomments.kernel.ids import valid_video_id
 from livecomments.kernel.netaddr import TrustedProxies, limit_key
 from livecomments.kernel.rates import Rate
+from livecomments.kernel.stream import Position, stream_url
 from livecomments.rtms.hub import Hub, Viewer
 from livecomments.rtms.limits import Buckets
 
@@ -233,15 +233,13 @@ class SSEListener:
             values = params.get("last_event_id")
             raw_id = values[-1] if values else None
         # A malformed id is treated as none at all: the viewer starts live.
-        resume = events.parse_event_id(raw_id)
+        resume = Position.parse(raw_id)
         # A viewer of a video placed elsewhere goes there, unless it was sent here
         # by a redirect or a `moved` event already (two views of placement that
         # differ for a moment must not bounce it back and forth).
         target = None if "redirected" in params else self._elsewhere(video_id)
         if target is not None:
-            location = f"{target}/stream/{video_id}?redirected=1"
-            if resume is not None:
-                location += f"&last_event_id={events.event_id(*resume)}"
+            location = stream_url(target, video_id, resume)
             extra = b"Location: " + location.encode() + b"\r\nCache-Control: no-store\r\n"
             conn.respond(307, b"", cors + extra)
             return
@@ -261,7 +259,7 @@ class SSEListener:
         conn: SSEProtocol,
         viewer: Viewer,
         video_id: str,
-        resume: tuple[int, int] | None,
+        resume: Position | None,
         head: bytes,
     ) -> None:
         try:

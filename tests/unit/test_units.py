@@ -9,8 +9,9 @@ from livecomments.coord.paths import Paths
 from livecomments.coord.placement import Policy, place, rendezvous
 from livecomments.kernel import settings as cfg
 from livecomments.kernel.errors import ValidationError
-from livecomments.kernel.events import event_id, parse_event_id, sse_frame
+from livecomments.kernel.events import event_id, sse_frame
 from livecomments.kernel.ids import Snowflake, parse_id, timestamp_ms, valid_video_id
+from livecomments.kernel.stream import Position, stream_url
 
 
 def test_snowflakes_are_unique_increasing_and_carry_their_time() -> None:
@@ -40,9 +41,18 @@ def test_snowflakes_are_unique_increasing_and_carry_their_time() -> None:
     ],
 )
 def test_event_ids(raw: str | None, expected: tuple[int, int] | None) -> None:
-    assert parse_event_id(raw) == expected
+    assert Position.parse(raw) == expected
     if expected:
-        assert parse_event_id(event_id(*expected)) == expected
+        assert Position.parse(event_id(*expected)) == Position(*expected)
+        assert str(Position(*expected)) == raw
+
+
+def test_stream_url_carries_the_position() -> None:
+    assert stream_url("http://h:1", "v1") == "http://h:1/stream/v1?redirected=1"
+    assert (
+        stream_url("http://h:1", "v1", Position(3, 9))
+        == "http://h:1/stream/v1?redirected=1&last_event_id=3-9"
+    )
 
 
 def test_sse_frame_shape() -> None:

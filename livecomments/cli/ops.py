@@ -1,51 +1,38 @@
-"""What the operator commands do: read and write ZooKeeper directly.
+"""The operator commands: read and change placement in ZooKeeper.
 
-The layout is in docs/architecture.md, "The ZooKeeper layout".
+Each command adapts: options -> BackendSettings -> one ZooKeeper session ->
+coord's recipes (:mod:`livecomments.coord.intents`, which owns what a pin, a
+drain or a rebalance request means) -> a JSON-ready dict -> a table for people or
+one JSON document for scripts. The layout is in docs/architecture.md, "The
+ZooKeeper layout".
 
-A CLI run is one short synchronous session, so this uses a plain
-:class:`~kazoo.client.KazooClient` rather than the asyncio bridge the services
-share. Every call still has a deadline: without a quorum kazoo would wait
-forever, and an operator must get an error, not a hung terminal.
-
-Placement is computed with :func:`coord.placement.place`, from the same znodes
-the services mirror, so what the CLI shows is what the comment service and the
-RTMS nodes decide. The CLI writes intent only (pins, drains, rebalance
-requests); the RTMS nodes move their viewers when they see it.
+A command is one ``asyncio.run`` on the services' own client
+(:class:`coord.client.ZK`), so every call has the same deadline: without a
+quorum kazoo would wait forever, and an operator must get an error, not a hung
+terminal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import logging
 import socket
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
-from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.retry import KazooRetry
+import click
 
-from livecomments.coord.client import zk_security
-from livecomments.coord.paths import Paths, check_name
-from livecomments.coord.placement import Policy, pinned_nodes, place
-from livecomments.kernel.errors import (
-    Conflict,
-    CoordinationTimeout,
-    NotFound,
-    Unavailable,
-    ValidationError,
-)
-from livecomments.kernel.ids import valid_video_id
-from livecomments.kernel.settings import BackendSettings
+from livecomments.kernel import settings as cfg
 
-KEEP_REBALANCE_REQUESTS = 20  # older request znodes are deleted; nodes only react to new ones
-REBALANCE_PREFIX = "req-"
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from livecomments.coord.intents import Intents, PinChange, Snapshot
+
+T = TypeVar("T")
 
 # kazoo logs every dropped connection at WARNING; with no logging configured
 # Python would print those to stderr next to our one clear error message.
@@ -63,474 +50,134 @@ def operator() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+# -- one session per command ---------------------------------------------------------
 
 
-def _json(data: bytes | None) -> dict[str, Any]:
-    """A znode's JSON object; anything else reads as empty (as the services' mirrors do)."""
+def zookeeper(work: Callable[[Intents], Awaitable[T]]) -> T:
+    """``work`` on a session for one command; our errors become one line on stderr, exit 1."""
+    from livecomments.kernel.errors import LiveCommentsError
+
     try:
-        value = json.loads(data) if data else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+        return asyncio.run(session(cfg.load(cfg.BackendSettings), work))
+    except LiveCommentsError as exc:
+        raise click.ClickException(exc.message) from exc
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+async def session(settings: cfg.BackendSettings, work: Callable[[Intents], Awaitable[T]]) -> T:
+    """Connect (Unavailable when ZooKeeper cannot be reached in time), ``work``, close."""
+    from kazoo.exceptions import KazooException
 
+    from livecomments.coord.client import ZK
+    from livecomments.coord.intents import Intents
+    from livecomments.coord.placement import Policy
+    from livecomments.kernel.errors import CoordinationTimeout, Unavailable
 
-@dataclass(frozen=True)
-class Snapshot:
-    """One read of everything placement depends on, taken at once."""
-
-    rtms: dict[str, dict[str, Any]]  # live RTMS node -> its load report
-    dispatchers: dict[str, dict[str, Any]]
-    workers: dict[str, str]  # comment-service lease znode -> Snowflake worker id
-    hosted: dict[str, list[str]]  # video -> nodes with /hosted/{video}/{node}
-    pins: dict[str, dict[str, Any]]
-    drains: dict[str, dict[str, Any]]
-    rebalances: list[str]  # request znodes, oldest first
-    policy: Policy
-
-    @property
-    def placeable(self) -> dict[str, dict[str, Any]]:
-        # The services only place on nodes that published where viewers reach them.
-        return {n: i for n, i in self.rtms.items() if isinstance(i.get("sse_url"), str)}
-
-    def placed(self, video: str) -> list[str]:
-        return place(video, self.placeable, self.pins, self.drains, self.policy)
-
-    def viewers_by_node(self, video: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for node, info in self.rtms.items():
-            per_video = info.get("viewers_by_video")
-            if isinstance(per_video, dict) and video in per_video:
-                counts[node] = _count(per_video[video])
-        return counts
-
-    def videos(self) -> list[str]:
-        """Every video someone hosts or an operator pinned."""
-        return sorted(set(self.hosted) | set(self.pins))
-
-
-class Ops:
-    """Operator actions on one ZooKeeper session; each returns a JSON-ready dict."""
-
-    def __init__(self, client: KazooClient, settings: BackendSettings) -> None:
-        self.client = client
-        self.paths = Paths(settings.zk_root)
-        self.policy = Policy.from_settings(settings)
-        self.timeout = settings.zk_timeout
-        self.hosts = settings.zk_hosts
-
-    @classmethod
-    @contextmanager
-    def connect(cls, settings: BackendSettings) -> Iterator[Ops]:
-        """A session for one command; Unavailable when ZooKeeper cannot be reached in time."""
-        client = KazooClient(
-            hosts=settings.zk_hosts,
-            timeout=settings.zk_session_timeout,
-            # Try the other ensemble members until start()'s deadline, not forever.
-            connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=1.0),
-            logger=_quiet,
-            **zk_security(settings.zk_auth),  # the services' credentials and ACLs
-        )
-        try:
-            client.start(timeout=settings.zk_timeout)
-        except KazooTimeoutError as exc:  # start() has already stopped the client
-            raise CoordinationTimeout(
-                f"cannot reach ZooKeeper at {settings.zk_hosts} "
-                f"within {settings.zk_timeout:g}s (LIVECOMMENTS_ZK_HOSTS)"
-            ) from exc
-        try:
-            yield cls(client, settings)
-        finally:
-            client.stop()
-            client.close()
-
-    # -- calls with a deadline ---------------------------------------------------
-
-    def _wait(self, what: str, result: Any, deadline: float) -> Any:
-        try:
-            return result.get(timeout=max(0.0, deadline - time.monotonic()))
-        except KazooTimeoutError as exc:
-            raise CoordinationTimeout(
-                f"ZooKeeper {what} timed out after {self.timeout:g}s"
-            ) from exc
-        except (NoNodeError, NodeExistsError):
-            raise  # answers, not failures: the caller decides what they mean
-        except KazooException as exc:
-            raise Unavailable(f"ZooKeeper {what} failed: {type(exc).__name__}") from exc
-
-    def _call(self, what: str, method: Callable[..., Any], path: str, **kwargs: Any) -> Any:
-        """``method`` is one of the client's ``*_async`` calls, waited for with the deadline."""
-        return self._many(what, method, [path], **kwargs, missing_ok=False)[path]
-
-    def _many(
-        self,
-        what: str,
-        method: Callable[..., Any],
-        paths: Sequence[str],
-        *,
-        missing_ok: bool = True,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """Send every call, then collect: one round trip's latency for N reads.
-
-        With ``missing_ok`` a path that vanished in between (a node or a viewer
-        left) is left out of the answer; without it NoNodeError is raised.
-        """
-        deadline = time.monotonic() + self.timeout
-        try:
-            pending = {path: method(path, **kwargs) for path in paths}
-        except KazooException as exc:  # e.g. the session is already gone
-            raise Unavailable(f"ZooKeeper {what} failed: {type(exc).__name__}") from exc
-        answers: dict[str, Any] = {}
-        for path, result in pending.items():
-            try:
-                answers[path] = self._wait(what, result, deadline)
-            except NoNodeError:
-                if not missing_ok:
-                    raise
-        return answers
-
-    def _children(self, path: str) -> list[str]:
-        try:
-            return list(self._call(f"list {path}", self.client.get_children_async, path))
-        except NoNodeError:
-            return []
-
-    def _data(self, parent: str) -> dict[str, bytes]:
-        """Each child of ``parent`` with its data."""
-        paths = [f"{parent}/{name}" for name in self._children(parent)]
-        answers = self._many(f"read {parent}", self.client.get_async, paths)
-        return {_leaf(path): bytes(data or b"") for path, (data, _stat) in answers.items()}
-
-    def _get(self, path: str) -> dict[str, Any] | None:
-        try:
-            data, _stat = self._call(f"read {path}", self.client.get_async, path)
-        except NoNodeError:
-            return None
-        return _json(data)
-
-    def _create(self, path: str, record: dict[str, Any], *, sequence: bool = False) -> str:
-        data = json.dumps(record).encode()
-        created = self._call(
-            f"create {path}",
-            self.client.create_async,
-            path,
-            value=data,
-            sequence=sequence,
-            makepath=True,
-        )
-        return str(created)
-
-    def _put(self, path: str, record: dict[str, Any]) -> None:
-        try:
-            self._create(path, record)
-        except NodeExistsError:
-            self._call(
-                f"write {path}", self.client.set_async, path, value=json.dumps(record).encode()
-            )
-
-    def _delete(self, path: str) -> bool:
-        """False when it was already gone."""
-        try:
-            self._call(f"delete {path}", self.client.delete_async, path)
-        except NoNodeError:
-            return False
-        return True
-
-    # -- reading -----------------------------------------------------------------
-
-    def snapshot(self) -> Snapshot:
-        p = self.paths
-        videos = self._children(p.hosted)
-        hosted = {
-            _leaf(path): nodes
-            for path, nodes in self._many(
-                "list hosted", self.client.get_children_async, [f"{p.hosted}/{v}" for v in videos]
-            ).items()
-        }
-        rebalances = self._children(p.rebalance)
-        return Snapshot(
-            rtms={n: _json(d) for n, d in self._data(p.rtms_nodes).items()},
-            dispatchers={n: _json(d) for n, d in self._data(p.dispatchers).items()},
-            workers={
-                n: d.decode(errors="replace") for n, d in self._data(p.comment_workers).items()
-            },
-            hosted={v: sorted(nodes) for v, nodes in hosted.items() if nodes},
-            pins={v: _json(d) for v, d in self._data(p.placement).items()},
-            drains={n: _json(d) for n, d in self._data(p.drain).items()},
-            rebalances=sorted(
-                (r for r in rebalances if r.startswith(REBALANCE_PREFIX)), key=_sequence
-            ),
-            policy=self.policy,
-        )
-
-    def nodes(self) -> dict[str, Any]:
-        snap = self.snapshot()
-        hosting: dict[str, list[str]] = {}
-        for video, hosts in snap.hosted.items():
-            for node in hosts:
-                hosting.setdefault(node, []).append(video)
-        rows = []
-        # A drain outlives its node (it is persistent): show it, so it is not forgotten.
-        for node in sorted(set(snap.rtms) | set(snap.drains)):
-            info = snap.rtms.get(node, {})
-            per_video = info.get("viewers_by_video")
-            rows.append(
-                {
-                    "node": node,
-                    "live": node in snap.rtms,
-                    "sse_url": info.get("sse_url"),
-                    "grpc": info.get("grpc"),
-                    "connections": _count(info.get("connections")),
-                    "videos": _count(info.get("videos")),
-                    "hosted": sorted(hosting.get(node, [])),
-                    "draining": node in snap.drains,  # what the operator asked
-                    "draining_reported": info.get("draining") is True,  # what the node says
-                    "viewers_by_video": per_video if isinstance(per_video, dict) else {},
-                    "viral_videos": [
-                        v for v in info.get("viral_videos") or [] if isinstance(v, str)
-                    ],
-                }
-            )
-        dispatchers = [
-            {"id": d, "grpc": info.get("grpc")} for d, info in sorted(snap.dispatchers.items())
-        ]
-        workers = [{"lease": w, "worker_id": wid} for w, wid in sorted(snap.workers.items())]
-        return {"rtms": rows, "dispatchers": dispatchers, "comment_workers": workers}
-
-    def videos(self) -> dict[str, Any]:
-        snap = self.snapshot()
-        rows = []
-        for video in snap.videos():
-            by_node = snap.viewers_by_node(video)
-            pin = snap.pins.get(video)
-            rows.append(
-                {
-                    "video": video,
-                    "placed": snap.placed(video),
-                    "hosted": snap.hosted.get(video, []),
-                    "viewers": sum(by_node.values()),
-                    "viewers_by_node": by_node,
-                    "pinned": pinned_nodes(pin) if pin is not None else None,
-                }
-            )
-        rows.sort(key=_busiest_first)
-        return {"videos": rows}
-
-    def status(self) -> dict[str, Any]:
-        snap = self.snapshot()
-        return {
-            "zookeeper": {
-                "hosts": self.hosts,
-                "root": self.paths.root or "/",
-                "reachable": True,
-                **self._server(),
-                "error": None,
-            },
-            "rtms_nodes": len(snap.rtms),
-            "dispatchers": len(snap.dispatchers),
-            "comment_workers": len(snap.workers),
-            "hosted_videos": len(snap.hosted),
-            # Load reports count every connection; viewers_by_video lists only a node's top videos.
-            "viewers": sum(_count(info.get("connections")) for info in snap.rtms.values()),
-            "pins": len(snap.pins),
-            "drains": len(snap.drains),
-            "rebalance_requests": len(snap.rebalances),
-        }
-
-    def _server(self) -> dict[str, Any]:
-        """Mode and version from ``srvr``; None when the server does not allow four-letter words."""
-        found: dict[str, Any] = {"mode": None, "version": None}
-        try:
-            # Its own socket, bounded by the session timeout; refused unless whitelisted.
-            answer = self.client.command(b"srvr")
-        except (OSError, KazooException):
-            return found
-        for line in answer.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Mode":
-                found["mode"] = value.strip()
-            elif key.strip() == "Zookeeper version":
-                found["version"] = value.strip().split(",")[0]
-        return found
-
-    # -- changing ----------------------------------------------------------------
-
-    def pin(self, video: str, nodes: Sequence[str]) -> dict[str, Any]:
-        """Pin ``video`` to ``nodes``; RTMS nodes not in the pin move their viewers of it."""
-        _check_video(video)
-        wanted = list(dict.fromkeys(nodes))  # order kept, duplicates dropped
-        if not wanted:
-            raise ValidationError("name at least one node")
-        snap = self.snapshot()
-        self._check_placeable(snap, wanted)
-        return self._write_pin(snap, video, wanted)
-
-    def move(self, video: str, node: str) -> dict[str, Any]:
-        """Pin ``video`` to ``node`` alone; refuses videos nobody hosts or pinned."""
-        _check_video(video)
-        snap = self.snapshot()
-        self._check_placeable(snap, [node])
-        if video not in snap.hosted and video not in snap.pins:
-            raise NotFound(f"unknown video {video!r}: no RTMS node hosts it and it is not pinned")
-        return self._write_pin(snap, video, [node])
-
-    def _write_pin(self, snap: Snapshot, video: str, nodes: list[str]) -> dict[str, Any]:
-        previous = snap.pins.get(video)
-        record = {"nodes": nodes, "by": operator(), "at": now()}
-        self._put(self.paths.placement_of(video), record)
-        return {
-            "video": video,
-            **record,
-            "previous": pinned_nodes(previous) if previous is not None else None,
-            "moving": _elsewhere(snap.viewers_by_node(video), nodes),
-        }
-
-    def unpin(self, video: str) -> dict[str, Any]:
-        _check_video(video)
-        path = self.paths.placement_of(video)
-        pin = self._get(path)
-        if pin is None or not self._delete(path):
-            raise NotFound(f"video {video!r} is not pinned")
-        return {"video": video, "unpinned": pinned_nodes(pin)}
-
-    def drain(self, node: str) -> dict[str, Any]:
-        """Ask ``node`` to hand its viewers over and take no new ones (idempotent)."""
-        _check_node(node)
-        path = self.paths.drain_of(node)
-        existing = self._get(path)
-        if existing is not None:
-            return {"node": node, "already": True, **_who(existing)}
-        if self._get(self.paths.rtms_node(node)) is None:
-            raise NotFound(f"unknown RTMS node {node!r}: {self._live_list()}")
-        record = {"by": operator(), "at": now()}
-        try:
-            self._create(path, record)
-        except NodeExistsError:  # another operator was quicker: theirs stands
-            return {"node": node, "already": True, **_who(self._get(path) or {})}
-        return {"node": node, "already": False, **record}
-
-    def undrain(self, node: str) -> dict[str, Any]:
-        _check_node(node)
-        path = self.paths.drain_of(node)
-        record = self._get(path)
-        if record is None or not self._delete(path):
-            raise NotFound(f"node {node!r} is not drained")
-        return {"node": node, "drained": _who(record)}
-
-    def connections(self, node: str) -> int | None:
-        """The node's reported connections; None once it has left."""
-        info = self._get(self.paths.rtms_node(node))
-        return None if info is None else _count(info.get("connections"))
-
-    def wait_drained(
-        self, node: str, seconds: float, progress: Callable[[int], None], interval: float = 0.5
-    ) -> int:
-        """Poll until ``node`` reports no connections (or has left); the count left at the end."""
-        deadline = time.monotonic() + seconds
-        last: int | None = None
-        while True:
-            left = self.connections(node) or 0
-            if left != last:
-                progress(left)
-                last = left
-            if left == 0 or time.monotonic() >= deadline:
-                return left
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-
-    def plan(self) -> list[dict[str, Any]]:
-        """Viewers a rebalance would move: each hosted (video, node) the node is not placed for."""
-        snap = self.snapshot()
-        moves = []
-        for video, hosts in sorted(snap.hosted.items()):
-            placed = snap.placed(video)
-            by_node = snap.viewers_by_node(video)
-            for node in hosts:
-                # A dead node's /hosted entries vanish with its session; nobody would act on them.
-                if node in snap.rtms and node not in placed:
-                    moves.append(
-                        {
-                            "video": video,
-                            "from": node,
-                            "to": placed,
-                            "viewers": by_node.get(node, 0),
-                        }
-                    )
-        return moves
-
-    def request_rebalance(self, plan: list[dict[str, Any]]) -> dict[str, Any]:
-        """Write one request every RTMS node acts on, and drop all but the newest requests."""
-        record = {"at": now(), "by": operator(), "plan": plan}
-        created = self._create(f"{self.paths.rebalance}/{REBALANCE_PREFIX}", record, sequence=True)
-        requests = sorted(
-            (r for r in self._children(self.paths.rebalance) if r.startswith(REBALANCE_PREFIX)),
-            key=_sequence,
-        )
-        stale = requests[:-KEEP_REBALANCE_REQUESTS]
-        self._many(
-            "delete old rebalance requests",
-            self.client.delete_async,
-            [f"{self.paths.rebalance}/{r}" for r in stale],
-        )
-        return {"request": _leaf(created), "at": record["at"], "by": record["by"]}
-
-    # -- checks --------------------------------------------------------------------
-
-    def _live_list(self) -> str:
-        live = sorted(self._children(self.paths.rtms_nodes))
-        return f"live RTMS nodes: {', '.join(live)}" if live else "no RTMS node is live"
-
-    def _check_placeable(self, snap: Snapshot, nodes: Sequence[str]) -> None:
-        for node in nodes:
-            if node not in snap.rtms:
-                live = ", ".join(sorted(snap.rtms)) or "none"
-                raise NotFound(f"unknown RTMS node {node!r} (live RTMS nodes: {live})")
-            if node in snap.drains:
-                # place() ignores pins to draining nodes: the pin would silently not apply.
-                raise Conflict(f"node {node!r} is draining; undrain it first")
-
-
-def _check_video(video: str) -> None:
-    if not valid_video_id(video):
-        raise ValidationError(f"not a video id: {video!r} (1-64 of A-Z a-z 0-9 _ -)")
-
-
-def _check_node(node: str) -> None:
+    zk = ZK(
+        settings.zk_hosts,
+        settings.zk_root,
+        session_timeout=settings.zk_session_timeout,
+        timeout=settings.zk_timeout,
+        auth=settings.zk_auth,  # the services' credentials and ACLs
+        logger=_quiet,
+    )
     try:
-        check_name(node)
-    except ValueError as exc:
-        raise ValidationError(f"not a node id: {node!r}") from exc
+        await zk.start(parents=False)  # a command that only reads writes nothing
+    except CoordinationTimeout as exc:
+        raise CoordinationTimeout(
+            f"cannot reach ZooKeeper at {settings.zk_hosts} "
+            f"within {settings.zk_timeout:g}s (LIVECOMMENTS_ZK_HOSTS)"
+        ) from exc
+    try:
+        return await work(Intents(zk, Policy.from_settings(settings), operator()))
+    except KazooException as exc:  # e.g. NoAuthError, or the session is gone
+        raise Unavailable(f"ZooKeeper failed: {type(exc).__name__}") from exc
+    finally:
+        await zk.stop()
 
 
-def _who(record: dict[str, Any]) -> dict[str, Any]:
-    return {"by": record.get("by"), "at": record.get("at")}
+# -- documents: what --json prints, and what the tables show ---------------------------
 
 
-def _elsewhere(by_node: dict[str, int], targets: Sequence[str]) -> dict[str, int]:
-    """Viewers per node that is not a target: those are the ones about to be moved."""
-    return {node: n for node, n in sorted(by_node.items()) if node not in targets and n}
+def nodes_doc(snap: Snapshot) -> dict[str, Any]:
+    hosting: dict[str, list[str]] = {}
+    for video, hosts in snap.hosted.items():
+        for node in hosts:
+            hosting.setdefault(node, []).append(video)
+    rows = []
+    # A drain outlives its node (it is persistent): show it, so it is not forgotten.
+    for node in sorted(set(snap.rtms) | set(snap.drains)):
+        report = snap.rtms.get(node)
+        rows.append(
+            {
+                "node": node,
+                "live": report is not None,
+                "sse_url": report.sse_url if report else None,
+                "grpc": report.grpc if report else None,
+                "connections": report.connections if report else 0,
+                "videos": report.videos if report else 0,
+                "hosted": sorted(hosting.get(node, [])),
+                "draining": node in snap.drains,  # what the operator asked
+                "draining_reported": report.draining if report else False,  # what the node says
+                "viewers_by_video": report.viewers_by_video if report else {},
+                "viral_videos": list(report.viral_videos) if report else [],
+            }
+        )
+    dispatchers = [{"id": d, "grpc": info.grpc} for d, info in sorted(snap.dispatchers.items())]
+    workers = [{"lease": w, "worker_id": wid} for w, wid in sorted(snap.workers.items())]
+    return {"rtms": rows, "dispatchers": dispatchers, "comment_workers": workers}
+
+
+def videos_doc(snap: Snapshot) -> dict[str, Any]:
+    rows = []
+    for video in snap.videos():
+        by_node = snap.viewers_by_node(video)
+        pin = snap.pins.get(video)
+        rows.append(
+            {
+                "video": video,
+                "placed": snap.placed(video),
+                "hosted": snap.hosted.get(video, []),
+                "viewers": sum(by_node.values()),
+                "viewers_by_node": by_node,
+                "pinned": list(pin.nodes) if pin is not None else None,
+            }
+        )
+    rows.sort(key=_busiest_first)
+    return {"videos": rows}
+
+
+async def status_doc(intents: Intents, settings: cfg.BackendSettings) -> dict[str, Any]:
+    snap = await intents.snapshot()
+    server = await intents.server()
+    return {
+        "zookeeper": {
+            "hosts": settings.zk_hosts,
+            "root": intents.paths.root or "/",
+            "reachable": True,
+            "mode": server.mode,
+            "version": server.version,
+            "error": None,
+        },
+        "rtms_nodes": len(snap.rtms),
+        "dispatchers": len(snap.dispatchers),
+        "comment_workers": len(snap.workers),
+        "hosted_videos": len(snap.hosted),
+        # Load reports count every connection; viewers_by_video lists only a node's top videos.
+        "viewers": sum(report.connections for report in snap.rtms.values()),
+        "pins": len(snap.pins),
+        "drains": len(snap.drains),
+        "rebalance_requests": len(snap.rebalances),
+    }
 
 
 def _busiest_first(row: dict[str, Any]) -> tuple[int, str]:
     return -int(row["viewers"]), str(row["video"])
 
 
-def _leaf(path: str) -> str:
-    return path.rsplit("/", 1)[1]
-
-
-def _sequence(name: str) -> int:
-    suffix = name.rsplit("-", 1)[-1]
-    return int(suffix) if suffix.isdigit() else -1
-
-
-def unreachable_status(settings: BackendSettings, error: str) -> dict[str, Any]:
+def unreachable_status(settings: cfg.BackendSettings, error: str) -> dict[str, Any]:
     """``status`` when ZooKeeper cannot be asked: the same keys, nothing counted."""
+    from livecomments.coord.paths import Paths
+
     counts = ("rtms_nodes", "dispatchers", "comment_workers", "hosted_videos", "viewers")
     intent = ("pins", "drains", "rebalance_requests")
     return {
@@ -544,3 +191,364 @@ def unreachable_status(settings: BackendSettings, error: str) -> dict[str, Any]:
         },
         **dict.fromkeys(counts + intent),
     }
+
+
+def pin_doc(change: PinChange) -> dict[str, Any]:
+    previous = change.previous
+    return {
+        "video": change.video,
+        **change.pin.to_json(),
+        "previous": list(previous.nodes) if previous is not None else None,
+        "moving": change.moving,
+    }
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+as_json = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document on stdout (for scripts)."
+)
+
+
+def _emit(doc: dict[str, Any], json_out: bool, render: Callable[[Console, Any], None]) -> None:
+    if json_out:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    from rich.console import Console
+
+    # No guessing at what to colour in free text ("viewer(s)" is not a call).
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        # Piped into grep or a file: whole lines, not folded at rich's default 80 columns.
+        console = Console(highlight=False, width=10_000)
+    render(console, doc)
+
+
+def _table(*columns: str, title: str | None = None) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=None, header_style="bold")
+    for name in columns:
+        # Ids and URLs are copied into the next command: never cut them short.
+        table.add_column(name, overflow="fold")
+    return table
+
+
+def _names(nodes: list[str]) -> str:
+    return ", ".join(nodes) if nodes else "-"
+
+
+def _render_nodes(console: Console, doc: dict[str, Any]) -> None:
+    table = _table(
+        "node", "connections", "videos", "viral", "draining", "sse url", "grpc", title="RTMS"
+    )
+    for row in doc["rtms"]:
+        if not row["live"]:
+            draining = "yes (node gone)"
+        elif row["draining"]:
+            draining = "yes" if row["draining_reported"] else "yes (requested)"
+        else:
+            draining = "no"
+        live = row["live"]
+        table.add_row(
+            row["node"],
+            str(row["connections"]) if live else "-",
+            str(row["videos"]) if live else "-",
+            _names(row["viral_videos"]) if live and row["viral_videos"] else "-",
+            draining,
+            row["sse_url"] or "-",
+            row["grpc"] or "-",
+        )
+    console.print(table if doc["rtms"] else "no RTMS node is live")
+    console.print()
+    dispatchers = _table("dispatcher", "grpc", title="dispatchers")
+    for row in doc["dispatchers"]:
+        dispatchers.add_row(row["id"], row["grpc"] or "-")
+    console.print(dispatchers if doc["dispatchers"] else "no dispatcher is live")
+    workers = doc["comment_workers"]
+    console.print(
+        f"\ncomment-service workers: {len(workers)}"
+        + (f" (ids {', '.join(str(w['worker_id']) for w in workers)})" if workers else "")
+    )
+
+
+def _render_videos(console: Console, doc: dict[str, Any]) -> None:
+    if not doc["videos"]:
+        console.print("no video is hosted or pinned")
+        return
+    table = _table("video", "viewers", "hosted on (viewers)", "placed on", "pinned to")
+    for row in doc["videos"]:
+        hosted = ", ".join(f"{n} ({row['viewers_by_node'].get(n, 0)})" for n in row["hosted"])
+        pinned = row["pinned"]
+        table.add_row(
+            row["video"],
+            str(row["viewers"]),
+            hosted or "-",
+            _names(row["placed"]),
+            "-" if pinned is None else _names(pinned),
+        )
+    console.print(table)
+
+
+def _moving(moving: dict[str, int]) -> str:
+    total = sum(moving.values())
+    if not total:
+        return "no viewers on other nodes"
+    where = ", ".join(f"{node}: {n}" for node, n in moving.items())
+    return f"{total} viewer(s) on other nodes are being moved ({where})"
+
+
+def _render_pin(console: Console, doc: dict[str, Any]) -> None:
+    was = f" (was pinned to {_names(doc['previous'])})" if doc["previous"] is not None else ""
+    console.print(f"pinned {doc['video']} to {_names(doc['nodes'])}{was}")
+    console.print(_moving(doc["moving"]))
+    console.print(f"it stays pinned until: livecomments unpin {doc['video']}")
+
+
+def _render_drain(console: Console, doc: dict[str, Any]) -> None:
+    if doc["already"]:
+        console.print(f"{doc['node']} was already drained (by {doc['by']} at {doc['at']})")
+    else:
+        console.print(
+            f"draining {doc['node']}: it moves its viewers away and takes no new ones "
+            f"(until `livecomments undrain {doc['node']}`)",
+        )
+
+
+def _render_plan(console: Console, doc: dict[str, Any]) -> None:
+    plan = doc["plan"]
+    if not plan:
+        console.print("nothing to rebalance: every hosted video is on a node placed for it")
+        return
+    table = _table("video", "from", "to", "viewers", title="rebalance plan")
+    for item in plan:
+        table.add_row(item["video"], item["from"], _names(item["to"]), str(item["viewers"]))
+    console.print(table)
+    viewers = sum(item["viewers"] for item in plan)
+    console.print(f"{viewers} viewer(s) of {len({i['video'] for i in plan})} video(s) to move")
+
+
+def _render_status(console: Console, doc: dict[str, Any]) -> None:
+    zk = doc["zookeeper"]
+    table = _table("", "")
+    table.show_header = False
+    reach = "reachable" if zk["reachable"] else f"UNREACHABLE: {zk.get('error')}"
+    mode = f", {zk['mode']}" if zk.get("mode") else ""
+    version = f", {zk['version']}" if zk.get("version") else ""
+    table.add_row("zookeeper", f"{zk['hosts']} root {zk['root']}: {reach}{mode}{version}")
+    for key in ("rtms_nodes", "dispatchers", "comment_workers", "hosted_videos", "viewers"):
+        table.add_row(key.replace("_", " "), _or_dash(doc[key]))
+    for key in ("pins", "drains", "rebalance_requests"):
+        table.add_row(key.replace("_", " "), _or_dash(doc[key]))
+    console.print(table)
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+# -- the commands ----------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("video")
+@click.argument("nodes", nargs=-1, required=True)
+@as_json
+def pin(video: str, nodes: tuple[str, ...], as_json: bool) -> None:
+    """Pin VIDEO to NODES (live RTMS nodes) until `unpin`.
+
+    Nodes hosting VIDEO that are not in the pin send their viewers a `moved`
+    event pointing at a pinned node, and close them. New viewers go to the
+    pinned nodes only.
+    """
+    change = zookeeper(lambda intents: intents.pin(video, nodes))
+    _emit(pin_doc(change), as_json, _render_pin)
+
+
+@click.command()
+@click.argument("video")
+@click.option("--to", "node", required=True, help="The RTMS node to move VIDEO to.")
+@as_json
+def move(video: str, node: str, as_json: bool) -> None:
+    """Move every viewer of VIDEO to NODE, now.
+
+    This pins VIDEO to NODE alone: it stays there, also for new viewers, until
+    `livecomments unpin VIDEO`. VIDEO must be hosted somewhere or pinned.
+    """
+    change = zookeeper(lambda intents: intents.move(video, node))
+    _emit(pin_doc(change), as_json, _render_pin)
+
+
+@click.command()
+@click.argument("video")
+@as_json
+def unpin(video: str, as_json: bool) -> None:
+    """Remove VIDEO's pin (connected viewers stay put).
+
+    New viewers go where hashing places them. Viewers already connected stay
+    where they are until `livecomments rebalance` moves them.
+    """
+    removed = zookeeper(lambda intents: intents.unpin(video))
+    doc = {"video": video, "unpinned": list(removed.nodes)}
+
+    def render(console: Console, doc: dict[str, Any]) -> None:
+        console.print(
+            f"unpinned {doc['video']} (was pinned to {_names(doc['unpinned'])}); connected "
+            "viewers stay where they are until `livecomments rebalance`",
+        )
+
+    _emit(doc, as_json, render)
+
+
+@click.command()
+@click.argument("node")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Then wait up to SECONDS for the node to report no connections (exit 1 if it does not).",
+)
+@as_json
+def drain(node: str, wait: float | None, as_json: bool) -> None:
+    """Move every viewer off NODE; it takes no new ones.
+
+    NODE must be a live RTMS node (or already drained). Its viewers get a
+    `moved` event pointing at a node placed for their video. The drain stays,
+    also across the node's restarts, until `livecomments undrain NODE`.
+    """
+
+    async def work(intents: Intents) -> dict[str, Any]:
+        change = await intents.drain(node)
+        doc: dict[str, Any] = {"node": node, "already": change.already, **change.drain.to_json()}
+        if not as_json:
+            _emit(doc, False, _render_drain)
+        if wait is not None:
+            doc["connections_left"] = await _wait_drained(intents, node, wait)
+        return doc
+
+    doc = zookeeper(work)
+    if as_json:
+        _emit(doc, True, _render_drain)
+    left = doc.get("connections_left", 0)
+    if left:
+        raise click.ClickException(
+            f"{node} still reports {left} connection(s) after {wait:g}s (it stays drained)"
+        )
+
+
+async def _wait_drained(intents: Intents, node: str, seconds: float, interval: float = 0.5) -> int:
+    """Poll until ``node`` reports no connections (or has left); the count left at the end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    last: int | None = None
+    while True:
+        left = await intents.connections(node) or 0
+        if left != last:
+            click.echo(f"{node}: {left} connection(s) left", err=True)  # progress, on stderr
+            last = left
+        if left == 0 or loop.time() >= deadline:
+            return left
+        await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
+
+
+@click.command()
+@click.argument("node")
+@as_json
+def undrain(node: str, as_json: bool) -> None:
+    """Let the drained NODE take new viewers again.
+
+    Viewers moved away do not come back on their own; `rebalance` moves them.
+    """
+    removed = zookeeper(lambda intents: intents.undrain(node))
+    doc = {"node": node, "drained": {"by": removed.by, "at": removed.at}}
+
+    def render(console: Console, doc: dict[str, Any]) -> None:
+        console.print(f"{doc['node']} takes new viewers again")
+
+    _emit(doc, as_json, render)
+
+
+@click.command()
+@as_json
+def nodes(as_json: bool) -> None:
+    """List RTMS nodes, dispatchers and comment workers.
+
+    Each RTMS node with its connections, videos and whether it drains. A
+    drained node that is gone is listed too: its drain stays until `undrain`.
+    """
+    _emit(nodes_doc(zookeeper(lambda intents: intents.snapshot())), as_json, _render_nodes)
+
+
+@click.command()
+@as_json
+def videos(as_json: bool) -> None:
+    """List hosted and pinned videos: viewers, hosts, placement.
+
+    "placed on" is where new viewers go (the pin, or rendezvous hashing over
+    live, non-draining nodes); "hosted on" is where viewers are now.
+    """
+    _emit(videos_doc(zookeeper(lambda intents: intents.snapshot())), as_json, _render_videos)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Only show the plan.")
+@click.option("--yes", is_flag=True, help="Apply the plan without asking.")
+@as_json
+def rebalance(dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Move viewers off nodes not placed for their video.
+
+    Shows the plan (video, from, to, viewers), then asks RTMS nodes to carry
+    it out: each sends those viewers a `moved` event to a placed node. Without
+    --yes it asks first (and refuses when stdin is not a terminal).
+    """
+    if dry_run and yes:
+        raise click.UsageError("--dry-run and --yes contradict each other")
+
+    async def work(intents: Intents) -> dict[str, Any]:
+        plan = (await intents.snapshot()).plan()
+        doc: dict[str, Any] = {"plan": plan, "applied": False, "request": None}
+        if not as_json:
+            _emit(doc, False, _render_plan)
+        if plan and not dry_run:
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise click.ClickException(
+                        "not applied: stdin is not a terminal; "
+                        "pass --yes to apply, or --dry-run to only show the plan"
+                    )
+                # On the loop's thread, on purpose: kazoo keeps the session on its own
+                # threads, and Ctrl-C here must abort, not leave a thread reading stdin.
+                click.confirm("apply this plan?", abort=True, err=True)
+            change = await intents.request_rebalance(plan)
+            record = change.record
+            doc["request"] = {"request": change.request, "at": record.at, "by": record.by}
+            doc["applied"] = True
+        return doc
+
+    doc = zookeeper(work)
+    if as_json:
+        _emit(doc, True, _render_plan)
+    elif doc["applied"]:
+        click.echo(f"requested: {doc['request']['request']}; the RTMS nodes move the viewers now")
+
+
+@click.command()
+@as_json
+def status(as_json: bool) -> None:
+    """Summarise ZooKeeper, counts, viewers, pins and drains.
+
+    Exits 1 when ZooKeeper cannot be reached (and says so, also with --json).
+    """
+    from livecomments.kernel.errors import Unavailable
+
+    settings = cfg.load(cfg.BackendSettings)
+    try:
+        doc = asyncio.run(session(settings, lambda intents: status_doc(intents, settings)))
+    except Unavailable as exc:
+        # Still one document: "unreachable" is the answer a script asked for.
+        _emit(unreachable_status(settings, exc.message), as_json, _render_status)
+        raise click.ClickException(exc.message) from exc
+    _emit(doc, as_json, _render_status)
+
+
+COMMANDS = (pin, move, unpin, drain, undrain, nodes, videos, rebalance, status)

@@ -32,8 +32,8 @@ def zk_security(auth: str) -> dict[str, Any]:
     (``create``, ``ensure_path``, transactions: kazoo's ``default_acl``) gets an
     ACL giving all permissions to that identity and nothing to anyone else:
     what the services and the CLI publish is not secret, but anyone able to
-    write it could route comments or viewers elsewhere. The same function
-    serves the services (:class:`ZK`) and the CLI (``livecomments.cli.ops``).
+    write it could route comments or viewers elsewhere. The services and the
+    operator commands both connect through :class:`ZK`, so both get it.
     """
     if not auth:
         return {}
@@ -47,7 +47,11 @@ def zk_security(auth: str) -> dict[str, Any]:
 
 
 class ZK:
-    """One ZooKeeper session per process, shared by every coord recipe."""
+    """One ZooKeeper session per process, shared by every coord recipe.
+
+    A service starts it once; an operator command (``livecomments.cli.ops``)
+    starts one for the command's run and stops it at the end.
+    """
 
     def __init__(
         self,
@@ -57,10 +61,12 @@ class ZK:
         session_timeout: float = 6.0,
         timeout: float = 5.0,
         auth: str = "",
+        logger: logging.Logger | None = None,
     ) -> None:
         self.paths = Paths(root)
         self.timeout = timeout
         self._security = zk_security(auth)
+        self._logger = logger  # kazoo's own logging (its "kazoo.client" logger when None)
         self._hosts = hosts
         self._session_timeout = session_timeout
         self._client: KazooClient | None = None
@@ -74,7 +80,12 @@ class ZK:
             raise Unavailable("zookeeper client not started")
         return self._client
 
-    async def start(self) -> None:
+    async def start(self, *, parents: bool = True) -> None:
+        """Connect; with ``parents``, make the persistent parents of the layout.
+
+        The operator commands pass ``parents=False``: one that only reads must not
+        change ZooKeeper (one that writes makes the parents of what it writes).
+        """
         if self._client is not None:
             return
         self._loop = asyncio.get_running_loop()
@@ -83,6 +94,7 @@ class ZK:
             timeout=self._session_timeout,
             # Reconnect forever in the background; each of our calls has its own deadline.
             connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=2.0),
+            logger=self._logger,
             **self._security,
         )
         self._client.add_listener(self._on_state)
@@ -94,7 +106,7 @@ class ZK:
             self._client = None
             raise CoordinationTimeout(f"cannot connect to ZooKeeper at {self._hosts}")
         self.state = "CONNECTED"
-        for path in self.paths.parents():
+        for path in self.paths.parents() if parents else ():
             await self.ensure_path(path)
 
     async def stop(self) -> None:
@@ -194,7 +206,7 @@ class ZK:
             data, _stat = await self.call(f"get {path}", self.client.get_async(path))
         except NoNodeError:
             return None
-        return bytes(data)
+        return bytes(data or b"")
 
     async def set(self, path: str, data: bytes) -> None:
         await self.call(f"set {path}", self.client.set_async(path, data))

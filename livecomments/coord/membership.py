@@ -3,34 +3,40 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import orjson
+from typing import Generic, Protocol, TypeVar
 
 from livecomments.coord.client import ZK
 from livecomments.coord.ephemeral import EphemeralSet
+from livecomments.coord.records import WorkerId
 from livecomments.kernel.errors import Unavailable
 from livecomments.kernel.ids import MAX_WORKER
 
 log = logging.getLogger(__name__)
 
 
-class Membership:
-    """Announces one process (an RTMS node or a dispatcher) with a JSON payload."""
+class _Encodes(Protocol):
+    def encode(self) -> bytes: ...
+
+
+R = TypeVar("R", bound=_Encodes)
+
+
+class Membership(Generic[R]):
+    """Announces one process with its record (:class:`records.RtmsNode`, ``Dispatcher``)."""
 
     def __init__(self, zk: ZK, path: str) -> None:
         self._zk = zk
         self.path = path
         self._nodes = EphemeralSet(zk)
-        self.info: dict[str, Any] = {}
+        self.record: R | None = None  # what was published last
 
-    async def join(self, info: dict[str, Any]) -> None:
-        self.info = dict(info)
-        await self._nodes.add(self.path, orjson.dumps(self.info))
+    async def join(self, record: R) -> None:
+        self.record = record
+        await self._nodes.add(self.path, record.encode())
 
-    async def update(self, **changes: Any) -> None:
-        self.info.update(changes)
-        await self._nodes.update(self.path, orjson.dumps(self.info))
+    async def update(self, record: R) -> None:
+        self.record = record
+        await self._nodes.update(self.path, record.encode())
 
     async def leave(self) -> None:
         await self._nodes.clear()
@@ -57,7 +63,7 @@ class WorkerLease:
             mine = path.rsplit("/", 1)[1]
             others = [c for c in await self._zk.children(base) if c != mine]
             if all(int(c.rsplit("-", 1)[1]) % (MAX_WORKER + 1) != worker for c in others):
-                await self._zk.set(path, str(worker).encode())
+                await self._zk.set(path, WorkerId.encode(worker))
                 self.worker_id, self.path = worker, path
                 return worker
             await self._zk.delete(path)

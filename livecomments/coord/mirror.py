@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
 
-import orjson
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
 from livecomments.coord.client import ZK
+from livecomments.coord.records import json_object
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[], None]
+R = TypeVar("R")
 
 
 class _Mirror:
@@ -142,25 +143,41 @@ class _Mirror:
 
 
 class NodeDirectory(_Mirror):
-    """Live members under a ``/nodes/{kind}`` znode, each with its JSON payload."""
+    """The children of a znode (``/nodes/{kind}``, ``/placement``...), each with its payload.
+
+    ``nodes`` holds each payload's JSON object (:func:`records.json_object`);
+    :meth:`view` holds them as typed records, decoded once per change.
+    """
 
     def __init__(self, zk: ZK, root: str) -> None:
         super().__init__(zk, root)
         self.nodes: dict[str, dict[str, Any]] = {}
+        self._views: dict[Callable[[dict[str, Any]], Any], dict[str, Any]] = {}
+
+    def view(self, decode: Callable[[dict[str, Any]], R]) -> Mapping[str, R]:
+        """Every child's payload as ``decode`` (a record's ``from_json``) makes it.
+
+        The same mapping is kept current from then on, so readers on a hot path
+        (placement, routing) look up typed records without parsing anything.
+        """
+        found = self._views.get(decode)
+        if found is None:
+            found = self._views[decode] = {c: decode(i) for c, i in self.nodes.items()}
+        return cast(Mapping[str, R], found)
 
     def _read_child(self, path: str) -> Any:
         return self._zk.client.get_async(path, watch=self._child_fired)
 
     def _store(self, child: str, answer: Any) -> None:
         data, _stat = answer
-        try:
-            info = orjson.loads(data) if data else {}
-        except orjson.JSONDecodeError:
-            info = {}
-        self.nodes[child] = info if isinstance(info, dict) else {}
+        info = self.nodes[child] = json_object(data)
+        for decode, view in self._views.items():
+            view[child] = decode(info)
 
     def _forget(self, child: str) -> None:
         self.nodes.pop(child, None)
+        for view in self._views.values():
+            view.pop(child, None)
 
     def _complete(self) -> bool:
         return self._children <= self.nodes.keys()

@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from livecomments.coord.client import ZK
 from livecomments.coord.mirror import NodeDirectory
-from livecomments.kernel.settings import BackendSettings
+from livecomments.coord.records import Pin, RtmsNode
 
 
 def _weight(video_id: str, node_id: str) -> int:
@@ -36,6 +36,17 @@ def rendezvous(video_id: str, nodes: Iterable[str], count: int = 1) -> list[str]
     return ranked[:count]
 
 
+class Spread(Protocol):
+    """The settings placement reads (the services' settings have them, under these names)."""
+
+    @property
+    def min_spread(self) -> int: ...
+    @property
+    def spread_viewers(self) -> int: ...
+    @property
+    def max_spread(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     min_spread: int = 1  # nodes every video is placed on (2 keeps a warm spare)
@@ -43,41 +54,36 @@ class Policy:
     max_spread: int = 4
 
     @classmethod
-    def from_settings(cls, settings: BackendSettings) -> Policy:
+    def from_settings(cls, settings: Spread) -> Policy:
         return cls(settings.min_spread, max(1, settings.spread_viewers), settings.max_spread)
 
 
-def viewers_of(video_id: str, nodes: Mapping[str, Mapping[str, Any]]) -> int:
+def viewers_of(video_id: str, nodes: Mapping[str, RtmsNode]) -> int:
     """A video's viewers over all nodes, from their load reports."""
-    total = 0
-    for info in nodes.values():
-        counts = info.get("viewers_by_video")
-        if isinstance(counts, dict):
-            value = counts.get(video_id, 0)
-            total += value if isinstance(value, int) else 0
-    return total
-
-
-def pinned_nodes(pin: Mapping[str, Any] | None) -> list[str]:
-    nodes = (pin or {}).get("nodes")
-    return [n for n in nodes if isinstance(n, str)] if isinstance(nodes, list) else []
+    return sum(node.viewers_of(video_id) for node in nodes.values())
 
 
 def place(
     video_id: str,
-    nodes: Mapping[str, Mapping[str, Any]],
-    pins: Mapping[str, Mapping[str, Any]],
+    nodes: Mapping[str, RtmsNode],
+    pins: Mapping[str, Pin],
     drains: Collection[str],
     policy: Policy,
     exclude: Collection[str] = (),
 ) -> list[str]:
     """The nodes ``video_id`` belongs on, best first; [] when no node can take it."""
     usable = [n for n in nodes if n not in drains and n not in exclude]
-    pinned = [n for n in pinned_nodes(pins.get(video_id)) if n in usable]
+    pin = pins.get(video_id)
+    pinned = [n for n in pin.nodes if n in usable] if pin is not None else []
     if pinned:
         return pinned
     want = max(policy.min_spread, 1 + viewers_of(video_id, nodes) // policy.spread_viewers)
     return rendezvous(video_id, usable, max(1, min(want, policy.max_spread)))
+
+
+def placeable(nodes: Mapping[str, RtmsNode]) -> dict[str, RtmsNode]:
+    """The nodes that published where viewers reach them: the only ones placed on."""
+    return {n: node for n, node in nodes.items() if node.sse_url is not None}
 
 
 class Placement:
@@ -90,6 +96,8 @@ class Placement:
         self.drains = NodeDirectory(zk, zk.paths.drain)
         self.rebalances = NodeDirectory(zk, zk.paths.rebalance)
         self._own_nodes = nodes is None
+        self._reports = self.nodes.view(RtmsNode.from_json)
+        self._pins = self.pins.view(Pin.from_json)
 
     async def start(self) -> None:
         if self._own_nodes:
@@ -98,9 +106,9 @@ class Placement:
             await mirror.start()
 
     def placed(self, video_id: str, exclude: Collection[str] = ()) -> list[str]:
-        live = {n: i for n, i in self.nodes.nodes.items() if isinstance(i.get("sse_url"), str)}
-        return place(video_id, live, self.pins.nodes, self.drains.nodes, self.policy, exclude)
+        live = placeable(self._reports)
+        return place(video_id, live, self._pins, self.drains.nodes, self.policy, exclude)
 
     def url(self, node_id: str) -> str | None:
-        url = self.nodes.nodes.get(node_id, {}).get("sse_url")
-        return url if isinstance(url, str) else None
+        node = self._reports.get(node_id)
+        return node.sse_url if node is not None else None

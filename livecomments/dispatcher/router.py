@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from livecomments.coord import NodeDirectory, RoutingTable
+from livecomments.coord.records import RtmsNode
 from livecomments.kernel.grpcauth import RTMS, GrpcSecurity
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
@@ -139,6 +140,7 @@ class Router:
         self.table = table
         self._security = security
         self.directory = directory
+        self._reports = directory.view(RtmsNode.from_json)
         self._timeout = deliver_timeout
         self._senders: dict[str, _Sender] = {}
         self._suspects: dict[str, float] = {}
@@ -147,8 +149,8 @@ class Router:
 
     def _directory_changed(self) -> None:
         for node_id, sender in list(self._senders.items()):
-            info = self.directory.nodes.get(node_id)
-            if info is None or info.get("grpc") != sender.address:
+            report = self._reports.get(node_id)
+            if report is None or report.grpc != sender.address:
                 del self._senders[node_id]
                 asyncio.get_running_loop().create_task(sender.close())
 
@@ -156,8 +158,9 @@ class Router:
         sender = self._senders.get(node_id)
         if sender is not None:
             return sender
-        address = self.directory.nodes.get(node_id, {}).get("grpc")
-        if not isinstance(address, str):
+        report = self._reports.get(node_id)
+        address = report.grpc if report is not None else None
+        if address is None:
             return None  # hosted but not a live member: its session is gone
         sender = self._senders[node_id] = _Sender(node_id, address, self._timeout, self._security)
         return sender

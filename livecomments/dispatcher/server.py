@@ -8,6 +8,7 @@ import logging
 import grpc
 
 from livecomments.coord import ZK, Membership, NodeDirectory, RoutingTable
+from livecomments.coord.records import Dispatcher
 from livecomments.dispatcher.router import Router
 from livecomments.dispatcher.service import DispatcherService
 from livecomments.kernel.grpcauth import GrpcSecurity
@@ -35,7 +36,9 @@ class DispatcherServer:
         # Refuses to start without credentials (or an explicit grpc_insecure).
         self.security = GrpcSecurity.from_settings(settings)
         self.router = Router(self.table, self.directory, settings.deliver_timeout, self.security)
-        self.membership = Membership(self.zk, self.zk.paths.dispatcher(self.node_id))
+        self.membership: Membership[Dispatcher] = Membership(
+            self.zk, self.zk.paths.dispatcher(self.node_id)
+        )
         self._grpc: grpc.aio.Server | None = None
         self._started = False
 
@@ -53,7 +56,7 @@ class DispatcherServer:
         )
         self.security.add_port(self._grpc, self.address)
         await self._grpc.start()
-        await self.membership.join({"grpc": self.address})
+        await self.membership.join(Dispatcher(grpc=self.address))
         log.info("dispatcher %s on %s", self.node_id, self.address)
 
     async def stop(self, timeout: float = 5.0) -> None:

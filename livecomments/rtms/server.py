@@ -12,6 +12,7 @@ import grpc
 from redis.asyncio import Redis
 
 from livecomments.coord import ZK, HostedRegistry, Membership, Placement, Policy
+from livecomments.coord.records import RtmsNode
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.kernel.rpcstream import SERVER_OPTIONS
@@ -86,7 +87,9 @@ class RTMSServer:
         # Refuses to start without credentials (or an explicit grpc_insecure).
         self.security = GrpcSecurity.from_settings(settings)
         self.registry = HostedRegistry(self.zk, self.node_id)
-        self.membership = Membership(self.zk, self.zk.paths.rtms_node(self.node_id))
+        self.membership: Membership[RtmsNode] = Membership(
+            self.zk, self.zk.paths.rtms_node(self.node_id)
+        )
         self.backend = _Backend(
             Sequencer(self.redis, settings.redis_prefix), self.store, self.registry
         )
@@ -174,20 +177,20 @@ class RTMSServer:
     def draining(self) -> bool:
         return self.node_id in self.placement.drains.nodes
 
-    def _info(self) -> dict[str, Any]:
+    def _info(self) -> RtmsNode:
         counts = sorted(
             ((len(c.viewers), v) for v, c in self.hub.channels.items() if c.viewers), reverse=True
         )
-        return {
-            "sse_url": self.public_url,
-            "grpc": f"{self.settings.grpc_host}:{self.settings.grpc_port}",
-            "connections": self.hub.viewer_count,
-            "videos": len(self.hub.channels),
-            "draining": self.draining,
-            "viewers_by_video": {video: n for n, video in counts[:TOP_VIDEOS]},
+        return RtmsNode(
+            sse_url=self.public_url,
+            grpc=f"{self.settings.grpc_host}:{self.settings.grpc_port}",
+            connections=self.hub.viewer_count,
+            videos=len(self.hub.channels),
+            draining=self.draining,
+            viewers_by_video={video: n for n, video in counts[:TOP_VIDEOS]},
             # Videos this node batches every viral_window (/healthz adds their demand).
-            "viral_videos": sorted(self.hub.viral_videos())[:TOP_VIDEOS],
-        }
+            viral_videos=tuple(sorted(self.hub.viral_videos())[:TOP_VIDEOS]),
+        )
 
     # -- placement ----------------------------------------------------------------
 
@@ -215,7 +218,8 @@ class RTMSServer:
         rebalance = bool(requests - self._rebalances_seen)
         self._rebalances_seen = requests
         draining = self.draining
-        if draining != self.membership.info.get("draining"):
+        published = self.membership.record
+        if published is None or draining != published.draining:
             task = asyncio.ensure_future(self._report_load_safely())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -298,8 +302,8 @@ class RTMSServer:
 
     async def _report_load(self) -> None:
         info = self._info()
-        if info != self.membership.info:
-            await self.membership.update(**info)
+        if info != self.membership.record:
+            await self.membership.update(info)
 
     async def stop(self, timeout: float = 5.0) -> None:
         if not self._started:

@@ -19,7 +19,8 @@ import aiohttp
 import orjson
 
 from livecomments.cli.cluster import Cluster
-from livecomments.cli.ops import KEEP_REBALANCE_REQUESTS, Ops
+from livecomments.cli.ops import session
+from livecomments.coord.intents import KEEP_REBALANCE_REQUESTS, Intents
 from livecomments.coord.placement import rendezvous
 from livecomments.kernel import settings as cfg
 from tests.support import Viewer, unique
@@ -291,14 +292,14 @@ async def test_rebalance_shows_the_plan_and_applies_it_only_when_told(
 async def test_rebalance_keeps_only_the_newest_requests(cluster: Cluster) -> None:
     settings = cfg.load(cfg.BackendSettings, environ=cluster.base_env())
 
-    def request_many() -> tuple[list[str], list[str]]:
-        with Ops.connect(settings) as ops:
-            made = [
-                ops.request_rebalance([])["request"] for _ in range(KEEP_REBALANCE_REQUESTS + 3)
-            ]
-            return made, ops.snapshot().rebalances
+    async def request_many(intents: Intents) -> tuple[list[str], list[str]]:
+        made = [
+            (await intents.request_rebalance([])).request
+            for _ in range(KEEP_REBALANCE_REQUESTS + 3)
+        ]
+        return made, (await intents.snapshot()).rebalances
 
-    made, kept = await asyncio.to_thread(request_many)
+    made, kept = await session(settings, request_many)
     assert kept == made[-KEEP_REBALANCE_REQUESTS:]
 
 

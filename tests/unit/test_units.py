@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from livecomments.comment_service.validation import comment_text
 from livecomments.coord.paths import Paths
 from livecomments.coord.placement import Policy, place, rendezvous
+from livecomments.coord.records import Pin, RtmsNode
 from livecomments.kernel import settings as cfg
 from livecomments.kernel.errors import ValidationError
 from livecomments.kernel.events import event_id, sse_frame
@@ -126,21 +129,21 @@ def test_comment_text_normalises() -> None:
 
 
 def test_placement_pins_drains_and_spread() -> None:
-    nodes = {f"n{i}": {"sse_url": f"https://n{i}"} for i in range(1, 5)}
+    nodes = {f"n{i}": RtmsNode(sse_url=f"https://n{i}") for i in range(1, 5)}
     policy = Policy(min_spread=1, spread_viewers=100, max_spread=3)
     (home,) = place("v", nodes, {}, (), policy)
     assert home == rendezvous("v", nodes)[0]
     # A pin wins while one of its nodes is alive and not draining ...
     other = next(n for n in nodes if n != home)
-    assert place("v", nodes, {"v": {"nodes": [other]}}, (), policy) == [other]
+    assert place("v", nodes, {"v": Pin(nodes=(other,))}, (), policy) == [other]
     # ... and falls back to hashing when none is.
-    assert place("v", nodes, {"v": {"nodes": [other]}}, {other}, policy)[0] != other
-    assert place("v", nodes, {"v": {"nodes": ["gone"]}}, (), policy) == [home]
+    assert place("v", nodes, {"v": Pin(nodes=(other,))}, {other}, policy)[0] != other
+    assert place("v", nodes, {"v": Pin(nodes=("gone",))}, (), policy) == [home]
     # Draining nodes and excluded nodes take nothing new.
     assert home not in place("v", nodes, {}, {home}, policy)
     assert home not in place("v", nodes, {}, (), policy, exclude={home})
     # Viewers over all nodes' reports spread the video, best node first, up to max_spread.
-    busy = {n: {**info, "viewers_by_video": {"v": 90}} for n, info in nodes.items()}  # 360
+    busy = {n: replace(info, viewers_by_video={"v": 90}) for n, info in nodes.items()}  # 360
     spread = place("v", busy, {}, (), policy)
     assert spread == rendezvous("v", nodes, 3) and spread[0] == home
     assert place("v", nodes, {}, (), Policy(min_spread=2)) == rendezvous("v", nodes, 2)

@@ -1,0 +1,172 @@
+"""What the znodes hold: one typed record per payload, encoded and decoded here only.
+
+Writers build a record and ``encode()`` it; readers ``decode()`` bytes (or, from a
+mirror that already parsed the JSON, ``from_json()`` an object). Decoding never
+fails: a payload that is not a JSON object reads as an empty one, and a field of
+the wrong type reads as its default, so one bad or newer writer cannot stop a
+reader (the layout is in docs/architecture.md, "The ZooKeeper layout").
+
+``/hosted/{video}/{node}`` carries nothing: the znode's existence is the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Self, TypedDict, cast
+
+import orjson
+
+
+def json_object(data: bytes | None) -> dict[str, Any]:
+    """A payload's JSON object; anything else (garbage, a list, nothing) reads as ``{}``."""
+    try:
+        value = orjson.loads(data) if data else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def stamp() -> str:
+    """When an operator changed something: UTC, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+class _Record:
+    """encode/decode for a dataclass whose JSON object has the field names as keys."""
+
+    __slots__ = ()
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> Self:
+        return cls.from_json(json_object(data))
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class RtmsNode(_Record):
+    """``/nodes/rtms/{node}``: where an RTMS node is reached, and its load report.
+
+    Only a node with an ``sse_url`` is placed on: viewers could not reach it otherwise.
+    """
+
+    sse_url: str | None = None
+    grpc: str | None = None  # host:port of its Delivery service
+    connections: int = 0
+    videos: int = 0
+    draining: bool = False  # what the node says (the operator's ask is /drain/{node})
+    viewers_by_video: dict[str, int] = field(default_factory=dict)  # its busiest videos
+    viral_videos: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        per_video = obj.get("viewers_by_video")
+        return cls(
+            sse_url=_text(obj.get("sse_url")),
+            grpc=_text(obj.get("grpc")),
+            connections=_count(obj.get("connections")),
+            videos=_count(obj.get("videos")),
+            draining=obj.get("draining") is True,
+            viewers_by_video=(
+                {v: _count(n) for v, n in per_video.items() if isinstance(v, str)}
+                if isinstance(per_video, dict)
+                else {}
+            ),
+            viral_videos=_names(obj.get("viral_videos")),
+        )
+
+    def viewers_of(self, video_id: str) -> int:
+        return self.viewers_by_video.get(video_id, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatcher(_Record):
+    """``/nodes/dispatcher/{id}``: where a dispatcher replica is reached."""
+
+    grpc: str | None = None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        return cls(grpc=_text(obj.get("grpc")))
+
+
+@dataclass(frozen=True, slots=True)
+class Pin(_Record):
+    """``/placement/{video}``: an operator's pin of a video to these nodes."""
+
+    nodes: tuple[str, ...] = ()
+    by: str | None = None  # user@host
+    at: str | None = None  # ISO 8601, UTC
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        return cls(_names(obj.get("nodes")), _text(obj.get("by")), _text(obj.get("at")))
+
+
+@dataclass(frozen=True, slots=True)
+class Drain(_Record):
+    """``/drain/{node}``: an operator asked this node to empty itself; outlives the node."""
+
+    by: str | None = None
+    at: str | None = None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        return cls(_text(obj.get("by")), _text(obj.get("at")))
+
+
+# One viewer move of a rebalance plan; "from" is a keyword, hence the functional form.
+Move = TypedDict("Move", {"video": str, "from": str, "to": list[str], "viewers": int})
+
+
+@dataclass(frozen=True, slots=True)
+class RebalanceRequest(_Record):
+    """``/rebalance/req-{seq}``: move viewers off nodes not placed for their video.
+
+    RTMS nodes act on a new request's name; the plan is there for the next operator.
+    """
+
+    at: str | None = None
+    by: str | None = None
+    plan: tuple[Move, ...] = ()
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        plan = obj.get("plan")
+        moves = [m for m in plan if isinstance(m, dict)] if isinstance(plan, list) else []
+        return cls(_text(obj.get("at")), _text(obj.get("by")), tuple(cast(list[Move], moves)))
+
+
+class WorkerId:
+    """``/nodes/comment/w-{seq}``: the Snowflake worker id a lease maps to, as decimal text."""
+
+    @staticmethod
+    def encode(worker_id: int) -> bytes:
+        return str(worker_id).encode()
+
+    @staticmethod
+    def decode(data: bytes | None) -> str:
+        """As written; readers only show it (a lease being taken is still empty)."""
+        return (data or b"").decode(errors="replace")

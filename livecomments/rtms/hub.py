@@ -66,9 +66,8 @@ log = logging.getLogger(__name__)
 class Backend(Sources, Protocol):
     """What the hub needs from the outside world (store, Redis, ZooKeeper).
 
-    ``head`` (of :class:`~livecomments.rtms.recovery.Sources`) is where a new
-    channel starts: the video's head below the seqs still in flight, or None
-    when Redis has no counter for it (then ``stored_head``).
+    A new channel starts at ``head``, or at ``stored_head`` (the store's highest
+    seq) when Redis has no counter for the video.
     """
 
     async def stored_head(self, video_id: str) -> int: ...

@@ -6,7 +6,7 @@ lacks a seq after a deadline), an event of another epoch or far ahead is held
 until Redis confirms it, and a channel that stayed behind the video's head
 (``reconcile``, ``catch_up``) is filled too. What it applies goes back through
 the channel (``drain``, ``apply_stored``, ``offer``) and on to pacing's ``queue``;
-it never calls the hub.
+it never calls back into the hub (its tasks only run in the hub's task set).
 
 :class:`Resume` is what a viewer is owed when it comes back with a
 ``Last-Event-ID``: the frames since then, from the channel's ring or from store
@@ -40,7 +40,12 @@ Queue = Callable[[Channel, list[bytes]], None]
 
 
 class Sources(Protocol):
-    """Where a video's stream is read again: Redis (its head) and the store."""
+    """Where a video's stream is read again: Redis (its head) and the store.
+
+    ``head`` is the video's head below the seqs still in flight (where a new
+    channel starts), ``heads`` the last positions handed out; either is None for
+    a video Redis has no counter for.
+    """
 
     async def head(self, video_id: str) -> Position | None: ...
     async def heads(self, video_ids: list[str]) -> dict[str, Position | None]: ...
@@ -287,10 +292,9 @@ class Recovery:
 class Resume:
     """What a resuming viewer is owed, read from the ring or the store, written within bounds.
 
-    Frames written to a viewer outside the broadcast (here, and the hub's
-    ``moved``) go in writes of at most ``write_budget`` (half the per-viewer
-    buffer bound), each only when the buffer is below the other half (the
-    transport's high-water mark, set by the listener).
+    They go in writes of at most ``write_budget`` (half the per-viewer buffer
+    bound), each only when the buffer is below the other half (the transport's
+    high-water mark, set by the listener).
     """
 
     def __init__(

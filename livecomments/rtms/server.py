@@ -39,15 +39,13 @@ class _Backend:
         self._store = store
         self._registry = registry
 
-    async def head(self, video_id: str) -> tuple[int, int | None]:
+    async def head(self, video_id: str) -> Position | None:
         # Below what is still in flight: a channel that starts here gets those
         # seqs by dispatch or by filling the gap, instead of counting them seen.
-        head = await self._sequencer.settled_head(video_id)
-        if head is not None:
-            return head.seq, head.epoch
-        # No counter in Redis (new video, or Redis lost it): what is stored is
-        # history, not news. The epoch is learned from the next event.
-        return await self._store.max_seq(video_id), None
+        return await self._sequencer.settled_head(video_id)
+
+    async def stored_head(self, video_id: str) -> int:
+        return await self._store.max_seq(video_id)
 
     async def fetch(self, video_id: str, lo: int, hi: int) -> list[dict[str, Any]]:
         return await self._store.comments_by_seq(video_id, lo, hi)

@@ -31,7 +31,8 @@ from livecomments.kernel.ids import valid_video_id
 from livecomments.kernel.netaddr import TrustedProxies, limit_key
 from livecomments.kernel.rates import Rate
 from livecomments.kernel.stream import Position, stream_url
-from livecomments.rtms.hub import Hub, Viewer
+from livecomments.rtms.channel import Viewer
+from livecomments.rtms.hub import Hub
 from livecomments.rtms.limits import Buckets
 
 if TYPE_CHECKING:

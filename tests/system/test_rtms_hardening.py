@@ -40,8 +40,10 @@ from livecomments.kernel.errors import Unavailable
 from livecomments.kernel.netaddr import TrustedProxies, limit_key
 from livecomments.kernel.rates import Rate
 from livecomments.kernel.sequencer import video_key
-from livecomments.rtms.hub import HEARTBEAT, Hub
-from livecomments.rtms.hub import Viewer as HubViewer
+from livecomments.kernel.stream import Position
+from livecomments.rtms.channel import HEARTBEAT
+from livecomments.rtms.channel import Viewer as HubViewer
+from livecomments.rtms.hub import Hub
 from livecomments.rtms.limits import Buckets, Refused
 from tests.support import Api, Viewer, cli, client_session, unique
 
@@ -137,8 +139,8 @@ class StoreBackend:
         self.hosted: set[str] = set()
         self.unhosted: list[str] = []
 
-    async def head(self, video_id: str) -> tuple[int, int | None]:
-        return self.head_seq, EPOCH
+    async def head(self, video_id: str) -> Position | None:
+        return Position(EPOCH, self.head_seq)
 
     async def fetch(self, video_id: str, lo: int, hi: int) -> list[dict[str, Any]]:
         self.fetches.append((lo, hi))

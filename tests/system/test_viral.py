@@ -20,7 +20,10 @@ import pytest
 from livecomments.cli.cluster import Cluster
 from livecomments.kernel import events
 from livecomments.kernel.pb import livecomments_pb2 as pb
-from livecomments.rtms.hub import RATE_TAU, Channel, Hub, Viewer
+from livecomments.kernel.stream import Position
+from livecomments.rtms.channel import Channel, Viewer
+from livecomments.rtms.hub import Hub
+from livecomments.rtms.pacing import RATE_TAU
 from tests.support import Api, cli, unique
 from tests.support import Viewer as SSEViewer
 
@@ -73,8 +76,8 @@ def seqs_in(data: bytes) -> list[int]:
 
 
 class FakeBackend:
-    async def head(self, video_id: str) -> tuple[int, int | None]:
-        return 0, EPOCH
+    async def head(self, video_id: str) -> Position | None:
+        return Position(EPOCH, 0)
 
     async def fetch(self, video_id: str, lo: int, hi: int) -> list[dict[str, Any]]:
         return []
@@ -150,7 +153,7 @@ async def test_above_threshold_one_write_per_viral_window_with_all_events_in_ord
 ) -> None:
     hub = make_hub(threshold=1000)
     transports = await watch(hub, 10)
-    caplog.set_level(logging.INFO, logger="livecomments.rtms.hub")
+    caplog.set_level(logging.INFO, logger="livecomments.rtms.pacing")
     # 200 events at once read as 200 events/s (RATE_TAU 1 s): 10 x 200 >= 1000.
     hub.deliver([event(seq) for seq in range(1, 201)])
     channel = hub.channels[VIDEO]
@@ -177,7 +180,7 @@ async def test_hysteresis_enter_at_threshold_leave_at_half(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     hub = make_hub(threshold=1000)
-    caplog.set_level(logging.INFO, logger="livecomments.rtms.hub")
+    caplog.set_level(logging.INFO, logger="livecomments.rtms.pacing")
     viewers = [Viewer(FakeTransport()) for _ in range(10)]
     for viewer in viewers:
         await hub.attach(viewer, VIDEO, None)
@@ -210,7 +213,7 @@ async def test_hysteresis_enter_at_threshold_leave_at_half(
 async def test_leaving_viral_mode_when_comments_stop(caplog: pytest.LogCaptureFixture) -> None:
     hub = make_hub(threshold=1000)
     (transport,) = await watch(hub, 1)
-    caplog.set_level(logging.INFO, logger="livecomments.rtms.hub")
+    caplog.set_level(logging.INFO, logger="livecomments.rtms.pacing")
     hub.deliver([event(seq) for seq in range(1, 2001)])  # 1 viewer x ~2000 events/s
     channel = hub.channels[VIDEO]
     assert channel.viral

@@ -1,0 +1,35 @@
+"""The counters of an RTMS node (shown on ``/healthz``), kept by the hub and its pieces.
+
+One object, handed to each piece when the hub wires them: the hub counts
+deliveries and channels, pacing the viral mode, recovery the gaps and resumes.
+"""
+
+from __future__ import annotations
+
+
+class Stats:
+    __slots__ = (
+        "accepted",
+        "channels_created",
+        "channels_failed",
+        "channels_refused",
+        "duplicates",
+        "gap_fenced",
+        "gap_filled",
+        "gap_skipped",
+        "moved",
+        "reconciled",
+        "replay_resets",
+        "slow_dropped",
+        "unhosted",
+        "viral_entered",
+        "viral_left",
+    )
+
+    def __init__(self) -> None:
+        self.accepted = self.duplicates = self.unhosted = 0
+        self.gap_filled = self.gap_skipped = self.slow_dropped = self.moved = 0
+        self.gap_fenced = self.reconciled = 0
+        self.viral_entered = self.viral_left = 0
+        self.channels_created = self.channels_failed = self.channels_refused = 0
+        self.replay_resets = 0  # resumes answered with `reset` (too_far_behind)

@@ -7,7 +7,8 @@ named after what the key is for; the ids it is about follow. The keys of one vid
 that the sequencer's scripts touch in one call (its counter, its epoch, its
 recent-comments cache) are the family ``v``, the video id as a Redis Cluster hash
 tag ``{<video>}`` (so they share one slot), then the key's name. Every key is built
-by :class:`Keys`, nowhere else; ``tests/unit`` lists them all and checks this.
+by :class:`Keys` (a few scripts build some the same way, listed at the end);
+``tests/unit`` lists them all and checks this.
 
 The key strings are those a deployed Redis already holds, so a few older habits
 stay although they do not follow the rule to the letter: outside ``v`` the video

@@ -1,9 +1,10 @@
 """Admitting posts in batches: one Redis call for all the posts that arrive together.
 
-For each post, in arrival order, one Lua call runs the admission checks of
-``limits.ADMIT_LUA`` (logout, bans, slow mode, duplicates, the posting buckets)
-and, when the post is admitted and will be published, takes its video's next
-seq and outbox entry (``sequencer.NEXT_LUA``). A post used to cost two Redis
+For each post, in arrival order, one Lua call (``admission_admit_many.lua``, in
+livecomments/kernel/redis/scripts) runs the admission checks of ``lib_admit.lua``
+(logout, bans, slow mode, duplicates, the posting buckets) and, when the post is
+admitted and will be published, takes its video's next seq and outbox entry
+(``lib_next_seq.lua``, as the sequencer does). A post used to cost two Redis
 round trips (admit, then sequence); redis-py's per-call overhead was a third of
 the comment service's CPU at 1,500 posts/s. Concurrent posts now share one call
 (``Batcher``: one call in flight, the rest queue for the next), so under load a
@@ -22,46 +23,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from livecomments.comment_service.limits import (
-    ADMIT_ARGS,
-    ADMIT_KEYS,
-    ADMIT_LUA,
-    Limiter,
-    PostLimits,
-)
+from livecomments.comment_service.limits import Limiter, PostLimits
 from livecomments.kernel.batching import Batcher
 from livecomments.kernel.errors import Unavailable
-from livecomments.kernel.sequencer import NEXT_LUA, Sequencer
-
-_KEYS = ADMIT_KEYS + 2  # + the video's seq counter and epoch
-_ARGS = ADMIT_ARGS + 2  # + "sequence it" (1/0) and the video id
-
-# KEYS[1] the outbox (or an empty string), then _KEYS per post; ARGV[1] the number
-# of posts, then _ARGS per post. Returns verdict, ms, seq, epoch per post, flat;
-# seq is 0 when not asked for and -1 when the counter needs seeding first.
-_ADMIT_MANY = (
-    ADMIT_LUA
-    + NEXT_LUA
-    + f"""
-local outbox = KEYS[1] ~= '' and KEYS[1] or false
-local out = {{}}
-for p = 0, tonumber(ARGV[1]) - 1 do
-  local k, a = 1 + p * {_KEYS}, 1 + p * {_ARGS}
-  local K = {{unpack(KEYS, k + 1, k + {_KEYS})}}
-  local A = {{unpack(ARGV, a + 1, a + {_ARGS})}}
-  local verdict, ms = admit(K, A)
-  local seq, epoch = 0, 0
-  if verdict == 'ok' and A[{ADMIT_ARGS + 1}] == '1' then
-    seq, epoch = next_seq(K[{ADMIT_KEYS + 1}], K[{ADMIT_KEYS + 2}], outbox, A[{ADMIT_ARGS + 2}])
-  end
-  out[p * 4 + 1] = verdict
-  out[p * 4 + 2] = ms
-  out[p * 4 + 3] = seq
-  out[p * 4 + 4] = epoch
-end
-return out
-"""
-)
+from livecomments.kernel.redis import scripts
+from livecomments.kernel.sequencer import Sequencer
+from livecomments.kernel.stream import Position
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,17 +46,22 @@ class Ticket:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    verdict: str  # see limits.ADMIT_LUA
+    verdict: str  # see lib_admit.lua
     ms: int
     seq: int  # 0: not asked for; -1: admitted, but the counter needs seeding first
     epoch: int
+
+    @property
+    def position(self) -> Position | None:
+        """The post's place in the stream, if it was sequenced here."""
+        return Position(self.epoch, self.seq) if self.seq > 0 else None
 
 
 class Admission:
     def __init__(
         self, redis: Redis, limiter: Limiter, sequencer: Sequencer, limits: PostLimits
     ) -> None:
-        self._script = redis.register_script(_ADMIT_MANY)
+        self._script = scripts.register(redis, "admission_admit_many")
         self._limiter = limiter
         self._sequencer = sequencer
         # The limits are fixed for the process: their arguments, for both kinds of poster.
@@ -101,6 +73,7 @@ class Admission:
         return await self._batches.submit(ticket)
 
     async def _run(self, tickets: list[Ticket]) -> list[Verdict]:
+        # KEYS and ARGV as admission_admit_many.lua lays them out.
         keys: list[str] = [self._sequencer.outbox_key or ""]
         args: list[Any] = [len(tickets)]
         limiter = self._limiter

@@ -24,6 +24,7 @@ from livecomments.kernel.errors import (
     ValidationError,
 )
 from livecomments.kernel.ids import Snowflake, parse_id
+from livecomments.kernel.redis.keys import Keys
 from livecomments.kernel.store import Store, utcnow
 
 ROLES = ("viewer", "moderator", "admin")
@@ -78,7 +79,7 @@ class Accounts:
             raise ValueError("the JWT secret must be at least 32 characters")
         self._store = store
         self._redis = redis
-        self._prefix = prefix
+        self._keys = Keys(prefix)
         self._secret = secret
         self._ttl = ttl
         self._verified: dict[str, Principal] = {}
@@ -172,7 +173,7 @@ class Accounts:
         return Principal(user_id, name, role, jti, int(claims["exp"]))
 
     def revoked_key(self, token_id: str) -> str:
-        return f"{self._prefix}revoked:{token_id}"
+        return self._keys.revoked(token_id)
 
     async def authenticate(self, token: str) -> Principal:
         """A verified token that has not been logged out."""

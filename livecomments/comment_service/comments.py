@@ -36,6 +36,7 @@ from livecomments.kernel.ids import Snowflake
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.store import Store, utcnow
+from livecomments.kernel.stream import Position
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class Comments:
                 "this comment was refused by the content filter",
                 details={"reasons": list(score.reasons) if score else []},
             )
-        seq = await self._admit(
+        position = await self._admit(
             Ticket(
                 user_id=author.user_id,
                 ip=ip,
@@ -221,7 +222,7 @@ class Comments:
                 held.update(score=score.value, reasons=list(score.reasons))
                 await self._store.insert_held(held)
                 return Posted(held, held=True)
-            await self._publish(doc, seq)
+            await self._publish(doc, position)
         except Unavailable:
             await self._limiter.release_post(author.user_id, video_id, text)
             raise
@@ -236,15 +237,15 @@ class Comments:
         if parent.get("status") == events.STATUS_DELETED:
             raise Conflict("the parent comment was deleted", code="parent_deleted")
 
-    async def _admit(self, ticket: Ticket) -> tuple[int, int] | None:
-        """Admit the post or raise its refusal; ``(seq, epoch)`` if one was asked for."""
+    async def _admit(self, ticket: Ticket) -> Position | None:
+        """Admit the post or raise its refusal; its position if one was asked for."""
         for _ in range(3):
             admitted = await self._admission.admit(ticket)
             if admitted.verdict == "ok":
                 if not ticket.sequence:
                     return None
-                if admitted.seq > 0:
-                    return admitted.seq, admitted.epoch
+                if admitted.position is not None:
+                    return admitted.position
                 return await self._sequencer.next(ticket.video_id)  # seeds the counter
             if admitted.verdict == "load_bans":
                 await self._policies.load_bans()
@@ -254,19 +255,19 @@ class Comments:
                 raise self._limiter.refusal(admitted.verdict, admitted.ms)
         raise Unavailable("could not load the video's settings into Redis")
 
-    async def _publish(self, doc: dict[str, Any], seq: tuple[int, int] | None = None) -> None:
-        await self._sequence(doc, seq)
+    async def _publish(self, doc: dict[str, Any], position: Position | None = None) -> None:
+        await self._sequence(doc, position)
         if doc.get("parent_id") is not None:
             await self._store.count_reply(doc["video_id"], doc["parent_id"])
         await self._dispatch(events.comment_event(doc), doc)
 
-    async def _sequence(self, doc: dict[str, Any], seq: tuple[int, int] | None = None) -> None:
-        """Give ``doc`` the video's next seq (or ``seq``, taken at admission) and store it."""
+    async def _sequence(self, doc: dict[str, Any], position: Position | None = None) -> None:
+        """Give ``doc`` the video's next seq (or ``position``, taken at admission) and store it."""
         video_id = doc["video_id"]
         for _ in range(5):
-            if seq is None:
-                seq = await self._sequencer.next(video_id)
-            (doc["seq"], doc["epoch"]), seq = seq, None
+            if position is None:
+                position = await self._sequencer.next(video_id)
+            doc["seq"], doc["epoch"], position = position.seq, position.epoch, None
             try:
                 await self._inserts.submit(doc)
                 return

@@ -39,43 +39,12 @@ from livecomments.kernel.errors import (
     Unavailable,
     ValidationError,
 )
+from livecomments.kernel.redis import scripts
+from livecomments.kernel.redis.keys import Keys
 
 HEADER = "Idempotency-Key"
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")  # UUIDs, ULIDs, base64, hex
 IN_FLIGHT = 30.0  # seconds a pending attempt is waited for before a retry takes over
-
-# KEYS[1] the record (a hash), KEYS[2] the token's logout mark. ARGV[1] the id
-# for a new comment, ARGV[2] the request's fingerprint, ARGV[3] the window (ms),
-# ARGV[4] IN_FLIGHT (ms). Returns {state, id, extra}: new, done (extra: status),
-# in_flight (extra: ms left), resume (a failed or abandoned attempt's id),
-# reused, revoked.
-_CLAIM = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'revoked', '0', 0} end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local r = redis.call('HMGET', KEYS[1], 'id', 'fp', 'state', 'at', 'status')
-if not r[1] then
-  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'fp', ARGV[2], 'state', 'pending', 'at', now)
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-  return {'new', ARGV[1], 0}
-end
-if r[2] ~= ARGV[2] then return {'reused', r[1], 0} end
-if r[3] == 'done' then return {'done', r[1], tonumber(r[5])} end
-local age = now - tonumber(r[4])
-if r[3] == 'pending' and age < tonumber(ARGV[4]) then
-  return {'in_flight', r[1], tonumber(ARGV[4]) - age}
-end
-redis.call('HSET', KEYS[1], 'state', 'pending', 'at', now)
-return {'resume', r[1], 0}
-"""
-
-# KEYS[1] the record. ARGV[1] the id the caller claimed, ARGV[2] done/failed,
-# ARGV[3] the status answered. Only the claimant's record is changed.
-_FINISH = """
-if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'status', ARGV[3])
-return 1
-"""
 
 
 class IdempotencyKeyReused(LiveCommentsError):
@@ -104,7 +73,7 @@ def fingerprint(text: str, parent_id: int | None) -> str:
 @dataclass(frozen=True, slots=True)
 class Claim:
     key: str  # the Redis key of the record
-    state: str  # new, done, resume (see _CLAIM)
+    state: str  # new, done, resume (see idempotency_claim.lua)
     comment_id: int
     status: int  # for done: the status first answered
 
@@ -113,10 +82,10 @@ class Idempotency:
     """Records of keyed posts in Redis, kept ``window`` seconds."""
 
     def __init__(self, redis: Redis, prefix: str, window: float) -> None:
-        self._prefix = prefix
+        self._keys = Keys(prefix)
         self._window_ms = max(1000, int(window * 1000))
-        self._claim = redis.register_script(_CLAIM)
-        self._finish = redis.register_script(_FINISH)
+        self._claim = scripts.register(redis, "idempotency_claim")
+        self._finish = scripts.register(redis, "idempotency_finish")
 
     async def claim(
         self,
@@ -129,7 +98,7 @@ class Idempotency:
         revoked_key: str,
     ) -> Claim:
         """Record the key for ``new_id``, or say what an earlier attempt left."""
-        record = f"{self._prefix}idem:{user_id}:{video_id}:{key}"
+        record = self._keys.idempotency(user_id, video_id, key)
         args: list[Any] = [new_id, fingerprint, self._window_ms, int(IN_FLIGHT * 1000)]
         try:
             state, comment_id, extra = await self._claim(keys=[record, revoked_key], args=args)

@@ -3,8 +3,8 @@
 Token buckets (all-or-nothing over several buckets, on Redis' clock so replicas
 with skewed clocks agree), and the admission check of a post: bans, the
 video's slow mode, duplicate suppression and the posting buckets, decided by
-one Lua function that livecomments/comment_service/admission.py runs for a whole batch of
-posts in one call.
+one Lua function (``lib_admit.lua``, in livecomments/kernel/redis/scripts) that
+livecomments/comment_service/admission.py runs for a whole batch of posts in one call.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from redis.exceptions import RedisError
 
 from livecomments.kernel.errors import Forbidden, LiveCommentsError, Unauthorized, Unavailable
 from livecomments.kernel.rates import Rate
+from livecomments.kernel.redis import scripts
+from livecomments.kernel.redis.keys import Keys
 
 if TYPE_CHECKING:
     from livecomments.kernel.settings import CommentServiceSettings
@@ -39,153 +41,11 @@ class TooManyRequests(LiveCommentsError):
         )
 
 
-# Token buckets: KEYS are the buckets, ARGV[2i-1], ARGV[2i] their capacity and
-# refill per ms. Returns {0, 0} when a token was taken from every bucket, else
-# {index of the emptiest bucket, ms until it has a token}; nothing is taken then.
-_BUCKETS = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local levels = {}
-local worst, wait = 0, 0
-for i = 1, #KEYS do
-  local cap, rate = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  local v = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
-  local tokens, ts = tonumber(v[1]), tonumber(v[2])
-  if tokens == nil or ts == nil then tokens, ts = cap, now end
-  tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
-  levels[i] = tokens
-  if tokens < 1 then
-    local w = math.ceil((1 - tokens) / rate)
-    if w > wait then worst, wait = i, w end
-  end
-end
-if worst > 0 then return {worst, wait} end
-for i = 1, #KEYS do
-  local cap, rate = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  redis.call('HSET', KEYS[i], 'tokens', tostring(levels[i] - 1), 'ts', tostring(now))
-  redis.call('PEXPIRE', KEYS[i], math.ceil(cap / rate) + 1000)
-end
-return {0, 0}
-"""
-
-# Admission of a post, as a Lua function (livecomments/comment_service/admission.py runs it for
-# every post of a batch in one call). K: 1 global ban, 2 video ban, 3 bans-loaded
-# marker, 4 video settings (a hash, only for videos with settings), 5 user bucket,
-# 6 ip bucket, 7 slow-mode mark, 8 duplicate mark, 9 the token's logout mark,
-# 10 settings-loaded marker. A: user cap, user rate, ip cap,
-# ip rate, duplicate window ms, exempt (1/0). Returns verdict, ms: ok,
-# load_bans, load_settings, revoked, banned_global, banned_video, slow_mode,
-# duplicate, rate_user, rate_ip. Nothing is written unless the verdict is ok.
-ADMIT_LUA = """
-local function admit(K, A)
-  if redis.call('EXISTS', K[9]) == 1 then return 'revoked', 0 end
-  if redis.call('EXISTS', K[3]) == 0 then return 'load_bans', 0 end
-  local ban = redis.call('PTTL', K[1])
-  if ban ~= -2 then return 'banned_global', ban end
-  ban = redis.call('PTTL', K[2])
-  if ban ~= -2 then return 'banned_video', ban end
-  if redis.call('EXISTS', K[10]) == 0 then return 'load_settings', 0 end
-  local exempt = A[6] == '1'
-  local slow = tonumber(redis.call('HGET', K[4], 'slow_mode') or '0') or 0
-  if not exempt then
-    if slow > 0 then
-      local left = redis.call('PTTL', K[7])
-      if left > 0 then return 'slow_mode', left end
-    end
-    local dup = redis.call('PTTL', K[8])
-    if dup > 0 then return 'duplicate', dup end
-  end
-  local t = redis.call('TIME')
-  local now = t[1] * 1000 + math.floor(t[2] / 1000)
-  local levels = {}
-  for i = 5, 6 do
-    local cap, rate = tonumber(A[(i - 5) * 2 + 1]), tonumber(A[(i - 5) * 2 + 2])
-    local v = redis.call('HMGET', K[i], 'tokens', 'ts')
-    local tokens, ts = tonumber(v[1]), tonumber(v[2])
-    if tokens == nil or ts == nil then tokens, ts = cap, now end
-    tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
-    if tokens < 1 then
-      return (i == 5 and 'rate_user' or 'rate_ip'), math.ceil((1 - tokens) / rate)
-    end
-    levels[i] = tokens
-  end
-  for i = 5, 6 do
-    local cap, rate = tonumber(A[(i - 5) * 2 + 1]), tonumber(A[(i - 5) * 2 + 2])
-    redis.call('HSET', K[i], 'tokens', tostring(levels[i] - 1), 'ts', tostring(now))
-    redis.call('PEXPIRE', K[i], math.ceil(cap / rate) + 1000)
-  end
-  if not exempt then
-    if slow > 0 then redis.call('SET', K[7], '1', 'PX', slow * 1000) end
-    if tonumber(A[5]) > 0 then redis.call('SET', K[8], '1', 'PX', A[5]) end
-  end
-  return 'ok', 0
-end
-"""
+# How many keys and arguments the admission check of one post takes (``admit`` in
+# livecomments/kernel/redis/scripts/lib_admit.lua, which says the same and names
+# each): ``Limiter.admission_keys`` and ``Limiter.admission_args`` build them.
 ADMIT_KEYS = 10
 ADMIT_ARGS = 6
-
-# Login attempts. K: 1 the address's attempt bucket, 2 the (account, address)
-# failure bucket, 3 the account's failure bucket (every address), 4 the
-# account's back-off gate, 5 its back-off level, 6 the "this address logged in
-# to this account before" mark. A: the three buckets' cap and rate, then the
-# back-off's first and longest delay (ms). Every admitted attempt is counted as a
-# failure at once (a success gives it back), so concurrent guesses cannot slip
-# past the lock while the password hash is being checked. Returns verdict, ms:
-# ok, locked (this pair), backoff (the account, from an address never used for
-# it), rate_ip.
-_LOGIN = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local function level(key, cap, rate)
-  local v = redis.call('HMGET', key, 'tokens', 'ts')
-  local tokens, ts = tonumber(v[1]), tonumber(v[2])
-  if tokens == nil or ts == nil then tokens, ts = cap, now end
-  return math.min(cap, tokens + math.max(0, now - ts) * rate)
-end
-local function store(key, tokens, cap, rate)
-  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
-  redis.call('PEXPIRE', key, math.ceil(cap / rate) + 1000)
-end
-local cap, rate = {}, {}
-for i = 1, 3 do cap[i], rate[i] = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i]) end
-local ip = level(KEYS[1], cap[1], rate[1])
-local pair = level(KEYS[2], cap[2], rate[2])
-local account = level(KEYS[3], cap[3], rate[3])
-if pair < 1 then return {'locked', math.ceil((1 - pair) / rate[2])} end
-local known = redis.call('EXISTS', KEYS[6]) == 1
-if not known then
-  local gate = redis.call('PTTL', KEYS[4])
-  if gate > 0 then return {'backoff', gate} end
-end
-if ip < 1 then return {'rate_ip', math.ceil((1 - ip) / rate[1])} end
-store(KEYS[1], ip - 1, cap[1], rate[1])
-store(KEYS[2], pair - 1, cap[2], rate[2])
-if account >= 1 then
-  store(KEYS[3], account - 1, cap[3], rate[3])
-elseif not known then
-  -- Over the account-wide threshold: each attempt from an unknown address
-  -- doubles the wait before the next one may start, up to the longest delay.
-  local n = redis.call('INCR', KEYS[5])
-  redis.call('PEXPIRE', KEYS[5], math.ceil(cap[3] / rate[3]))
-  local delay = math.min(tonumber(ARGV[8]), tonumber(ARGV[7]) * 2 ^ math.min(n - 1, 30))
-  redis.call('SET', KEYS[4], '1', 'PX', math.max(1, math.floor(delay)))
-end
-return {'ok', 0}
-"""
-
-# A login succeeded: the pair's failures are forgotten, the account bucket gets
-# the attempt back, and the address is remembered as the owner's (exempt from
-# the account-wide back-off). K: 2, 3 and 6 of _LOGIN. A: account cap, the
-# mark's lifetime (ms).
-_LOGIN_OK = """
-redis.call('DEL', KEYS[1])
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  local tokens = tonumber(redis.call('HGET', KEYS[2], 'tokens') or ARGV[1])
-  redis.call('HSET', KEYS[2], 'tokens', tostring(math.min(tonumber(ARGV[1]), tokens + 1)))
-end
-redis.call('SET', KEYS[3], '1', 'PX', tonumber(ARGV[2]))
-return 1
-"""
 
 _LOGIN_REFUSALS: dict[str, tuple[str, str]] = {
     "locked": (
@@ -254,17 +114,14 @@ class Limiter:
 
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
-        self._prefix = prefix
-        self._buckets = redis.register_script(_BUCKETS)
-        self._login = redis.register_script(_LOGIN)
-        self._login_ok = redis.register_script(_LOGIN_OK)
-
-    def key(self, *parts: str | int) -> str:
-        return self._prefix + ":".join(str(p) for p in parts)
+        self.keys = Keys(prefix)
+        self._buckets = scripts.register(redis, "limits_buckets")
+        self._login = scripts.register(redis, "limits_login")
+        self._login_ok = scripts.register(redis, "limits_login_ok")
 
     async def take(self, what: str, *buckets: tuple[str, Rate]) -> None:
         """One token from every bucket, or none and a 429 naming the wait."""
-        keys = [self.key("rl", name) for name, _ in buckets]
+        keys = [self.keys.bucket(name) for name, _ in buckets]
         args: list[Any] = []
         for _, rate in buckets:
             args += [rate.capacity, repr(rate.per_ms)]
@@ -282,12 +139,12 @@ class Limiter:
         nobody which usernames are taken.
         """
         keys = [
-            self.key("rl", "login-ip", ip),
-            self.key("rl", "login-fail", account, ip),
-            self.key("rl", "login-account", account),
-            self.key("login-gate", account),
-            self.key("login-level", account),
-            self.key("login-known", account, ip),
+            self.keys.bucket("login-ip", ip),
+            self.keys.bucket("login-fail", account, ip),
+            self.keys.bucket("login-account", account),
+            self.keys.login_gate(account),
+            self.keys.login_level(account),
+            self.keys.login_known(account, ip),
         ]
         args: list[Any] = []
         for rate in (limits.ip, limits.pair, limits.account):
@@ -315,28 +172,28 @@ class Limiter:
 
     def duplicate_key(self, user_id: int, video_id: str, text: str) -> str:
         digest = hashlib.blake2b(text.casefold().encode(), digest_size=12).hexdigest()
-        return self.key("dup", user_id, video_id, digest)
+        return self.keys.duplicate(user_id, video_id, digest)
 
     def admission_keys(
         self, *, user_id: int, ip: str, video_id: str, text: str, revoked_key: str
     ) -> list[str]:
-        """The ``ADMIT_KEYS`` keys of ``ADMIT_LUA`` for one post."""
+        """The ``ADMIT_KEYS`` keys of ``admit`` (``lib_admit.lua``) for one post."""
         return [
-            self.key("ban", "*", user_id),
-            self.key("ban", video_id, user_id),
-            self.key("bans-loaded"),
-            self.key("vs", video_id),
-            self.key("rl", "post-user", user_id),
-            self.key("rl", "post-ip", ip),
-            self.key("slow", video_id, user_id),
+            self.keys.ban("*", user_id),
+            self.keys.ban(video_id, user_id),
+            self.keys.bans_loaded(),
+            self.keys.video_settings(video_id),
+            self.keys.bucket("post-user", user_id),
+            self.keys.bucket("post-ip", ip),
+            self.keys.slow(video_id, user_id),
             self.duplicate_key(user_id, video_id, text),
             revoked_key,
-            self.key("settings-loaded"),
+            self.keys.settings_loaded(),
         ]
 
     @staticmethod
     def admission_args(limits: PostLimits, exempt: bool) -> list[Any]:
-        """The ``ADMIT_ARGS`` arguments of ``ADMIT_LUA``."""
+        """The ``ADMIT_ARGS`` arguments of ``admit`` (``lib_admit.lua``)."""
         return [
             limits.user.capacity,
             repr(limits.user.per_ms),
@@ -348,7 +205,7 @@ class Limiter:
 
     @staticmethod
     def refusal(verdict: str, ms: int) -> LiveCommentsError:
-        """The error a refused post gets for an ``ADMIT_LUA`` verdict."""
+        """The error a refused post gets for a verdict of ``admit`` (``lib_admit.lua``)."""
         if verdict == "revoked":
             return Unauthorized("the token was logged out", code="token_revoked")
         if verdict.startswith("banned_"):
@@ -369,7 +226,7 @@ class Limiter:
         """Undo the slow-mode and duplicate marks of a post that then failed."""
         try:
             await self._redis.delete(
-                self.key("slow", video_id, user_id), self.duplicate_key(user_id, video_id, text)
+                self.keys.slow(video_id, user_id), self.duplicate_key(user_id, video_id, text)
             )
         except RedisError:
             pass  # the marks expire on their own

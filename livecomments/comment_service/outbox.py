@@ -1,14 +1,14 @@
 """The outbox: every sequenced event is dispatched at least once, even if its writer dies.
 
-The sequencer enters ``{video}|{seq}`` in a Redis sorted set in the same step
-that hands out the seq, scored by time. The writer removes it once a
-dispatcher has taken the event, in the call that adds the event to the
-recent-comments cache (``recent.py``: "settled"). Every replica sweeps entries older than
-``age``: it leases them (re-scores them to now, so the other replicas skip
-them for a while), reads the events from the store and dispatches them again.
-RTMS nodes drop what they already have by seq, so a second dispatch shows
-nothing twice. An event that some hosting node did not take (the dispatcher
-skipped or lost the node) is not settled: its entry stays and it is sent again.
+The sequencer enters ``{video}|{seq}`` (``keys.outbox_member``) in a Redis sorted
+set in the same step that hands out the seq, scored by time. The writer removes it
+once a dispatcher has taken the event, in the call that adds the event to the
+recent-comments cache (``recent.py``: "settled"). Every replica sweeps entries older
+than ``age``: it leases them (re-scores them to now, so the other replicas skip them
+for a while), reads the events from the store and dispatches them again. RTMS nodes
+drop what they already have by seq, so a second dispatch shows nothing twice. An
+event that some hosting node did not take (the dispatcher skipped or lost the node)
+is not settled: its entry stays and it is sent again.
 
 An entry whose seq is not in the store may still be written: its writer may be
 slow or paused, not dead. So it is kept, and only once it has been missing for
@@ -35,43 +35,11 @@ from livecomments.comment_service.recent import RecentCache
 from livecomments.kernel import events
 from livecomments.kernel.errors import LiveCommentsError
 from livecomments.kernel.pb import livecomments_pb2 as pb
-from livecomments.kernel.sequencer import outbox_key
+from livecomments.kernel.redis import scripts
+from livecomments.kernel.redis.keys import Keys, parse_outbox_member
 from livecomments.kernel.store import Store
 
 log = logging.getLogger(__name__)
-
-# KEYS[1] the outbox. ARGV: entries older than this (ms), how many, lease (ms).
-_CLAIM = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]),
-                       'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]) - tonumber(ARGV[1]), member)
-end
-return due
-"""
-
-
-# KEYS[1] the seqs found missing (member -> first time seen missing, ms). ARGV:
-# the outbox members found missing now. Returns, per member, how long (ms) it
-# has been missing. Sightings older than an hour are forgotten (the writer
-# stored or settled them meanwhile, or they were fenced).
-_MISSING = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
-local out = {}
-for i = 1, #ARGV do
-  local first = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if not first then
-    redis.call('ZADD', KEYS[1], now, ARGV[i])
-    first = now
-  end
-  out[i] = now - tonumber(first)
-end
-return out
-"""
 
 
 class Outbox:
@@ -89,16 +57,17 @@ class Outbox:
         fence_after: float = 5.0,
     ) -> None:
         self._redis = redis
-        self._key = outbox_key(prefix)
+        keys = Keys(prefix)
+        self._key = keys.outbox()
         self._store = store
         self._dispatcher = dispatcher
         self._recent = recent
         self._age_ms = int(age * 1000)
         self._interval = interval
         self._batch = batch
-        self._claim = redis.register_script(_CLAIM)
-        self._missing = redis.register_script(_MISSING)
-        self._missing_key = f"{self._key}:missing"
+        self._claim = scripts.register(redis, "outbox_claim")
+        self._missing = scripts.register(redis, "outbox_missing")
+        self._missing_key = keys.outbox_missing()
         self._fence_after_ms = int(fence_after * 1000)
         self._task: asyncio.Task[None] | None = None
         self.redispatched = 0
@@ -132,9 +101,10 @@ class Outbox:
         done: list[str] = []  # entries to drop: voided, or nothing to send
         for raw in claimed:
             member = raw.decode() if isinstance(raw, bytes) else str(raw)
-            video, _, seq = member.rpartition("|")
-            if video and seq.isdigit():
-                wanted[video][int(seq)] = member
+            entry = parse_outbox_member(member)
+            if entry is not None:
+                video, seq = entry
+                wanted[video][seq] = member
             else:
                 done.append(member)
         batch: list[pb.Event] = []

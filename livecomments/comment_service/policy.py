@@ -29,42 +29,13 @@ from redis.exceptions import RedisError
 from livecomments.comment_service.limits import Limiter
 from livecomments.kernel.errors import Forbidden, Unavailable
 from livecomments.kernel.events import iso
+from livecomments.kernel.redis import scripts
 from livecomments.kernel.store import Store, utcnow
 
 log = logging.getLogger(__name__)
 
 GLOBAL = "*"  # the scope of a ban on every video (video ids never contain '*')
 SETTINGS_RESYNC = 300  # seconds between full reloads of the settings copy
-
-# KEYS[1] the index (a set of videos with settings), KEYS[2] the settings-loaded
-# marker. ARGV[1] the key prefix of settings hashes, ARGV[2] the reload's start
-# (ms), ARGV[3] the marker's lifetime (ms), then pairs video, slow mode. Entries
-# written after the reload began (a moderator's change racing it) are left alone.
-_RESYNC = """
-local prefix, started = ARGV[1], tonumber(ARGV[2])
-local wanted = {}
-for i = 4, #ARGV, 2 do wanted[ARGV[i]] = ARGV[i + 1] end
-local function stale(key)
-  local at = tonumber(redis.call('HGET', key, 'at') or '0')
-  return at < started
-end
-for _, video in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local key = prefix .. video
-  if wanted[video] == nil and stale(key) then
-    redis.call('DEL', key)
-    redis.call('SREM', KEYS[1], video)
-  end
-end
-for video, slow in pairs(wanted) do
-  local key = prefix .. video
-  if stale(key) then
-    redis.call('HSET', key, 'slow_mode', slow, 'at', started)
-    redis.call('SADD', KEYS[1], video)
-  end
-end
-redis.call('SET', KEYS[2], '1', 'PX', tonumber(ARGV[3]))
-return 1
-"""
 
 
 def ban_json(doc: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +71,8 @@ class Policies:
     def __init__(self, store: Store, redis: Redis, limiter: Limiter) -> None:
         self._store = store
         self._redis = redis
-        self._limiter = limiter
-        self._resync = redis.register_script(_RESYNC)
+        self._keys = limiter.keys
+        self._resync = scripts.register(redis, "policy_resync")
 
     # -- video settings -------------------------------------------------------
 
@@ -113,8 +84,8 @@ class Policies:
         doc = await self._store.set_video_settings(
             video_id, {"slow_mode": slow_mode, "updated_by": by, "updated_at": utcnow()}
         )
-        key = self._limiter.key("vs", video_id)
-        index = self._limiter.key("vs-index")
+        key = self._keys.video_settings(video_id)
+        index = self._keys.video_settings_index()
         pipe = self._redis.pipeline(transaction=True)
         if slow_mode > 0:
             pipe.hset(key, mapping={"slow_mode": slow_mode, "at": started})
@@ -129,10 +100,10 @@ class Policies:
         """Copy the settings of every video that has some into Redis; mark the copy complete."""
         started = time.time_ns() // 1_000_000
         docs = await self._store.videos_with_settings()
-        args: list[Any] = [self._limiter.key("vs", ""), started, SETTINGS_RESYNC * 1000]
+        args: list[Any] = [self._keys.video_settings(""), started, SETTINGS_RESYNC * 1000]
         for doc in docs:
             args += [doc["_id"], int(doc.get("slow_mode", 0))]
-        keys = [self._limiter.key("vs-index"), self._limiter.key("settings-loaded")]
+        keys = [self._keys.video_settings_index(), self._keys.settings_loaded()]
         await self._redis_call(self._resync(keys=keys, args=args))
         log.info("loaded the settings of %d videos into Redis", len(docs))
 
@@ -175,7 +146,7 @@ class Policies:
         found = await self._store.delete_ban(ban_id, unless_set_by=_protected_from(by_role))
         if not found and _protected_from(by_role) and await self._store.get_ban(ban_id):
             raise _admins_ban()
-        await self._redis_call(self._redis.delete(self._limiter.key("ban", scope, user_id)))
+        await self._redis_call(self._redis.delete(self._keys.ban(scope, user_id)))
         return found
 
     async def bans(self, scope: str | None) -> list[dict[str, Any]]:
@@ -186,11 +157,11 @@ class Policies:
         docs = await self._store.active_bans()
         for doc in docs:
             await self._redis_call(self._set_ban_key(doc))
-        await self._redis_call(self._redis.set(self._limiter.key("bans-loaded"), b"1"))
+        await self._redis_call(self._redis.set(self._keys.bans_loaded(), b"1"))
         log.info("loaded %d active bans into Redis", len(docs))
 
     async def _set_ban_key(self, doc: dict[str, Any]) -> None:
-        key = self._limiter.key("ban", doc["scope"], doc["user_id"])
+        key = self._keys.ban(doc["scope"], doc["user_id"])
         expires = doc.get("expires_at")
         if expires is None:
             await self._redis.set(key, b"1")

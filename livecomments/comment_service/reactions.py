@@ -9,8 +9,9 @@ with the totals of its changed comments; the flusher pops changed comments and
 writes their totals to the store. Totals, not deltas, so a lost push or a
 flush done twice leaves nothing wrong behind.
 
-Keys are built from the service prefix inside the scripts, which is fine on a
-single Redis (or a primary with replicas); Redis Cluster would need hash tags.
+Some keys are built from the service prefix inside the claim script
+(``reactions_claim.lua``), which is fine on a single Redis (or a primary with
+replicas); Redis Cluster would need hash tags.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from redis.exceptions import RedisError
 from livecomments.comment_service.dispatch import DispatchClient
 from livecomments.kernel import events
 from livecomments.kernel.errors import Unavailable
+from livecomments.kernel.redis import scripts
+from livecomments.kernel.redis.keys import Keys, parse_unflushed_member
 from livecomments.kernel.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,53 +43,6 @@ EMOJI: dict[str, str] = {
     "fire": "\U0001f525",
 }
 KEY_TTL = 3 * 24 * 3600  # reaction state outlives any live stream; the store keeps the totals
-
-# KEYS: 1 users who reacted with this name, 2 counts hash, 3 dirty comments of
-# the video, 4 dirty videos, 5 comments to flush.
-# ARGV: user id, name, +1/-1, comment id, video id, ttl, then seed pairs (name, count).
-_REACT = """
-if redis.call('EXISTS', KEYS[2]) == 0 and #ARGV > 6 then
-  for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-end
-local changed
-if ARGV[3] == '1' then
-  changed = redis.call('SADD', KEYS[1], ARGV[1])
-  if changed == 1 then redis.call('HINCRBY', KEYS[2], ARGV[2], 1) end
-else
-  changed = redis.call('SREM', KEYS[1], ARGV[1])
-  if changed == 1 and redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
-    redis.call('HDEL', KEYS[2], ARGV[2])
-  end
-end
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-if changed == 1 then
-  redis.call('SADD', KEYS[3], ARGV[4])
-  redis.call('SADD', KEYS[4], ARGV[5])
-  redis.call('SADD', KEYS[5], ARGV[5] .. '|' .. ARGV[4])
-end
-return {changed, redis.call('HGETALL', KEYS[2])}
-"""
-
-# KEYS: 1 dirty videos. ARGV: key prefix, push interval ms, most videos per claim.
-# Returns {{video, {comment, {name, count, ...}}, ...}, ...} for the claimed videos.
-_CLAIM = """
-local out = {}
-for _, video in ipairs(redis.call('SRANDMEMBER', KEYS[1], ARGV[3])) do
-  if redis.call('SET', ARGV[1] .. 'rx:last:' .. video, '1', 'NX', 'PX', ARGV[2]) then
-    local dirty = ARGV[1] .. 'rx:dirty:' .. video
-    local entry = {video}
-    for _, cid in ipairs(redis.call('SMEMBERS', dirty)) do
-      table.insert(entry, cid)
-      table.insert(entry, redis.call('HGETALL', ARGV[1] .. 'rx:c:' .. cid))
-    end
-    redis.call('DEL', dirty)
-    redis.call('SREM', KEYS[1], video)
-    table.insert(out, entry)
-  end
-end
-return out
-"""
 
 
 def _pairs(flat: list[Any]) -> dict[str, int]:
@@ -109,18 +65,15 @@ class Reactions:
         flush_interval: float,
     ) -> None:
         self._redis = redis
-        self._prefix = prefix
         self._store = store
         self._dispatcher = dispatcher
         self._push_interval = push_interval
         self._flush_interval = flush_interval
-        self._react = redis.register_script(_REACT)
-        self._claim = redis.register_script(_CLAIM)
+        self._keys = Keys(prefix)
+        self._react = scripts.register(redis, "reactions_react")
+        self._claim = scripts.register(redis, "reactions_claim")
         self._tasks: list[asyncio.Task[None]] = []
         self.pushed = 0
-
-    def _key(self, *parts: str | int) -> str:
-        return self._prefix + ":".join(str(p) for p in parts)
 
     async def react(
         self, user_id: int, comment: dict[str, Any], name: str, add: bool
@@ -131,11 +84,11 @@ class Reactions:
         for key, value in (comment.get("reactions") or {}).items():
             seed += [key, int(value)]
         keys = [
-            self._key("rx", "u", cid, name),
-            self._key("rx", "c", cid),
-            self._key("rx", "dirty", video),
-            self._key("rx", "videos"),
-            self._key("rx", "unflushed"),
+            self._keys.reaction_users(cid, name),
+            self._keys.reaction_counts(cid),
+            self._keys.reaction_dirty(video),
+            self._keys.reaction_videos(),
+            self._keys.reaction_unflushed(),
         ]
         args = [user_id, name, 1 if add else -1, cid, video, KEY_TTL, *seed]
         try:
@@ -157,7 +110,7 @@ class Reactions:
             return {}
         pipe = self._redis.pipeline(transaction=False)
         for cid in comment_ids:
-            pipe.hgetall(self._key("rx", "c", cid))
+            pipe.hgetall(self._keys.reaction_counts(cid))
         results = await pipe.execute()
         return {
             cid: {_text(k): int(v) for k, v in counts.items()}
@@ -195,8 +148,8 @@ class Reactions:
     async def push(self) -> int:
         """Claim dirty videos and send each one aggregated event; how many were sent."""
         claimed = await self._claim(
-            keys=[self._key("rx", "videos")],
-            args=[self._prefix, int(self._push_interval * 1000), 100],
+            keys=[self._keys.reaction_videos()],
+            args=[self._keys.prefix, int(self._push_interval * 1000), 100],
         )
         batch = []
         for entry in claimed:
@@ -211,14 +164,12 @@ class Reactions:
 
     async def flush(self) -> int:
         """Write changed totals to the store; how many comments were written."""
-        key = self._key("rx", "unflushed")
+        key = self._keys.reaction_unflushed()
         members = await self._redis.spop(key, 1000)
         if not members:
             return 0
-        pairs = []
-        for member in members:
-            video, _, cid = _text(member).rpartition("|")
-            pairs.append((video, int(cid)))
+        parsed = (parse_unflushed_member(_text(member)) for member in members)
+        pairs = [pair for pair in parsed if pair is not None]
         try:
             counts = await self._counts([cid for _, cid in pairs])
             await self._store.set_reactions(

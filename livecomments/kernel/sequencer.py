@@ -16,85 +16,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from livecomments.kernel.errors import Unavailable
+from livecomments.kernel.redis import scripts
+from livecomments.kernel.redis.keys import Keys
 from livecomments.kernel.stream import Position
 
 if TYPE_CHECKING:
     from livecomments.kernel.store import Store
-
-# The next seq of a video, as a Lua function so that other scripts (the comment
-# service's batched admission) can take a seq in the same step. Arguments: the seq
-# counter key, the epoch key, the outbox key (or false) and the video id. Returns
-# seq, epoch, or -1, 0 when the counter has to be (re)seeded first. The outbox
-# entry is made in the same step as the seq: whatever happens to the writer
-# afterwards, a seq that reaches the store is also in the outbox until it has
-# been dispatched (see livecomments/comment_service/outbox.py).
-NEXT_LUA = """
-local function next_seq(seq_key, epoch_key, outbox_key, video)
-  local epoch = redis.call('GET', epoch_key)
-  if not epoch then return -1, 0 end
-  local seq = redis.call('INCR', seq_key)
-  if outbox_key then
-    local t = redis.call('TIME')
-    redis.call('ZADD', outbox_key, t[1] * 1000 + math.floor(t[2] / 1000), video .. '|' .. seq)
-  end
-  return seq, tonumber(epoch)
-end
-"""
-
-# KEYS[1] seq counter, KEYS[2] epoch, KEYS[3] the outbox (or none). ARGV[1] the video id.
-_NEXT = (
-    NEXT_LUA
-    + """
-local seq, epoch = next_seq(KEYS[1], KEYS[2], KEYS[3] or false, ARGV[1])
-return {seq, epoch}
-"""
-)
-
-# ARGV[1] the store's highest seq, ARGV[2] the new epoch. Only the first seeder wins.
-_SEED = """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], ARGV[2])
-end
-return 1
-"""
-
-# ARGV[1] a seq known to be taken: never hand it (or anything below it) out again.
-_ADVANCE = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1
-"""
-
-# KEYS[1] seq counter, KEYS[2] epoch, KEYS[3] the outbox. ARGV[1] the video id,
-# ARGV[2] how many seqs below the head to look at. Returns {settled, epoch, head}:
-# settled is one below the lowest of those seqs still in flight (taken, not yet
-# stored and dispatched), the head when none is; {-1, 0, 0} without a counter.
-_SETTLED_HEAD = """
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then return {-1, 0, 0} end
-local head = tonumber(redis.call('GET', KEYS[1]) or '0')
-local settled = head
-for s = math.max(1, head - tonumber(ARGV[2]) + 1), head do
-  if redis.call('ZSCORE', KEYS[3], ARGV[1] .. '|' .. s) then
-    settled = s - 1
-    break
-  end
-end
-return {settled, tonumber(epoch), head}
-"""
-
-
-def video_key(prefix: str, video_id: str, name: str) -> str:
-    # The hash tag keeps a video's keys in one Redis Cluster slot.
-    return f"{prefix}v:{{{video_id}}}:{name}"
-
-
-def outbox_key(prefix: str) -> str:
-    # One key for every video, so one sweep finds them all. (On Redis Cluster
-    # this would want one outbox per slot, and the Lua calls that touch both it and a
-    # video's keys would have to be split: not supported yet.)
-    return f"{prefix}outbox"
 
 
 class Sequencer:
@@ -102,23 +29,20 @@ class Sequencer:
         self, redis: Redis, prefix: str, store: Store | None = None, *, outbox: bool = False
     ) -> None:
         self._redis = redis
-        self._prefix = prefix
+        self._keys = Keys(prefix)
         self._store = store
-        self.outbox_key = outbox_key(prefix) if outbox else None
-        self._next = redis.register_script(_NEXT)
-        self._seed = redis.register_script(_SEED)
-        self._advance = redis.register_script(_ADVANCE)
-        self._settled_head = redis.register_script(_SETTLED_HEAD)
+        self.outbox_key = self._keys.outbox() if outbox else None
+        self._next = scripts.register(redis, "sequencer_next")
+        self._seed = scripts.register(redis, "sequencer_seed")
+        self._advance = scripts.register(redis, "sequencer_advance")
+        self._settled_head = scripts.register(redis, "sequencer_settled_head")
 
     def keys(self, video_id: str) -> list[str]:
         """The video's counter and epoch keys (for scripts that take a seq themselves)."""
-        return [
-            video_key(self._prefix, video_id, "seq"),
-            video_key(self._prefix, video_id, "epoch"),
-        ]
+        return [self._keys.seq(video_id), self._keys.epoch(video_id)]
 
-    async def next(self, video_id: str) -> tuple[int, int]:
-        """``(seq, epoch)`` for the next event of ``video_id`` (entered in the outbox too)."""
+    async def next(self, video_id: str) -> Position:
+        """The position of the next event of ``video_id`` (entered in the outbox too)."""
         keys = self.keys(video_id)
         if self.outbox_key:
             keys.append(self.outbox_key)
@@ -126,7 +50,7 @@ class Sequencer:
             for _ in range(3):
                 seq, epoch = await self._next(keys=keys, args=[video_id])
                 if seq > 0:
-                    return int(seq), int(epoch)
+                    return Position(int(epoch), int(seq))
                 if self._store is None:
                     raise Unavailable("sequencer has no store to seed from")
                 highest = await self._store.max_seq(video_id)
@@ -169,7 +93,7 @@ class Sequencer:
         node that starts hosting a video starts here, so what is in flight
         reaches it by dispatch or by a gap fill, not never. None: no counter.
         """
-        keys = [*self.keys(video_id), outbox_key(self._prefix)]
+        keys = [*self.keys(video_id), self._keys.outbox()]
         try:
             settled, epoch, _head = await self._settled_head(keys=keys, args=[video_id, scan])
         except RedisError as exc:

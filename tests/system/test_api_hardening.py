@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from livecomments.cli.cluster import Cluster
 from livecomments.cli.launcher import free_port
+from livecomments.kernel.redis.keys import Keys
 from tests.support import PASSWORD, Api, cli, client_session, unique
 
 ALLOWED_PORT, OTHER_PORT = free_port(), free_port()
@@ -126,7 +127,7 @@ async def test_reply_previews_follow_changes_and_leave_the_index_when_trimmed(
         (None, "deleted"), ("r1", "visible"), ("r2", "visible")
     ]  # fmt: skip
     redis = Redis.from_url(cluster.backends.redis_url)
-    index = f"{cluster.namespace}:v:{{{video}}}:recent-replies"
+    index = Keys(f"{cluster.namespace}:").recent_replies(video)
     try:
         assert await redis.zcard(index) == 4
         for n in range(40):  # the cache keeps 40 entries: the parent and its replies go

@@ -14,7 +14,7 @@ from livecomments.cli.cluster import Cluster
 from livecomments.kernel.grpcauth import DISPATCHER, RTMS
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
-from livecomments.kernel.sequencer import video_key
+from livecomments.kernel.redis.keys import Keys
 from tests.support import Api, Viewer, unique
 
 
@@ -146,7 +146,7 @@ async def test_seq_gap_is_filled_from_the_store(
     redis = Redis.from_url(cluster.backends.redis_url)
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(cluster.backends.mongo_uri)
     try:
-        seq = await redis.incr(video_key(f"{cluster.namespace}:", video, "seq"))
+        seq = await redis.incr(Keys(f"{cluster.namespace}:").seq(video))
         assert seq == 2
         orphan = {
             **{k: v for k, v in first.items() if k in ("video_id", "epoch", "author")},
@@ -201,14 +201,14 @@ async def test_counter_behind_or_lost_in_redis_never_reuses_a_stored_seq(
     token = await api.register(unique("poster"))
     first = [await api.post(video, f"n{n}", token) for n in range(3)]
     redis = Redis.from_url(cluster.backends.redis_url)
-    prefix = f"{cluster.namespace}:"
+    keys = Keys(f"{cluster.namespace}:")
     try:
         # Redis restored from an older snapshot: the counter went back to 1.
-        await redis.set(video_key(prefix, video, "seq"), 1)
+        await redis.set(keys.seq(video), 1)
         fourth = await api.post(video, "after rollback", token)
         assert (fourth["seq"], fourth["epoch"]) == (4, first[0]["epoch"])
         # Redis lost everything: the counter is re-seeded from the store, new epoch.
-        await redis.delete(video_key(prefix, video, "seq"), video_key(prefix, video, "epoch"))
+        await redis.delete(keys.seq(video), keys.epoch(video))
         viewer = await Viewer(
             f"{rtms_url(cluster, 1)}/stream/{video}?last_event_id={first[0]['epoch']}-4", session
         ).connect()

@@ -132,9 +132,10 @@ async def test_writer_dying_between_persist_and_dispatch_loses_nothing(
     await store.start(create_indexes=False)
     try:
         sequencer = Sequencer(redis, f"{cluster.namespace}:", store, outbox=True)
-        seq, epoch = await sequencer.next(video)  # the writer's own code path...
+        taken = await sequencer.next(video)  # the writer's own code path...
         doc = {
-            "_id": int(first["id"]) + 1, "video_id": video, "seq": seq, "epoch": epoch,
+            "_id": int(first["id"]) + 1, "video_id": video,
+            "seq": taken.seq, "epoch": taken.epoch,
             "user_id": int(first["user_id"]), "author": first["author"],
             "text": "acknowledged, then the writer died", "parent_id": None,
             "status": "visible", "created_at": utcnow(), "created_at_ms": 0,
@@ -148,7 +149,7 @@ async def test_writer_dying_between_persist_and_dispatch_loses_nothing(
     (_, orphan) = await viewer.wait_for(2, timeout=10)
     took = time.monotonic() - started
     assert orphan.json()["text"] == "acknowledged, then the writer died"
-    assert orphan.id == f"{epoch}-{seq}"
+    assert orphan.id == str(taken)
     print(f"outbox delivered the orphan after {took:.2f} s")
     await asyncio.sleep(0.5)
     assert len(viewer.of("comment")) == 2

@@ -11,6 +11,7 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from livecomments.cli.cluster import Cluster
+from livecomments.kernel.redis.keys import Keys
 from tests.support import Api, Viewer, staff, unique
 
 CLUSTER_ENV = {"LIVECOMMENTS_FLAG_THRESHOLD": "2"}
@@ -292,9 +293,10 @@ async def test_bans_and_timeouts(cluster: Cluster, api: Api, mod: tuple[str, str
     # Redis loses everything it knew about bans: the store still knows.
     redis = Redis.from_url(cluster.backends.redis_url)
     try:
-        keys = [k async for k in redis.scan_iter(f"{cluster.namespace}:ban*")]
+        named = Keys(f"{cluster.namespace}:")
+        keys = [k async for k in redis.scan_iter(named.ban("*", "*"))]
         assert keys
-        await redis.delete(*keys)
+        await redis.delete(*keys, named.bans_loaded())
     finally:
         await redis.aclose()
     status, body, _ = await api.request(
@@ -357,9 +359,10 @@ async def test_slow_mode(cluster: Cluster, api: Api, mod: tuple[str, str]) -> No
     # complete): the next post reloads it from the store, and slow mode holds.
     redis = Redis.from_url(cluster.backends.redis_url)
     try:
-        keys = [k async for k in redis.scan_iter(f"{cluster.namespace}:vs*")]
-        assert f"{cluster.namespace}:vs:{video}".encode() in keys
-        await redis.delete(*keys, f"{cluster.namespace}:settings-loaded")
+        named = Keys(f"{cluster.namespace}:")
+        keys = [k async for k in redis.scan_iter(named.video_settings("*"))]
+        assert named.video_settings(video).encode() in keys
+        await redis.delete(*keys, named.video_settings_index(), named.settings_loaded())
     finally:
         await redis.aclose()
     status, body, _ = await api.request(

@@ -11,6 +11,7 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from livecomments.cli.cluster import Cluster
+from livecomments.kernel.redis.keys import Keys
 from tests.support import Api, Viewer, unique
 
 CLUSTER_ENV = {"LIVECOMMENTS_REACTION_FLUSH_INTERVAL": "0.5"}
@@ -118,7 +119,7 @@ async def test_counts_are_flushed_to_the_store_and_shown_in_history(
     # Redis loses the counter: the next click starts from the store's totals.
     redis = Redis.from_url(cluster.backends.redis_url)
     try:
-        await redis.delete(f"{cluster.namespace}:rx:c:{comment['id']}")
+        await redis.delete(Keys(f"{cluster.namespace}:").reaction_counts(comment["id"]))
     finally:
         await redis.aclose()
     other = await api.register(unique("late"))

@@ -39,7 +39,7 @@ from livecomments.cli.cluster import Cluster
 from livecomments.kernel.errors import Unavailable
 from livecomments.kernel.netaddr import TrustedProxies, limit_key
 from livecomments.kernel.rates import Rate
-from livecomments.kernel.sequencer import video_key
+from livecomments.kernel.redis.keys import Keys
 from livecomments.kernel.stream import Position
 from livecomments.rtms.channel import HEARTBEAT
 from livecomments.rtms.channel import Viewer as HubViewer
@@ -452,8 +452,8 @@ async def test_a_failed_creation_answers_every_joiner_with_503_and_retry_after(
 ) -> None:
     video = unique("broken")
     redis = Redis.from_url(cluster.backends.redis_url)
-    prefix = f"{cluster.namespace}:"
-    keys = [video_key(prefix, video, "seq"), video_key(prefix, video, "epoch")]
+    video_keys = Keys(f"{cluster.namespace}:")
+    keys = [video_keys.seq(video), video_keys.epoch(video)]
     await redis.mset({keys[0]: "not a number", keys[1]: "1"})  # its head cannot be read
     try:
         async with client_session(cluster.ca_file, source="127.0.0.7") as http:

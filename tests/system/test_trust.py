@@ -51,7 +51,7 @@ from livecomments.kernel.grpcauth import (
 )
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
-from livecomments.kernel.sequencer import video_key
+from livecomments.kernel.redis.keys import Keys
 from livecomments.kernel.settings import BackendSettings
 from livecomments.rtms.wire import refusal
 from tests.conftest import NO_LIMITS, make_cluster
@@ -319,10 +319,10 @@ async def test_a_genuine_epoch_change_still_resets_viewers(
     video, token, viewer, first = await viewer_with(cluster, api, session, "one")
     # Redis loses the video's counter: the sequencer re-seeds it from the store,
     # with a new epoch, and the RTMS node confirms that epoch with Redis.
-    prefix = cluster.base_env()["LIVECOMMENTS_REDIS_PREFIX"]
+    keys = Keys(cluster.base_env()["LIVECOMMENTS_REDIS_PREFIX"])
     redis = Redis.from_url(cluster.backends.redis_url)
     try:
-        await redis.delete(video_key(prefix, video, "seq"), video_key(prefix, video, "epoch"))
+        await redis.delete(keys.seq(video), keys.epoch(video))
     finally:
         await redis.aclose()
     second = await api.post(video, "two", token)

@@ -1,0 +1,57 @@
+-- Admission of a post, as a Lua function (admission_admit_many.lua runs it for
+-- every post of a batch in one call; livecomments/comment_service/limits.py builds
+-- its keys and arguments, livecomments/comment_service/admission.py makes the call).
+-- K: 1 global ban, 2 video ban, 3 bans-loaded marker, 4 video settings (a hash,
+-- only for videos with settings), 5 user bucket, 6 ip bucket, 7 slow-mode mark,
+-- 8 duplicate mark, 9 the token's logout mark, 10 settings-loaded marker. A: user
+-- cap, user rate, ip cap, ip rate, duplicate window ms, exempt (1/0). Returns
+-- verdict, ms: ok, load_bans, load_settings, revoked, banned_global, banned_video,
+-- slow_mode, duplicate, rate_user, rate_ip. Nothing is written unless the verdict
+-- is ok.
+--
+-- How many keys and arguments admit() takes (limits.ADMIT_KEYS and
+-- limits.ADMIT_ARGS say the same; tests/unit checks that they agree).
+local ADMIT_KEYS, ADMIT_ARGS = 10, 6
+local function admit(K, A)
+  if redis.call('EXISTS', K[9]) == 1 then return 'revoked', 0 end
+  if redis.call('EXISTS', K[3]) == 0 then return 'load_bans', 0 end
+  local ban = redis.call('PTTL', K[1])
+  if ban ~= -2 then return 'banned_global', ban end
+  ban = redis.call('PTTL', K[2])
+  if ban ~= -2 then return 'banned_video', ban end
+  if redis.call('EXISTS', K[10]) == 0 then return 'load_settings', 0 end
+  local exempt = A[6] == '1'
+  local slow = tonumber(redis.call('HGET', K[4], 'slow_mode') or '0') or 0
+  if not exempt then
+    if slow > 0 then
+      local left = redis.call('PTTL', K[7])
+      if left > 0 then return 'slow_mode', left end
+    end
+    local dup = redis.call('PTTL', K[8])
+    if dup > 0 then return 'duplicate', dup end
+  end
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  local levels = {}
+  for i = 5, 6 do
+    local cap, rate = tonumber(A[(i - 5) * 2 + 1]), tonumber(A[(i - 5) * 2 + 2])
+    local v = redis.call('HMGET', K[i], 'tokens', 'ts')
+    local tokens, ts = tonumber(v[1]), tonumber(v[2])
+    if tokens == nil or ts == nil then tokens, ts = cap, now end
+    tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
+    if tokens < 1 then
+      return (i == 5 and 'rate_user' or 'rate_ip'), math.ceil((1 - tokens) / rate)
+    end
+    levels[i] = tokens
+  end
+  for i = 5, 6 do
+    local cap, rate = tonumber(A[(i - 5) * 2 + 1]), tonumber(A[(i - 5) * 2 + 2])
+    redis.call('HSET', K[i], 'tokens', tostring(levels[i] - 1), 'ts', tostring(now))
+    redis.call('PEXPIRE', K[i], math.ceil(cap / rate) + 1000)
+  end
+  if not exempt then
+    if slow > 0 then redis.call('SET', K[7], '1', 'PX', slow * 1000) end
+    if tonumber(A[5]) > 0 then redis.call('SET', K[8], '1', 'PX', A[5]) end
+  end
+  return 'ok', 0
+end

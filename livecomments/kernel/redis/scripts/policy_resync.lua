@@ -1,0 +1,29 @@
+-- Reload the copy of every video's settings (livecomments/comment_service/policy.py).
+-- KEYS[1] the index (a set of videos with settings), KEYS[2] the settings-loaded
+-- marker. ARGV[1] the key prefix of settings hashes (Keys.video_settings('')),
+-- ARGV[2] the reload's start (ms), ARGV[3] the marker's lifetime (ms), then pairs
+-- video, slow mode. Entries written after the reload began (a moderator's change
+-- racing it) are left alone.
+local prefix, started = ARGV[1], tonumber(ARGV[2])
+local wanted = {}
+for i = 4, #ARGV, 2 do wanted[ARGV[i]] = ARGV[i + 1] end
+local function stale(key)
+  local at = tonumber(redis.call('HGET', key, 'at') or '0')
+  return at < started
+end
+for _, video in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = prefix .. video
+  if wanted[video] == nil and stale(key) then
+    redis.call('DEL', key)
+    redis.call('SREM', KEYS[1], video)
+  end
+end
+for video, slow in pairs(wanted) do
+  local key = prefix .. video
+  if stale(key) then
+    redis.call('HSET', key, 'slow_mode', slow, 'at', started)
+    redis.call('SADD', KEYS[1], video)
+  end
+end
+redis.call('SET', KEYS[2], '1', 'PX', tonumber(ARGV[3]))
+return 1

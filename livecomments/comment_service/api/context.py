@@ -59,7 +59,6 @@ HEALTH: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("health")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")  # set by build_app
 
 
-
 def _plain(value: Any) -> Any:
     """A subclass of a JSON type (the store's ``Int64``, say) as the type itself."""
     for kind in (int, float, str):

@@ -10,7 +10,11 @@ say with a type travels in its JSON schema as data:
   cap), filled in when the document is built for those settings; the handler
   enforces it with the same settings;
 - ``COMPONENT``: a named type (``Id``, ``VideoId``, ``CommentText``...), listed
-  once under ``components/schemas`` and referenced wherever it is used.
+  once under ``components/schemas`` and referenced wherever it is used;
+- ``ENUM``: an enum's values in the order given (msgspec sorts them).
+
+A model's ``json_schema`` ClassVar is merged into its component (what no single
+field says, such as "one of these two cursors").
 
 A type's ``Meta(extra={"code": ..., "message": ...})`` is what a body field of
 that type that does not decode is refused with (``api/body.py``); without it,
@@ -83,7 +87,7 @@ class Model(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 _LITERAL: Any = Literal  # Literal of values known at run time (mypy sees the aliases below as str)
 
 
-def one_of(values: tuple[str, ...], component: str | None = None, **meta: Any) -> Any:
+def one_of(values: tuple[str, ...], component: str | None = None) -> Any:
     """A string among ``values``, which msgspec checks; the schema lists them in this order."""
     schema: dict[str, Any] = {"type": "string", ENUM: list(values)}
     if component is not None:

@@ -242,11 +242,3 @@ async def change_role(store: Store, user_id: int, role: str) -> dict[str, Any]:
         return updated
     finally:
         await store.unlock(ROLE_LOCK, holder)
-
-
-def public_user(user: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": str(user["_id"]),
-        "username": user["username"],
-        "role": user.get("role", "viewer"),
-    }

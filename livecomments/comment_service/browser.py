@@ -87,6 +87,23 @@ def cors_headers(allowed: Iterable[str], origin: str | None) -> dict[str, str]:
     return {"Vary": "Origin"}  # the answer still depends on the Origin (for caches)
 
 
+class Cors:
+    """The origins whose pages may call the API: the configured ones and the service's own."""
+
+    def __init__(self, configured: Iterable[str], public_url: str) -> None:
+        configured = tuple(configured)
+        own = origin_of(public_url)
+        self.origins = (
+            check_origins((o for o in configured if o != "*"), "cors_origins")
+            + (() if own is None else (own,))
+            + (("*",) if "*" in configured else ())
+        )
+
+    def headers(self, origin: str | None) -> dict[str, str]:
+        """The CORS headers of an answer to a request from ``origin``."""
+        return cors_headers(self.origins, origin)
+
+
 def preflight_headers(cors: Mapping[str, str], methods: Iterable[str]) -> dict[str, str]:
     """A preflight's answer headers; none but ``Vary`` unless the origin is allowed."""
     headers = dict(cors)

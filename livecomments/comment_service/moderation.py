@@ -8,45 +8,11 @@ from livecomments.comment_service.auth import Principal
 from livecomments.comment_service.comments import Comments
 from livecomments.kernel import events
 from livecomments.kernel.errors import Conflict, NotFound, ValidationError
-from livecomments.kernel.events import iso
 from livecomments.kernel.ids import Snowflake
 from livecomments.kernel.store import Store, utcnow
 
 REPORT_REASONS = ("spam", "harassment", "hate", "sexual", "violence", "misinformation", "other")
 REPORT_STATES = ("open", "dismissed", "actioned")
-
-
-def report_json(doc: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": str(doc["_id"]),
-        "comment_id": str(doc["comment_id"]),
-        "video_id": doc["video_id"],
-        "reason": doc["reason"],
-        "note": doc.get("note") or "",
-        "reporter_id": str(doc["reporter_id"]),
-        "status": doc["status"],
-        "created_at": iso(doc["created_at"], "seconds"),
-        "comment": doc["comment"],
-    }
-
-
-def held_json(doc: dict[str, Any]) -> dict[str, Any]:
-    body = events.comment_json(doc)
-    body.update(score=doc.get("score"), reasons=doc.get("reasons", []), state=doc.get("state"))
-    return body
-
-
-def user_json(user: dict[str, Any]) -> dict[str, Any]:
-    """A user as moderators see them."""
-    return {
-        "id": str(user["_id"]),
-        "username": user["username"],
-        "role": user.get("role", "viewer"),
-        "report_count": int(user.get("report_count", 0)),
-        "flagged": bool(user.get("flagged")),
-        "flagged_at": iso(user.get("flagged_at"), "seconds"),
-        "created_at": iso(user.get("created_at"), "seconds"),
-    }
 
 
 class Moderation:

@@ -9,11 +9,11 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from livecomments.comment_service import browser
 from livecomments.comment_service.admission import Admission
+from livecomments.comment_service.api import context as keys
 from livecomments.comment_service.app import STATIC, build_app
 from livecomments.comment_service.auth import Accounts
-from livecomments.comment_service.browser import ViewerPage, check_origins, origin_of
+from livecomments.comment_service.browser import Cors, ViewerPage, check_origins, origin_of
 from livecomments.comment_service.comments import Comments
 from livecomments.comment_service.dispatch import DispatchClient
 from livecomments.comment_service.filter import ContentFilter, load_scorer
@@ -112,30 +112,25 @@ class CommentServer:
             flush_interval=settings.reaction_flush_interval,
         )
         # CORS and the page's policy: malformed values fail at start, not in a browser.
-        own = origin_of(self.public_url)
-        extra = () if own is None else (own,)
-        self._cors_origins = (
-            check_origins((o for o in settings.cors_origins if o != "*"), "cors_origins")
-            + extra
-            + (("*",) if "*" in settings.cors_origins else ())
-        )
+        self.cors = Cors(settings.cors_origins, self.public_url)
         check_origins(settings.rtms_origins, "rtms_origins")
-        self.page = ViewerPage(STATIC / "index.html", settings.frame_ancestors)
+        self.viewer_page = ViewerPage(STATIC / "index.html", settings.frame_ancestors)
         # Both need the Snowflake worker id leased in start().
+        self.ids: Snowflake = None  # type: ignore[assignment]
         self.comments: Comments = None  # type: ignore[assignment]
         self.moderation: Moderation = None  # type: ignore[assignment]
         self._runner: web.AppRunner | None = None
         self._started = False
-
-    def cors_headers(self, request: web.Request) -> dict[str, str]:
-        """The CORS headers of an answer to ``request`` (see ``browser.py``)."""
-        return browser.cors_headers(self._cors_origins, request.headers.get("Origin"))
 
     def stream_origins(self) -> list[str]:
         """Origins the viewer page may stream from: the configured ones, then the
         RTMS nodes up now (their public URLs, as the stream redirect names them)."""
         live = (origin_of(str(info.get("sse_url", ""))) for info in self.rtms_nodes.nodes.values())
         return [*self.settings.rtms_origins, *sorted({o for o in live if o})]
+
+    def page(self) -> tuple[bytes, str]:
+        """The viewer page and its Content-Security-Policy, for the RTMS nodes up now."""
+        return self.viewer_page.render(self.stream_origins())
 
     def health(self) -> dict[str, Any]:
         return {
@@ -163,7 +158,7 @@ class CommentServer:
         await self.rtms_nodes.start()
         await self.placement.start()
         worker = await self.lease.acquire()
-        ids = Snowflake(worker)
+        self.ids = ids = Snowflake(worker)
         self.comments = Comments(
             self.store,
             self.sequencer,
@@ -180,12 +175,31 @@ class CommentServer:
         self.moderation = Moderation(self.store, self.comments, ids, s.flag_threshold)
         self.reactions.start()
         self.outbox.start()
-        self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=2.0)
+        app = build_app(s)
+        self.provide(app)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert else None
         site = web.TCPSite(self._runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024)
         await site.start()
         log.info("comment service on %s (worker %d)", self.public_url, worker)
+
+    def provide(self, app: web.Application) -> None:
+        """Give the handlers the services they use, each under its key."""
+        app[keys.ACCOUNTS] = self.accounts
+        app[keys.USERS] = self.store
+        app[keys.IDS] = self.ids
+        app[keys.COMMENTS] = self.comments
+        app[keys.REACTIONS] = self.reactions
+        app[keys.MODERATION] = self.moderation
+        app[keys.HELD] = self.store
+        app[keys.POLICIES] = self.policies
+        app[keys.LIMITER] = self.limiter
+        app[keys.LOGIN_LIMITS] = self.login_limits
+        app[keys.PLACEMENT] = self.placement
+        app[keys.CORS] = self.cors
+        app[keys.PAGE] = self.page
+        app[keys.HEALTH] = self.health
 
     async def stop(self, timeout: float = 5.0) -> None:
         if not self._started:

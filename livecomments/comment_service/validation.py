@@ -1,8 +1,7 @@
-"""Request bodies: strict JSON objects of known, string-typed fields.
+"""What a text or an id in a request must be, once its body has decoded (``api/body.py``).
 
-Only plain strings reach the store, so ``{"$gt": ""}`` style operator
-injection has nowhere to go; text is NFC-normalised and free of control and
-bidirectional-override characters.
+Text is NFC-normalised and trimmed, then free of control and
+bidirectional-override characters and not blank.
 """
 
 from __future__ import annotations
@@ -10,15 +9,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-import orjson
-from aiohttp import web
-
-from livecomments.kernel.errors import (
-    BadRequest,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    ValidationError,
-)
+from livecomments.kernel.errors import ValidationError
 from livecomments.kernel.ids import parse_id
 
 # Bidi overrides/isolates and other invisible controls abused to disguise text.
@@ -28,37 +19,6 @@ _FORBIDDEN_FORMAT = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\
 # fillers and the blank braille pattern are letters and symbols that draw nothing.
 _INVISIBLE_CATEGORIES = frozenset({"Cf", "Mn", "Me", "Zs", "Zl", "Zp"})
 _BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800")
-
-
-async def json_object(
-    request: web.Request, max_bytes: int, allowed: frozenset[str]
-) -> dict[str, Any]:
-    """The request body as a JSON object with only ``allowed`` keys."""
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("send the body as application/json")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest("the body is not valid UTF-8", code="invalid_encoding") from exc
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest("the body is not valid JSON", code="invalid_json") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object", code="invalid_json")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ValidationError(
-            f"unknown field(s): {', '.join(unknown)[:200]}",
-            code="unknown_field",
-            details={"allowed": sorted(allowed)},
-        )
-    return body
 
 
 def comment_text(value: Any, max_chars: int) -> str:
@@ -103,33 +63,6 @@ def optional_id(value: Any, field: str) -> int | None:
     return number
 
 
-def query_int(
-    request: web.Request, name: str, *, lo: int, hi: int, default: int | None
-) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
-        raise ValidationError(f"{name} must be a non-negative integer", code="invalid_query")
-    value = int(raw)
-    if not lo <= value <= hi:
-        raise ValidationError(f"{name} must be between {lo} and {hi}", code="invalid_query")
-    return value
-
-
-def optional_int(value: Any, field: str, *, lo: int, hi: int) -> int | None:
-    """An optional integer field (JSON numbers only: booleans and floats are refused)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValidationError(
-            f"{field} must be an integer between {lo} and {hi}",
-            code="invalid_field",
-            details={"field": field},
-        )
-    return value
-
-
 def plain_text(value: Any, field: str, max_chars: int) -> str:
     """An optional free-text field (a reason, a note): "" when absent."""
     if value is None:
@@ -141,32 +74,3 @@ def plain_text(value: Any, field: str, max_chars: int) -> str:
     if not value.strip():
         return ""
     return comment_text(value, max_chars)
-
-
-def choice(value: Any, field: str, options: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in options:
-        raise ValidationError(
-            f"{field} must be one of: {', '.join(options)}",
-            code="invalid_field",
-            details={"field": field, "allowed": list(options)},
-        )
-    return value
-
-
-def path_id(request: web.Request, name: str) -> int:
-    number = parse_id(request.match_info[name])
-    if number is None:
-        raise ValidationError(
-            f"{name} must be an id (a decimal string)", code="invalid_id", details={"field": name}
-        )
-    return number
-
-
-def query_id(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    number = parse_id(raw)
-    if number is None:
-        raise ValidationError(f"{name} must be an id", code="invalid_query")
-    return number

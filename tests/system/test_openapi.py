@@ -15,7 +15,6 @@ import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import hypothesis
@@ -36,10 +35,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from livecomments.cli.cluster import Cluster
+from livecomments.comment_service.api.openapi import openapi_document
 from livecomments.comment_service.app import build_app
 from livecomments.comment_service.auth import ROLES
 from livecomments.comment_service.moderation import REPORT_REASONS, REPORT_STATES
-from livecomments.comment_service.openapi import openapi_document
 from livecomments.comment_service.reactions import EMOJI
 from livecomments.kernel.settings import CommentServiceSettings, load
 from tests.support import Api, staff, unique
@@ -74,7 +73,7 @@ def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, A
 
 def test_document_covers_the_route_table_exactly() -> None:
     settings = CommentServiceSettings(jwt_secret="x" * 32)
-    app = build_app(SimpleNamespace(settings=settings))
+    app = build_app(settings)
     routes = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()

@@ -1,0 +1,100 @@
+"""The rest: the viewer page, this replica's health, the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from aiohttp import web
+from msgspec import UNSET, Meta, UnsetType
+
+from livecomments.comment_service.api.context import HEALTH, OPENAPI, PAGE, json_response
+from livecomments.comment_service.api.route import Ok, Route, install
+from livecomments.comment_service.api.schema import Count, Model, one_of
+
+if TYPE_CHECKING:
+    Status = str
+    ZooKeeperState = str
+else:
+    Status = one_of(("ok", "degraded"))
+    ZooKeeperState = one_of(("CONNECTED", "SUSPENDED", "LOST"))
+
+
+class HistoryPages(Model):
+    cache: Count | UnsetType = UNSET
+    store: Count | UnsetType = UNSET
+
+
+class Health(Model):
+    """This replica's view of the system (``CommentServer.health``)."""
+
+    status: Status
+    zookeeper: ZooKeeperState
+    worker_id: Count
+    dispatchers: Count
+    rtms_nodes: Count
+    dispatch_failures: Count
+    dispatch_undelivered: Count
+    outbox_redispatched: Count
+    outbox_fenced: Count
+    history_pages: Annotated[
+        HistoryPages,
+        Meta(
+            description="History pages answered from the recent-comments cache"
+            " and from the store, since start."
+        ),
+    ]
+    history_cache_entries_read: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Entries history pages read from the recent-comments cache"
+            " (their items and reply previews), since start: what pages cost.",
+        ),
+    ]
+
+
+async def index(request: web.Request) -> web.Response:
+    """The viewer page, with the CSP and the stream origins of the moment."""
+    body, csp = request.app[PAGE]()
+    headers = {"Content-Security-Policy": csp, "Cache-Control": "no-cache"}
+    return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response(request.app[HEALTH]())
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(request.app[OPENAPI])
+
+
+ROUTES = (
+    Route(
+        "GET",
+        "/",
+        index,
+        "The viewer page",
+        "misc",
+        (Ok(200, "The HTML page.", str, media_type="text/html"),),
+    ),
+    Route(
+        "GET",
+        "/healthz",
+        health,
+        "Health of this replica",
+        "misc",
+        (Ok(200, "Always 200; `status` says degraded without ZooKeeper.", Health),),
+    ),
+    Route(
+        "GET",
+        "/api/openapi.json",
+        openapi,
+        "This document",
+        "misc",
+        (Ok(200, "OpenAPI 3.1.", dict[str, Any]),),
+    ),
+)
+
+
+def add_routes(app: web.Application) -> None:
+    install(app, ROUTES)

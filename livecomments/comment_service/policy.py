@@ -28,7 +28,6 @@ from redis.exceptions import RedisError
 
 from livecomments.comment_service.limits import Limiter
 from livecomments.kernel.errors import Forbidden, Unavailable
-from livecomments.kernel.events import iso
 from livecomments.kernel.redis import scripts
 from livecomments.kernel.store import Store, utcnow
 
@@ -36,20 +35,6 @@ log = logging.getLogger(__name__)
 
 GLOBAL = "*"  # the scope of a ban on every video (video ids never contain '*')
 SETTINGS_RESYNC = 300  # seconds between full reloads of the settings copy
-
-
-def ban_json(doc: dict[str, Any]) -> dict[str, Any]:
-    expires = doc.get("expires_at")
-    return {
-        "user_id": str(doc["user_id"]),
-        "username": doc.get("username"),
-        "video_id": None if doc["scope"] == GLOBAL else doc["scope"],
-        "reason": doc.get("reason") or "",
-        "banned_by": str(doc["by"]),
-        "banned_by_role": doc.get("by_role"),
-        "created_at": iso(doc["created_at"], "seconds"),
-        "expires_at": iso(expires, "seconds"),
-    }
 
 
 def _settings_json(video_id: str, doc: dict[str, Any]) -> dict[str, Any]:

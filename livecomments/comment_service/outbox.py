@@ -16,7 +16,7 @@ slow or paused, not dead. So it is kept, and only once it has been missing for
 ``(video_id, seq)`` under the unique index (``Store.fence``). Either the void or
 the writer's insert wins; a writer that loses takes another seq and never
 acknowledges the fenced one. Only then is the entry dropped. RTMS nodes that
-wait on a gap fence it the same way (``livecomments/rtms/hub.py``), and skip only voids.
+wait on a gap fence it the same way (``livecomments/rtms/recovery.py``), and skip only voids.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from tenacity import (
 )
 
 from livecomments.coord import NodeDirectory
+from livecomments.coord.records import Dispatcher
 from livecomments.kernel.errors import Unavailable
 from livecomments.kernel.grpcauth import DISPATCHER, GrpcSecurity
 from livecomments.kernel.pb import livecomments_pb2 as pb
@@ -58,9 +59,8 @@ class DispatchClient:
         directory.add_listener(self._directory_changed)
 
     def _directory_changed(self) -> None:
-        self._addresses = sorted(
-            a for a in (i.get("grpc") for i in self._directory.nodes.values()) if isinstance(a, str)
-        )
+        replicas = self._directory.view(Dispatcher.from_json).values()
+        self._addresses = sorted(r.grpc for r in replicas if r.grpc)
         for address in list(self._replicas):
             if address not in self._addresses:
                 task = asyncio.get_running_loop().create_task(

@@ -26,6 +26,7 @@ from livecomments.comment_service.reactions import Reactions
 from livecomments.comment_service.recent import RecentCache
 from livecomments.coord import ZK, NodeDirectory, Placement, Policy
 from livecomments.coord.membership import WorkerLease
+from livecomments.coord.records import RtmsNode
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.ids import Snowflake
 from livecomments.kernel.rates import Rate
@@ -125,7 +126,8 @@ class CommentServer:
     def stream_origins(self) -> list[str]:
         """Origins the viewer page may stream from: the configured ones, then the
         RTMS nodes up now (their public URLs, as the stream redirect names them)."""
-        live = (origin_of(str(info.get("sse_url", ""))) for info in self.rtms_nodes.nodes.values())
+        nodes = self.rtms_nodes.view(RtmsNode.from_json).values()
+        live = (origin_of(node.sse_url or "") for node in nodes)
         return [*self.settings.rtms_origins, *sorted({o for o in live if o})]
 
     def page(self) -> tuple[bytes, str]:

@@ -31,16 +31,25 @@ class SSEEvent:
 
 @dataclass
 class Viewer:
-    """An SSE client that records every event it receives (parsed as a browser would)."""
+    """An SSE client that records every event it receives (parsed as a browser would).
+
+    A stream that ends on its own (an error, or the node closing it) is a
+    failure unless a ``moved`` event announced it or the test said it would
+    (``expect_end``, e.g. before killing the node): reading such a viewer's
+    events raises, and ``wait_for`` fails as soon as the stream is gone. So
+    "nothing more arrived" cannot pass on a stream that died.
+    """
 
     url: str
     session: aiohttp.ClientSession
     headers: dict[str, str] = field(default_factory=dict)
-    events: list[SSEEvent] = field(default_factory=list)
-    raw: bytearray = field(default_factory=bytearray)
     status: int = 0
     final_url: str = ""
     error: BaseException | None = None
+    ended: str | None = None  # why the stream ended on its own; None while it is open
+    _events: list[SSEEvent] = field(default_factory=list)
+    _raw: bytearray = field(default_factory=bytearray)
+    _end_expected: bool = False
     _task: asyncio.Task[None] | None = None
     _connected: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -59,21 +68,28 @@ class Viewer:
                 self.final_url = str(response.url)
                 self._connected.set()
                 if response.status != 200:
-                    self.raw.extend(await response.read())
+                    self._raw.extend(await response.read())
                     return
                 buffer = b""
                 async for chunk in response.content.iter_any():
-                    self.raw.extend(chunk)
+                    self._raw.extend(chunk)
                     buffer += chunk
                     while b"\n\n" in buffer:
                         block, buffer = buffer.split(b"\n\n", 1)
                         await self._block(block.decode())
+                await self._end("the node closed the stream")
         except (aiohttp.ClientError, ConnectionError) as exc:
             self.error = exc
+            await self._end(f"{type(exc).__name__}: {exc}")
         except asyncio.CancelledError:
-            pass
+            pass  # close(): we ended it
         finally:
             self._connected.set()
+
+    async def _end(self, why: str) -> None:
+        async with self._changed:
+            self.ended = why
+            self._changed.notify_all()
 
     async def _block(self, block: str) -> None:
         event, data, ident = "message", [], None
@@ -91,8 +107,33 @@ class Viewer:
         if not data:
             return
         async with self._changed:
-            self.events.append(SSEEvent(event, "\n".join(data), ident, time.time()))
+            self._events.append(SSEEvent(event, "\n".join(data), ident, time.time()))
             self._changed.notify_all()
+
+    def expect_end(self) -> None:
+        """The test is about to end this stream on purpose (kill its node)."""
+        self._end_expected = True
+
+    def _check_alive(self) -> None:
+        """Raise if the stream ended on its own with nothing to say it would."""
+        if self.ended is None or self.status != 200 or self._end_expected:
+            return
+        if any(e.event == "moved" for e in self._events):
+            return
+        raise AssertionError(
+            f"{self.url}: the stream ended ({self.ended}) after "
+            f"{[e.id or e.event for e in self._events]}"
+        )
+
+    @property
+    def events(self) -> list[SSEEvent]:
+        self._check_alive()
+        return self._events
+
+    @property
+    def raw(self) -> bytearray:
+        self._check_alive()
+        return self._raw
 
     def of(self, kind: str = "comment") -> list[SSEEvent]:
         return [e for e in self.events if e.event == kind]
@@ -100,17 +141,26 @@ class Viewer:
     async def wait_for(
         self, count: int, kind: str = "comment", timeout: float = 10.0
     ) -> list[SSEEvent]:
+        def have() -> int:
+            return sum(1 for e in self._events if e.event == kind)
+
         async def enough() -> None:
             async with self._changed:
-                await self._changed.wait_for(lambda: len(self.of(kind)) >= count)
+                await self._changed.wait_for(lambda: have() >= count or self.ended is not None)
 
         try:
             await asyncio.wait_for(enough(), timeout)
         except TimeoutError:
             raise AssertionError(
-                f"{self.url}: wanted {count} {kind} events, got {len(self.of(kind))}: "
-                f"{[e.id for e in self.events]}"
+                f"{self.url}: wanted {count} {kind} events, got {have()}: "
+                f"{[e.id for e in self._events]}"
             ) from None
+        if have() < count:
+            self._check_alive()
+            raise AssertionError(
+                f"{self.url}: wanted {count} {kind} events, got {have()} before the stream "
+                f"ended ({self.ended}): {[e.id or e.event for e in self._events]}"
+            )
         return self.of(kind)
 
     @property

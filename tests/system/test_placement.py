@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -44,11 +45,13 @@ async def location(api: Api, path: str, headers: dict[str, str] | None = None) -
 
 
 class Posting:
-    """A steady poster; remembers the seq of every acknowledged comment."""
+    """A steady poster; remembers the seq of every acknowledged comment, and the
+    answers to the posts that were not acknowledged."""
 
     def __init__(self, api: Api, video: str, token: str, every: float = 0.05) -> None:
         self.api, self.video, self.token, self.every = api, video, token, every
         self.acked: list[int] = []
+        self.refused: list[tuple[int, Any]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
@@ -60,6 +63,8 @@ class Posting:
             )  # fmt: skip
             if status == 201:
                 self.acked.append(int(body["seq"]))
+            else:
+                self.refused.append((status, body))
             n += 1
             await asyncio.sleep(self.every)
 
@@ -134,6 +139,8 @@ async def test_move_and_pin_carry_viewers_over_without_loss(
         await asyncio.sleep(1.0)
         await cli(cluster, "pin", video, "rtms-3", "rtms-1")
         await asyncio.sleep(1.0)
+    # Nothing lost only means something if comments were posted throughout.
+    assert posting.refused == [] and len(posting.acked) >= 20, (posting.refused, posting.acked)
     await settle(followers_of, posting.acked)
     for follower in followers_of:
         assert follower.moves == 2

@@ -18,7 +18,7 @@ from livecomments.kernel import settings as cfg
 from livecomments.kernel.grpcauth import DISPATCHER
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
-from livecomments.kernel.sequencer import outbox_key
+from livecomments.kernel.redis.keys import Keys, parse_outbox_member
 from livecomments.kernel.store import Store
 from tests.support import Api, Viewer, unique
 
@@ -48,11 +48,11 @@ async def outbox_of(cluster: Cluster, video: str | None = None) -> list[str]:
     """The outbox entries (of ``video``, or all): sequenced events not settled yet."""
     redis = Redis.from_url(cluster.backends.redis_url)
     try:
-        members = await redis.zrange(outbox_key(f"{cluster.namespace}:"), 0, -1)
+        members = await redis.zrange(Keys(f"{cluster.namespace}:").outbox(), 0, -1)
     finally:
         await redis.aclose()
     entries = [m.decode() for m in members]
-    return [e for e in entries if video is None or e.rpartition("|")[0] == video]
+    return [e for e in entries if video is None or (parse_outbox_member(e) or ("",))[0] == video]
 
 
 async def outbox_drained(cluster: Cluster, timeout: float = 30.0) -> None:

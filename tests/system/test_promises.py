@@ -126,7 +126,7 @@ async def test_a_seq_nobody_stores_is_fenced_after_the_gap_deadline(
         first = await api.post(video, "before the hole", token)
         await viewer.wait_for(1)
         fenced_before = (await node_health(session, cluster, "rtms-1"))["gap_fenced"]
-        hole, epoch = await sequencer.next(video)  # ... and then nothing
+        epoch, hole = await sequencer.next(video)  # ... and then nothing
         posted_at = time.time()
         last = await api.post(video, "after the hole", token)
         got = await viewer.wait_for(2, timeout=30)
@@ -160,7 +160,7 @@ async def test_a_comment_sequenced_in_the_join_window_reaches_the_new_viewer(
     first = await api.post(video, "before anyone watches", token)
     viewer = await Viewer(stream(cluster, "rtms-2", video), session).connect()
     try:
-        seq, epoch = await sequencer.next(video)  # right after the node read the head
+        epoch, seq = await sequencer.next(video)  # right after the node read the head
         await store.insert_comment(comment_doc(first, video, seq, epoch, "in the window"))
         (got,) = await viewer.wait_for(1, timeout=15)
         assert got.json()["text"] == "in the window" and got.id == f"{epoch}-{seq}"

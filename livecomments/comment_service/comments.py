@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from livecomments.comment_service.admission import Admission, Ticket
-from livecomments.comment_service.auth import Principal
+from livecomments.comment_service.auth import RANK, Principal
 from livecomments.comment_service.dispatch import DispatchClient
 from livecomments.comment_service.filter import ContentFilter, Verdict
 from livecomments.comment_service.idempotency import Idempotency, fingerprint
@@ -171,6 +171,18 @@ class Comments:
                 return Posted(doc, held=True)
         return None
 
+    async def _still_moderator(self, author: Principal) -> bool:
+        """Whether a token that says moderator (or admin) still speaks for one.
+
+        A token keeps the role it was issued with; the exemptions from the filter,
+        slow mode and duplicate suppression follow the user's role now, so a
+        demoted moderator loses them at once. Only staff posts pay this read;
+        a promoted user gets them with the next login's token.
+        """
+        user = await self._store.get_user(author.user_id)
+        role = user.get("role") if user else None
+        return role in RANK and RANK[role] >= RANK["moderator"]
+
     async def _post(
         self,
         author: Principal,
@@ -183,7 +195,7 @@ class Comments:
         now = utcnow()  # accepted: the time the event carries (latency probes start here)
         if parent_id is not None:
             await self._check_parent(video_id, parent_id)
-        exempt = author.at_least("moderator")
+        exempt = author.at_least("moderator") and await self._still_moderator(author)
         verdict, score = (Verdict.PUBLISH, None) if exempt else self._filter.check(text)
         if verdict is Verdict.REFUSE:
             raise ContentRefused(

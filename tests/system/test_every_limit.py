@@ -178,3 +178,31 @@ async def test_moderators_skip_the_filter_and_duplicates_not_the_rate_limit(
     assert statuses == [201] * 4  # no filter, no duplicate suppression ...
     status, body, response = await post(api, video, "a fifth", mod)
     assert_limited(status, body, response)  # ... but the same 4 posts a minute
+
+
+@pytest.mark.timeout(60)
+async def test_a_demoted_moderator_loses_the_exemptions_with_the_token_in_hand(
+    cluster: Cluster, api: Api
+) -> None:
+    """The exemptions follow the role in the store, not the one the token was issued with."""
+    video = unique("demoted")
+    admin = unique("admin")
+    await asyncio.to_thread(create_admin, cluster, admin)
+    admin_token = await api.login(admin)
+    name = unique("mod")
+    status, body, _ = await api.request(
+        "POST", "/api/auth/register", json={"username": name, "password": PASSWORD},
+        headers=address(),
+    )  # fmt: skip
+    assert status == 201, body
+    user_id = body["user"]["id"]
+    for role in ("moderator", "viewer"):
+        status, body, _ = await api.request(
+            "PUT", f"/api/users/{user_id}/role", json={"role": role}, token=admin_token
+        )
+        assert status == 200, body
+        if role == "moderator":
+            mod = await api.login(name)  # a token that says moderator
+            assert (await post(api, video, REFUSED_TEXT, mod))[0] == 201
+    status, body, _ = await post(api, video, REFUSED_TEXT + " again", mod)
+    assert (status, body["error"]["code"]) == (422, "content_refused")

@@ -6,16 +6,19 @@ import asyncio
 import contextlib
 import os
 import ssl
-import subprocess
-import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
+from click.testing import CliRunner, Result
 
 from livecomments.cli.cluster import Cluster
+from livecomments.cli.main import main
+from livecomments.comment_service import admin
+from livecomments.kernel import settings as cfg
 
 
 @dataclass
@@ -199,25 +202,18 @@ class Api:
 PASSWORD = "correct horse battery"
 
 
-def create_admin(cluster: Cluster, username: str, password: str = PASSWORD) -> None:
-    """``livecomments users create-admin``, the way an operator makes the first admin."""
-    result = subprocess.run(
-        [sys.executable, "-m", "livecomments", "users", "create-admin", username,
-         "--password-stdin"],
-        input=password + "\n",
-        env={**os.environ, **cluster.base_env()},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+async def create_admin(cluster: Cluster, username: str, password: str = PASSWORD) -> None:
+    """The first admin, made by what ``livecomments users create-admin`` runs, in this
+    process (no interpreter to start; the command itself is tested by test_cli.py
+    and test_accounts_hardening.py)."""
+    settings = cfg.load(cfg.BackendSettings, environ={**os.environ, **cluster.base_env()})
+    await admin.create_admin(settings, username, password)
 
 
 async def staff(api: Api, cluster: Cluster, role: str = "moderator") -> tuple[str, str]:
     """A fresh user with ``role``: (token, user id). Made by an admin through the API."""
     admin = unique("admin")
-    await asyncio.to_thread(create_admin, cluster, admin)
+    await create_admin(cluster, admin)
     admin_token = await api.login(admin)
     if role == "admin":
         status, me, _ = await api.request("GET", "/api/auth/me", token=admin_token)
@@ -386,15 +382,23 @@ class Follower:
             self.last_id = f"{epoch}-{max(self.seqs)}"
 
 
+_cli_lock = threading.Lock()
+
+
 async def cli(cluster: Cluster, *args: str, check: bool = True) -> tuple[int, Any, str]:
-    """Run ``livecomments ARGS --json`` as an operator would; (exit code, JSON, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "livecomments", *args, "--json",
-        env={**os.environ, **cluster.base_env()},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    code = proc.returncode if proc.returncode is not None else -1
+    """``livecomments ARGS --json`` as an operator would run it; (exit code, JSON, stderr).
+
+    The command runs in this process (click's runner, in a thread, one at a time:
+    it swaps the process's environment and standard streams while it runs), so
+    no interpreter starts for it; tests/system/test_cli.py runs it as a real process.
+    """
+
+    def run() -> Result:
+        with _cli_lock:
+            return CliRunner().invoke(main, [*args, "--json"], env=cluster.base_env())
+
+    result = await asyncio.wait_for(asyncio.to_thread(run), 60)
     if check:
-        assert code == 0, (args, err.decode())
-    return code, orjson.loads(out) if out.strip() else None, err.decode()
+        assert result.exit_code == 0, (args, result.stderr, result.exception)
+    out = result.stdout
+    return result.exit_code, orjson.loads(out) if out.strip() else None, result.stderr

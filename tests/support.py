@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import os
 import ssl
+import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +230,12 @@ async def staff(api: Api, cluster: Cluster, role: str = "moderator") -> tuple[st
     return await api.login(name), str(me["id"])
 
 
+# Before Python 3.12.8 a TLS connection closed while its shutdown is still under way
+# can leave its socket open (python/cpython#118960): aiohttp then aborts those when
+# the session closes, so no test leaves one behind (a ResourceWarning, an error).
+_LEAKS_CLOSED_TLS = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
+
+
 def client_session(
     ca_file: str, limit: int = 200, source: str | None = None
 ) -> aiohttp.ClientSession:
@@ -237,12 +245,30 @@ def client_session(
         ssl=context if context else False,
         limit=limit,
         local_addr=(source, 0) if source else None,
+        enable_cleanup_closed=_LEAKS_CLOSED_TLS,
     )
     return aiohttp.ClientSession(connector=connector)
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}_{time.time_ns() % 10**12}"
+
+
+async def wait_until(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0, what: str = ""
+) -> None:
+    """Until ``check()`` (a function or a coroutine function) is true, polled every
+    0.05 s: instead of a fixed sleep, wait for what the sleep was waiting for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = check()
+        if not isinstance(done, bool):
+            done = await done
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or check}")
+        await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -60,7 +60,8 @@ def cluster(
 
 @pytest.fixture
 async def session(cluster: Cluster) -> AsyncIterator[aiohttp.ClientSession]:
-    # Closing waits until every connection's TLS transport has closed (aiohttp >= 3.12).
+    # Closing waits until each connection has closed (aiohttp >= 3.12), and aborts the
+    # TLS connections closed earlier whose shutdown is still under way (see support.py).
     async with client_session(cluster.ca_file) as http:
         yield http
 

@@ -116,8 +116,9 @@ async def test_pages_loaded_during_bursts_lose_and_repeat_nothing(
         started = asyncio.gather(*(load.run(random.uniform(0, 0.08)) for load in loads))
         acked = await burst(api, video, tokens, 14)
         await started
-        for load in loads:
-            lost, duplicated, early = await load.check(set(acked))
+        # Each load waits for its own stream to settle; they wait side by side.
+        checked = await asyncio.gather(*(load.check(set(acked)) for load in loads))
+        for load, (lost, duplicated, early) in zip(loads, checked, strict=True):
             totals["loads"] += 1
             totals["lost"] += lost
             totals["duplicated"] += duplicated
@@ -155,15 +156,20 @@ async def test_the_viewer_page_loaded_during_bursts_shows_every_comment_once(
         opened = asyncio.gather(*(load(p, random.uniform(0, 0.1)) for p in pages))
         acked = await burst(api, video, tokens, 14)
         await opened
-        for page in pages:
+
+        async def shown_ids(page: Any, want: int = len(acked) + 1) -> list[str]:
             await expect(page.locator("#status")).to_have_text("live", timeout=15000)
             shown = page.locator("#comments .comment")
             try:
-                await expect(shown).to_have_count(len(acked) + 1, timeout=10000)
+                await expect(shown).to_have_count(want, timeout=10000)
             except AssertionError:
                 pass  # counted below
             await asyncio.sleep(0.2)
-            ids = await shown.evaluate_all("els => els.map(e => e.dataset.id)")
+            ids: list[str] = await shown.evaluate_all("els => els.map(e => e.dataset.id)")
+            return ids
+
+        # Each page settles on its own; they are watched side by side.
+        for ids in await asyncio.gather(*(shown_ids(page) for page in pages)):
             loads += 1
             lost += len(set(acked) - set(ids))
             duplicated += len(ids) - len(set(ids))

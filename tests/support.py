@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -21,6 +21,8 @@ from livecomments.cli.cluster import Cluster
 from livecomments.cli.main import main
 from livecomments.comment_service import admin
 from livecomments.kernel import settings as cfg
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -248,6 +250,13 @@ def client_session(
         enable_cleanup_closed=_LEAKS_CLOSED_TLS,
     )
     return aiohttp.ClientSession(connector=connector)
+
+
+async def on_own_session(cluster: Cluster, make: Callable[[Api], Awaitable[T]]) -> T:
+    """``make(api)`` over a client session of its own, closed at once: for module-scoped
+    fixtures (users, tokens), whose results outlive the session they were made with."""
+    async with client_session(cluster.ca_file) as http:
+        return await make(Api(cluster.services["comment-1"].url, http))
 
 
 def unique(prefix: str) -> str:

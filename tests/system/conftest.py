@@ -74,9 +74,13 @@ def api(cluster: Cluster, session: aiohttp.ClientSession) -> Api:
 CHROMIUM = "/usr/lib/chromium/chromium"  # Debian's; a browser is never downloaded
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    """Headless Chromium, with the flags this machine needs (no network but loopback)."""
+    """Headless Chromium, with the flags this machine needs (no network but loopback).
+
+    One per module: each test opens contexts of its own (a context is a fresh
+    profile: no cookies, storage or cache shared with another).
+    """
     async with async_playwright() as p:
         launched = await p.chromium.launch(
             executable_path=CHROMIUM,

@@ -6,12 +6,12 @@ import asyncio
 from typing import Any
 
 import aiohttp
-import pytest
+import pytest_asyncio
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from livecomments.cli.cluster import Cluster
-from tests.support import Api, Viewer, staff, unique
+from tests.support import Api, Viewer, on_own_session, staff, unique
 
 CLUSTER_ENV = {"LIVECOMMENTS_FLAG_THRESHOLD": "2"}
 
@@ -31,9 +31,10 @@ def stream_url(api: Api, video: str) -> str:
     return f"{api.base}/api/videos/{video}/stream"
 
 
-@pytest.fixture
-async def mod(api: Api, cluster: Cluster) -> tuple[str, str]:
-    return await staff(api, cluster, "moderator")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mod(cluster: Cluster) -> tuple[str, str]:
+    """One moderator for the module (no test changes its role, bans or times it out)."""
+    return await on_own_session(cluster, lambda api: staff(api, cluster, "moderator"))
 
 
 async def test_moderator_edit_and_delete_reach_viewers_live_and_history(

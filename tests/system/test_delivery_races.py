@@ -27,8 +27,11 @@ from kazoo.exceptions import NodeExistsError
 from playwright.async_api import Browser, expect
 
 from livecomments.cli.cluster import Cluster
+from livecomments.kernel.grpcauth import DISPATCHER
+from livecomments.kernel.pb import livecomments_pb2 as pb
+from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.kernel.store import Store
-from tests.support import Api, Viewer, unique
+from tests.support import Api, Viewer, unique, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 GAP_DEADLINE = 1.5
@@ -196,6 +199,19 @@ async def settled_viewers(
     return viewers
 
 
+async def not_in_directory(cluster: Cluster, node: str) -> bool:
+    """Whether no dispatcher counts ``node`` among the live RTMS nodes any more."""
+    for service in cluster.services.values():
+        if service.kind == "dispatcher":
+            async with cluster.grpc_security().channel(service.url, DISPATCHER) as channel:
+                reply = await pb_grpc.DispatcherStub(channel).Routes(
+                    pb.RoutesRequest(video_ids=[]), timeout=2
+                )
+            if node in reply.live_nodes:
+                return False
+    return True
+
+
 def _signal(cluster: Cluster, name: str, sig: signal.Signals) -> None:
     os.kill(cluster.services[name].proc.popen.pid, sig)
 
@@ -330,7 +346,8 @@ async def test_a_node_the_dispatcher_cannot_find_still_gets_the_last_comment(
         member = f"/{cluster.namespace}/nodes/rtms/rtms-1"
         data, _ = await asyncio.to_thread(zk.get, member)
         await asyncio.to_thread(zk.delete, member)
-        await asyncio.sleep(0.5)  # the dispatcher's directory watch fires
+        # The dispatcher's directory watch fires.
+        await wait_until(lambda: not_in_directory(cluster, "rtms-1"), what="rtms-1 left")
         last = await api.post(video, "the last one, and then silence", token)
         posted = time.monotonic()
         await viewers["rtms-2"].wait_for(2)

@@ -22,6 +22,8 @@ from tests.support import PASSWORD, Api, create_admin, staff, unique
 
 PAIR_LIMIT = 5  # failed logins per (account, address)
 ACCOUNT_LIMIT = 12  # failed logins per account, all addresses, before the back-off
+# Accounts only, nobody watches: one process of each kind is enough.
+CLUSTER_SHAPE = {"dispatchers": 1, "rtms": 1}
 CLUSTER_ENV = {
     "LIVECOMMENTS_TRUSTED_PROXIES": "127.0.0.1",
     "LIVECOMMENTS_LOGIN_LIMIT_ACCOUNT": f"{PAIR_LIMIT}/300",

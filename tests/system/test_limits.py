@@ -11,7 +11,8 @@ import pytest
 from livecomments.cli.cluster import Cluster
 from tests.support import Api, client_session, unique
 
-CLUSTER_SHAPE = {"comment_services": 2}
+# Two comment services share the limits; nobody watches: one dispatcher, one RTMS node.
+CLUSTER_SHAPE = {"dispatchers": 1, "rtms": 1, "comment_services": 2}
 CLUSTER_ENV = {
     "LIVECOMMENTS_POST_LIMIT_USER": "5/30",
     "LIVECOMMENTS_POST_LIMIT_IP": "8/30",

@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 
 from livecomments.cli.cluster import Cluster
 from livecomments.cli.main import main
-from livecomments.comment_service import admin
+from livecomments.comment_service.admin import create_admin as make_admin
 from livecomments.kernel import settings as cfg
 
 T = TypeVar("T")
@@ -211,7 +211,7 @@ async def create_admin(cluster: Cluster, username: str, password: str = PASSWORD
     process (no interpreter to start; the command itself is tested by test_cli.py
     and test_accounts_hardening.py)."""
     settings = cfg.load(cfg.BackendSettings, environ={**os.environ, **cluster.base_env()})
-    await admin.create_admin(settings, username, password)
+    await make_admin(settings, username, password)
 
 
 async def staff(api: Api, cluster: Cluster, role: str = "moderator") -> tuple[str, str]:

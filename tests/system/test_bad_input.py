@@ -11,7 +11,6 @@ import aiohttp
 import jwt
 import orjson
 import pytest
-import pytest_asyncio
 from pymongo import AsyncMongoClient
 
 from livecomments.cli.cluster import Cluster
@@ -30,7 +29,7 @@ def b64(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(data)).rstrip(b"=").decode()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest.fixture(scope="module")
 async def token(cluster: Cluster) -> str:
     """One user for the module: each test posts on a video of its own, no limits apply."""
     return await on_own_session(cluster, lambda api: api.register(unique("tester")))

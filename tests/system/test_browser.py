@@ -13,7 +13,6 @@ import asyncio
 import re
 
 import pytest
-import pytest_asyncio
 from playwright.async_api import (
     Browser,
     ConsoleMessage,
@@ -65,7 +64,7 @@ class Pages:
         assert (self.errors, self.failed) == ([], [])
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest.fixture(scope="module")
 async def moderator(cluster: Cluster) -> tuple[str, str]:
     """One moderator for the module (no test changes its role or revokes its token)."""
     return await on_own_session(cluster, lambda api: staff(api, cluster, "moderator"))

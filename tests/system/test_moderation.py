@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
-import pytest_asyncio
+import pytest
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
@@ -31,7 +31,7 @@ def stream_url(api: Api, video: str) -> str:
     return f"{api.base}/api/videos/{video}/stream"
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest.fixture(scope="module")
 async def mod(cluster: Cluster) -> tuple[str, str]:
     """One moderator for the module (no test changes its role, bans or times it out)."""
     return await on_own_session(cluster, lambda api: staff(api, cluster, "moderator"))

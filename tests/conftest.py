@@ -1,24 +1,20 @@
-"""Fixtures that start the real system: ZooKeeper, Redis, the MongoDB-wire store, our processes.
+"""What the unit tests and the system tests share.
 
-Backends start once per test session; each test module gets its own cluster of
-our processes in its own namespace (ZooKeeper root, Redis key prefix, database).
-When a test fails, the logs of that cluster's processes are attached to the report.
+The fixtures that start servers (backends, cluster, session, api, browser) are in
+tests/system/conftest.py, so `make test-fast` (tests/unit) imports no server code.
+``NO_LIMITS`` and ``make_cluster`` are here for the system modules that build a
+cluster of their own (they import them from ``tests.conftest``); ``make_cluster``
+imports the cluster code only when it is called.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiohttp
-import pytest
-from playwright.async_api import Browser, async_playwright
-
-from livecomments.cli.cluster import Backends, Cluster
-from livecomments.cli.launcher import missing_system_packages
-from tests.support import Api, client_session
+if TYPE_CHECKING:
+    from livecomments.cli.cluster import Backends, Cluster
 
 _namespaces = itertools.count(1)
 
@@ -45,85 +41,9 @@ NO_LIMITS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("livecomments")
-
-
-@pytest.fixture(scope="session")
-def backends(run_root: Path) -> Iterator[Backends]:
-    missing = missing_system_packages()
-    if missing:
-        pytest.fail(f"missing system packages (run `make test` as root): {' '.join(missing)}")
-    # A 3-member ZooKeeper ensemble, as in production (deploy/zookeeper).
-    started = Backends.start(run_root / "backends", zk_members=3, memory_store=True)
-    yield started
-    started.stop()
-
-
 def make_cluster(run_root: Path, backends: Backends, name: str, **kwargs: object) -> Cluster:
+    """A cluster (not started) in a namespace of its own on the shared ``backends``."""
+    from livecomments.cli.cluster import Cluster
+
     namespace = f"t{next(_namespaces)}-{name}"
     return Cluster(run_root / namespace, backends, namespace=namespace, **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def cluster(
-    run_root: Path, backends: Backends, request: pytest.FixtureRequest
-) -> Iterator[Cluster]:
-    """Two dispatchers, two RTMS nodes, one comment service (TLS), shared by a module.
-
-    A module may set ``CLUSTER_ENV`` (extra ``LIVECOMMENTS_*`` settings) and
-    ``CLUSTER_SHAPE`` (how many of each process) for its cluster.
-    """
-    started = make_cluster(
-        run_root,
-        backends,
-        request.module.__name__.rsplit(".", 1)[-1],
-        extra_env={**NO_LIMITS, **getattr(request.module, "CLUSTER_ENV", {})},
-    )
-    shape = {"dispatchers": 2, "rtms": 2, "comment_services": 1}
-    shape.update(getattr(request.module, "CLUSTER_SHAPE", {}))
-    started.start(**shape)
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-async def session(cluster: Cluster) -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session(cluster.ca_file) as http:
-        yield http
-    await asyncio.sleep(0.25)  # let TLS transports finish closing (aiohttp's graceful shutdown)
-
-
-@pytest.fixture
-def api(cluster: Cluster, session: aiohttp.ClientSession) -> Api:
-    return Api(cluster.services["comment-1"].url, session)
-
-
-CHROMIUM = "/usr/lib/chromium/chromium"  # Debian's; a browser is never downloaded
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Headless Chromium, with the flags this machine needs (no network but loopback)."""
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--ignore-certificate-errors",
-            ],
-        )  # fmt: skip
-        yield launched
-        await launched.close()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    report = yield
-    if report.failed:
-        for value in getattr(item, "funcargs", {}).values():
-            if isinstance(value, Cluster):
-                report.sections.append(("livecomments logs", value.logs()))
-    return report

@@ -6,16 +6,23 @@ import asyncio
 import contextlib
 import os
 import ssl
-import subprocess
 import sys
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+from click.testing import CliRunner, Result
 
 from livecomments.cli.cluster import Cluster
+from livecomments.cli.main import main
+from livecomments.comment_service.admin import create_admin as make_admin
+from livecomments.kernel import settings as cfg
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -249,25 +256,18 @@ class Api:
 PASSWORD = "correct horse battery"
 
 
-def create_admin(cluster: Cluster, username: str, password: str = PASSWORD) -> None:
-    """``livecomments users create-admin``, the way an operator makes the first admin."""
-    result = subprocess.run(
-        [sys.executable, "-m", "livecomments", "users", "create-admin", username,
-         "--password-stdin"],
-        input=password + "\n",
-        env={**os.environ, **cluster.base_env()},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+async def create_admin(cluster: Cluster, username: str, password: str = PASSWORD) -> None:
+    """The first admin, made by what ``livecomments users create-admin`` runs, in this
+    process (no interpreter to start; the command itself is tested by test_cli.py
+    and test_accounts_hardening.py)."""
+    settings = cfg.load(cfg.BackendSettings, environ={**os.environ, **cluster.base_env()})
+    await make_admin(settings, username, password)
 
 
 async def staff(api: Api, cluster: Cluster, role: str = "moderator") -> tuple[str, str]:
     """A fresh user with ``role``: (token, user id). Made by an admin through the API."""
     admin = unique("admin")
-    await asyncio.to_thread(create_admin, cluster, admin)
+    await create_admin(cluster, admin)
     admin_token = await api.login(admin)
     if role == "admin":
         status, me, _ = await api.request("GET", "/api/auth/me", token=admin_token)
@@ -282,6 +282,12 @@ async def staff(api: Api, cluster: Cluster, role: str = "moderator") -> tuple[st
     return await api.login(name), str(me["id"])
 
 
+# Before Python 3.12.8 a TLS connection closed while its shutdown is still under way
+# can leave its socket open (python/cpython#118960): aiohttp then aborts those when
+# the session closes, so no test leaves one behind (a ResourceWarning, an error).
+_LEAKS_CLOSED_TLS = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
+
+
 def client_session(
     ca_file: str, limit: int = 200, source: str | None = None
 ) -> aiohttp.ClientSession:
@@ -291,12 +297,37 @@ def client_session(
         ssl=context if context else False,
         limit=limit,
         local_addr=(source, 0) if source else None,
+        enable_cleanup_closed=_LEAKS_CLOSED_TLS,
     )
     return aiohttp.ClientSession(connector=connector)
 
 
+async def on_own_session(cluster: Cluster, make: Callable[[Api], Awaitable[T]]) -> T:
+    """``make(api)`` over a client session of its own, closed at once: for module-scoped
+    fixtures (users, tokens), whose results outlive the session they were made with."""
+    async with client_session(cluster.ca_file) as http:
+        return await make(Api(cluster.services["comment-1"].url, http))
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}_{time.time_ns() % 10**12}"
+
+
+async def wait_until(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0, what: str = ""
+) -> None:
+    """Until ``check()`` (a function or a coroutine function) is true, polled every
+    0.05 s: instead of a fixed sleep, wait for what the sleep was waiting for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = check()
+        if not isinstance(done, bool):
+            done = await done
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or check}")
+        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -436,15 +467,23 @@ class Follower:
             self.last_id = f"{epoch}-{max(self.seqs)}"
 
 
+_cli_lock = threading.Lock()
+
+
 async def cli(cluster: Cluster, *args: str, check: bool = True) -> tuple[int, Any, str]:
-    """Run ``livecomments ARGS --json`` as an operator would; (exit code, JSON, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "livecomments", *args, "--json",
-        env={**os.environ, **cluster.base_env()},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    code = proc.returncode if proc.returncode is not None else -1
+    """``livecomments ARGS --json`` as an operator would run it; (exit code, JSON, stderr).
+
+    The command runs in this process (click's runner, in a thread, one at a time:
+    it swaps the process's environment and standard streams while it runs), so
+    no interpreter starts for it; tests/system/test_cli.py runs it as a real process.
+    """
+
+    def run() -> Result:
+        with _cli_lock:
+            return CliRunner().invoke(main, [*args, "--json"], env=cluster.base_env())
+
+    result = await asyncio.wait_for(asyncio.to_thread(run), 60)
     if check:
-        assert code == 0, (args, err.decode())
-    return code, orjson.loads(out) if out.strip() else None, err.decode()
+        assert result.exit_code == 0, (args, result.stderr, result.exception)
+    out = result.stdout
+    return result.exit_code, orjson.loads(out) if out.strip() else None, result.stderr

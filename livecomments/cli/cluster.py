@@ -19,6 +19,8 @@ from livecomments.cli.launcher import (
     start_redis,
     start_store,
     start_zookeeper,
+    stop_all,
+    wait_port,
     wait_ready,
     wait_zookeeper,
     zookeeper_mode,
@@ -50,10 +52,15 @@ class Backends:
         zk_members: int = 1,
         memory_store: bool = False,
     ) -> Backends:
-        """Start whichever backend was not given an address."""
+        """Start whichever backend was not given an address.
+
+        All of them at once, then wait for each: the JVMs of the ZooKeeper
+        ensemble and the store's interpreter start up side by side.
+        """
         procs: dict[str, Proc] = {}
         zk_ports: list[int] = []
         try:
+            zks: list[Proc] = []
             if zk_hosts is None:
                 if fixed_ports and zk_members == 1:
                     zk_ports = [cfg.DEFAULT_ZK_PORT]
@@ -69,25 +76,27 @@ class Backends:
                     for i in range(1, zk_members + 1)
                 ]
                 procs.update((p.name, p) for p in zks)
-                wait_zookeeper(zks)
                 zk_hosts = ",".join(f"127.0.0.1:{p}" for p in zk_ports)
             if redis_url is None:
                 port = cfg.DEFAULT_REDIS_PORT if fixed_ports else free_port()
-                procs["redis"] = start_redis(run_dir, port)
+                procs["redis"] = start_redis(run_dir, port, wait=False)
                 redis_url = f"redis://127.0.0.1:{port}/0"
             if mongo_uri is None:
                 port = cfg.DEFAULT_MONGO_PORT if fixed_ports else free_port()
-                procs["store"] = start_store(run_dir, port, memory=memory_store)
+                procs["store"] = start_store(run_dir, port, memory=memory_store, wait=False)
                 mongo_uri = f"mongodb://127.0.0.1:{port}/"
+            wait_zookeeper(zks)
+            if "redis" in procs:
+                wait_port(procs["redis"], 15)
+            if "store" in procs:
+                wait_port(procs["store"], 30)
         except BaseException:
-            for proc in procs.values():
-                proc.stop()
+            stop_all(list(procs.values()))
             raise
         return cls(zk_hosts, redis_url, mongo_uri, procs, zk_ports)
 
     def stop(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            proc.stop()
+        stop_all(list(self.procs.values()))
 
     def restart(self, name: str) -> Proc:
         """Start a backend process (``redis``, ``zookeeper-2``, ...) again after a kill."""
@@ -281,11 +290,7 @@ class Cluster:
         # Comment services first (no new posts), then RTMS (viewers told), then
         # dispatchers; the processes of one kind stop together.
         for kind in ("comment-service", "rtms", "dispatcher"):
-            procs = [s.proc for s in self.services.values() if s.kind == kind]
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait_stopped()
+            stop_all([s.proc for s in self.services.values() if s.kind == kind])
 
     def logs(self) -> str:
         parts = []

@@ -94,6 +94,14 @@ class Proc:
             self.kill()
 
 
+def stop_all(procs: list[Proc], timeout: float = 10.0) -> None:
+    """Stop them together: SIGTERM to each, then wait for each (``kill -9`` after ``timeout``)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait_stopped(timeout)
+
+
 def spawn(
     name: str,
     argv: list[str],
@@ -226,7 +234,13 @@ def wait_zookeeper(procs: list[Proc], timeout: float = 30.0) -> None:
         wait_until(proc, lambda p=proc: _zk_ok(p.port), timeout, "waiting for a quorum")
 
 
-def start_redis(run_dir: Path, port: int) -> Proc:
+def wait_port(proc: Proc, timeout: float) -> None:
+    """Until a backend we started listens on its port."""
+    wait_until(proc, lambda: port_open(proc.port), timeout, "waiting for its port")
+
+
+def start_redis(run_dir: Path, port: int, *, wait: bool = True) -> Proc:
+    """``wait=False`` returns at once (then :func:`wait_port`), as for our components."""
     data = run_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -234,18 +248,20 @@ def start_redis(run_dir: Path, port: int) -> Proc:
         "--appendonly", "no", "--dir", str(data), "--daemonize", "no", "--maxclients", "10000",
     ]  # fmt: skip
     proc = spawn("redis", argv, run_dir / "logs", port=port)
-    wait_until(proc, lambda: port_open(port), 15, "waiting for its port")
+    if wait:
+        wait_port(proc, 15)
     return proc
 
 
-def start_store(run_dir: Path, port: int, *, memory: bool = False) -> Proc:
+def start_store(run_dir: Path, port: int, *, memory: bool = False, wait: bool = True) -> Proc:
     """SecantusDB, the embedded MongoDB-wire store (local runs and tests only)."""
     storage = ":memory:" if memory else str(run_dir / "store")
     exe = Path(sys.executable).with_name("secantusd-py")
     argv = [str(exe), "--host", "127.0.0.1", "--port", str(port), "--storage-path", storage,
             "--log-level", "WARNING"]  # fmt: skip
     proc = spawn("store", argv, run_dir / "logs", port=port)
-    wait_until(proc, lambda: port_open(port), 30, "waiting for its port")
+    if wait:
+        wait_port(proc, 30)
     return proc
 
 

@@ -14,7 +14,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from livecomments.cli.cluster import Cluster
-from tests.support import Api, Viewer, staff, unique
+from tests.support import Api, Viewer, on_own_session, staff, unique
 
 
 async def stored(cluster: Cluster, video: str) -> int:
@@ -29,9 +29,10 @@ def b64(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(data)).rstrip(b"=").decode()
 
 
-@pytest.fixture
-async def token(api: Api) -> str:
-    return await api.register(unique("tester"))
+@pytest.fixture(scope="module")
+async def token(cluster: Cluster) -> str:
+    """One user for the module: each test posts on a video of its own, no limits apply."""
+    return await on_own_session(cluster, lambda api: api.register(unique("tester")))
 
 
 BAD_BODIES: list[tuple[str, bytes, str, int, str]] = [

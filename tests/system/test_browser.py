@@ -22,7 +22,7 @@ from playwright.async_api import (
 )
 
 from livecomments.cli.cluster import Cluster
-from tests.support import PASSWORD, Api, staff, unique
+from tests.support import PASSWORD, Api, on_own_session, staff, unique
 
 pytestmark = pytest.mark.slow
 LIVE = 10000  # ms a live change may take to reach another page
@@ -62,6 +62,12 @@ class Pages:
 
     def assert_clean(self) -> None:
         assert (self.errors, self.failed) == ([], [])
+
+
+@pytest.fixture(scope="module")
+async def moderator(cluster: Cluster) -> tuple[str, str]:
+    """One moderator for the module (no test changes its role or revokes its token)."""
+    return await on_own_session(cluster, lambda api: staff(api, cluster, "moderator"))
 
 
 @pytest.fixture
@@ -122,12 +128,12 @@ async def test_viewer_page_shows_comments_live_and_posts(
 
 @pytest.mark.timeout(90)
 async def test_moderator_delete_shows_a_tombstone_live(
-    cluster: Cluster, api: Api, pages: Pages
+    cluster: Cluster, api: Api, pages: Pages, moderator: tuple[str, str]
 ) -> None:
     video = unique("del")
     author = unique("author")
     author_token = await api.register(author)
-    mod_token, _ = await staff(api, cluster)
+    mod_token, _ = moderator
     doomed = await api.post(video, "this text must vanish", author_token)
     kept = await api.post(video, "this one stays", author_token)
 
@@ -235,12 +241,12 @@ async def test_a_reaction_in_one_page_updates_the_count_in_another(api: Api, pag
 
 @pytest.mark.timeout(90)
 async def test_a_held_comment_appears_only_after_a_moderator_approves_it(
-    cluster: Cluster, api: Api, pages: Pages
+    cluster: Cluster, api: Api, pages: Pages, moderator: tuple[str, str]
 ) -> None:
     video = unique("held")
     author_name = unique("linker")
     await api.register(author_name)
-    mod_token, _ = await staff(api, cluster)
+    mod_token, _ = moderator
     held_text = "check https://example.com"
 
     author = await pages.open(video, author_name)
@@ -276,12 +282,12 @@ async def test_a_held_comment_appears_only_after_a_moderator_approves_it(
 
 @pytest.mark.timeout(90)
 async def test_refusals_are_shown_with_the_server_message_and_logout_revokes(
-    cluster: Cluster, api: Api, pages: Pages
+    cluster: Cluster, api: Api, pages: Pages, moderator: tuple[str, str]
 ) -> None:
     video = unique("refuse")
     name = unique("talker")
     user_id = await api.user_id(await api.register(name))
-    mod_token, _ = await staff(api, cluster)
+    mod_token, _ = moderator
     page = await pages.open(video, name)
     error = page.locator("#error")
 

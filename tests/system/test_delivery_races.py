@@ -27,8 +27,11 @@ from kazoo.exceptions import NodeExistsError
 from playwright.async_api import Browser, expect
 
 from livecomments.cli.cluster import Cluster
+from livecomments.kernel.grpcauth import DISPATCHER
+from livecomments.kernel.pb import livecomments_pb2 as pb
+from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.kernel.store import Store
-from tests.support import Api, Viewer, unique
+from tests.support import Api, Viewer, unique, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 GAP_DEADLINE = 1.5
@@ -116,8 +119,9 @@ async def test_pages_loaded_during_bursts_lose_and_repeat_nothing(
         started = asyncio.gather(*(load.run(random.uniform(0, 0.08)) for load in loads))
         acked = await burst(api, video, tokens, 14)
         await started
-        for load in loads:
-            lost, duplicated, early = await load.check(set(acked))
+        # Each load waits for its own stream to settle; they wait side by side.
+        checked = await asyncio.gather(*(load.check(set(acked)) for load in loads))
+        for load, (lost, duplicated, early) in zip(loads, checked, strict=True):
             totals["loads"] += 1
             totals["lost"] += lost
             totals["duplicated"] += duplicated
@@ -155,15 +159,20 @@ async def test_the_viewer_page_loaded_during_bursts_shows_every_comment_once(
         opened = asyncio.gather(*(load(p, random.uniform(0, 0.1)) for p in pages))
         acked = await burst(api, video, tokens, 14)
         await opened
-        for page in pages:
+
+        async def shown_ids(page: Any, want: int = len(acked) + 1) -> list[str]:
             await expect(page.locator("#status")).to_have_text("live", timeout=15000)
             shown = page.locator("#comments .comment")
             try:
-                await expect(shown).to_have_count(len(acked) + 1, timeout=10000)
+                await expect(shown).to_have_count(want, timeout=10000)
             except AssertionError:
                 pass  # counted below
             await asyncio.sleep(0.2)
-            ids = await shown.evaluate_all("els => els.map(e => e.dataset.id)")
+            ids: list[str] = await shown.evaluate_all("els => els.map(e => e.dataset.id)")
+            return ids
+
+        # Each page settles on its own; they are watched side by side.
+        for ids in await asyncio.gather(*(shown_ids(page) for page in pages)):
             loads += 1
             lost += len(set(acked) - set(ids))
             duplicated += len(ids) - len(set(ids))
@@ -188,6 +197,19 @@ async def settled_viewers(
         await viewer.wait_for(1)
     await asyncio.sleep(2.0)
     return viewers
+
+
+async def not_in_directory(cluster: Cluster, node: str) -> bool:
+    """Whether no dispatcher counts ``node`` among the live RTMS nodes any more."""
+    for service in cluster.services.values():
+        if service.kind == "dispatcher":
+            async with cluster.grpc_security().channel(service.url, DISPATCHER) as channel:
+                reply = await pb_grpc.DispatcherStub(channel).Routes(
+                    pb.RoutesRequest(video_ids=[]), timeout=2
+                )
+            if node in reply.live_nodes:
+                return False
+    return True
 
 
 def _signal(cluster: Cluster, name: str, sig: signal.Signals) -> None:
@@ -324,7 +346,8 @@ async def test_a_node_the_dispatcher_cannot_find_still_gets_the_last_comment(
         member = f"/{cluster.namespace}/nodes/rtms/rtms-1"
         data, _ = await asyncio.to_thread(zk.get, member)
         await asyncio.to_thread(zk.delete, member)
-        await asyncio.sleep(0.5)  # the dispatcher's directory watch fires
+        # The dispatcher's directory watch fires.
+        await wait_until(lambda: not_in_directory(cluster, "rtms-1"), what="rtms-1 left")
         last = await api.post(video, "the last one, and then silence", token)
         posted = time.monotonic()
         await viewers["rtms-2"].wait_for(2)

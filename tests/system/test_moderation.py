@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from livecomments.cli.cluster import Cluster
 from livecomments.kernel.redis.keys import Keys
-from tests.support import Api, Viewer, staff, unique
+from tests.support import Api, Viewer, on_own_session, staff, unique
 
 CLUSTER_ENV = {"LIVECOMMENTS_FLAG_THRESHOLD": "2"}
 
@@ -32,9 +32,10 @@ def stream_url(api: Api, video: str) -> str:
     return f"{api.base}/api/videos/{video}/stream"
 
 
-@pytest.fixture
-async def mod(api: Api, cluster: Cluster) -> tuple[str, str]:
-    return await staff(api, cluster, "moderator")
+@pytest.fixture(scope="module")
+async def mod(cluster: Cluster) -> tuple[str, str]:
+    """One moderator for the module (no test changes its role, bans or times it out)."""
+    return await on_own_session(cluster, lambda api: staff(api, cluster, "moderator"))
 
 
 async def test_moderator_edit_and_delete_reach_viewers_live_and_history(

@@ -17,7 +17,8 @@ from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.store import Store, utcnow
 from tests.support import Api, staff, unique
 
-CLUSTER_SHAPE = {"comment_services": 1}
+# History pages only, no viewers: one process of each kind is enough.
+CLUSTER_SHAPE = {"dispatchers": 1, "rtms": 1, "comment_services": 1}
 CLUSTER_ENV = {"LIVECOMMENTS_RECENT_CACHE_SIZE": "40"}
 
 

@@ -9,7 +9,6 @@ L7 proxy does in production, so every test counts on addresses of its own.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from typing import Any
 
@@ -59,7 +58,7 @@ async def register(api: Api, headers: dict[str, str] | None = None) -> str:
 async def moderator(api: Api, cluster: Cluster) -> str:
     """A fresh moderator's token, made by a fresh admin (each with buckets of its own)."""
     admin = unique("admin")
-    await asyncio.to_thread(create_admin, cluster, admin)
+    await create_admin(cluster, admin)
     admin_token = await api.login(admin)
     name = unique("mod")
     status, body, _ = await api.request(
@@ -187,7 +186,7 @@ async def test_a_demoted_moderator_loses_the_exemptions_with_the_token_in_hand(
     """The exemptions follow the role in the store, not the one the token was issued with."""
     video = unique("demoted")
     admin = unique("admin")
-    await asyncio.to_thread(create_admin, cluster, admin)
+    await create_admin(cluster, admin)
     admin_token = await api.login(admin)
     name = unique("mod")
     status, body, _ = await api.request(

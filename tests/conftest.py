@@ -38,6 +38,9 @@ NO_LIMITS = {
     # Every video placed on both RTMS nodes, so tests may open streams on either
     # node directly; the placement tests set 1 and see the redirects.
     "LIVECOMMENTS_MIN_SPREAD": "2",
+    # Hundreds of sign-ups and logins: argon2id at its test-only cost (the default,
+    # RFC 9106's, takes ~0.15 s of CPU a hash; tests/unit/test_passwords.py checks it).
+    "LIVECOMMENTS_PASSWORD_HASHING": "test-only",
 }  # fmt: skip
 
 

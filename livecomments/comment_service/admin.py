@@ -31,7 +31,9 @@ async def create_admin(settings: BackendSettings, username: str, password: str) 
     try:
         await zk.start()
         worker = await lease.acquire()
-        accounts = Accounts(store, redis, settings.redis_prefix, _UNUSED_SECRET, 60)
+        accounts = Accounts(
+            store, redis, settings.redis_prefix, _UNUSED_SECRET, 60, settings.password_hashing
+        )
         return await accounts.register(username, password, Snowflake(worker), role="admin")
     finally:
         await lease.release()

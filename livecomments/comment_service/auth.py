@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 import unicodedata
@@ -27,14 +28,29 @@ from livecomments.kernel.ids import Snowflake, parse_id
 from livecomments.kernel.redis.keys import Keys
 from livecomments.kernel.store import Store, utcnow
 
+log = logging.getLogger(__name__)
+
 ROLES = ("viewer", "moderator", "admin")
 RANK = {role: rank for rank, role in enumerate(ROLES)}
 VERIFIED_CACHE = 50_000  # verified tokens remembered per process
 ISSUER = "livecomments"
 _USERNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-# Verifying against this keeps a login for an unknown user as slow as a real one.
-_hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash("not-a-real-password")
+# argon2id costs by name (settings.password_hashing): (time_cost, memory_cost KiB, lanes).
+HASHING = {
+    "rfc9106": (3, 65536, 4),
+    "owasp": (2, 19456, 1),
+    "test-only": (1, 8, 1),
+}
+
+
+def password_hasher(name: str) -> PasswordHasher:
+    """The hasher for a cost named in :data:`HASHING` (ValueError for another name)."""
+    if name not in HASHING:
+        raise ValueError(f"password_hashing is one of {', '.join(HASHING)}, not {name!r}")
+    if name == "test-only":
+        log.warning("password hashes use the test-only cost: never run this in production")
+    time_cost, memory_cost, lanes = HASHING[name]
+    return PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=lanes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +90,20 @@ class Accounts:
     a demoted moderator loses their powers at once, not when the token ends.
     """
 
-    def __init__(self, store: Store, redis: Redis, prefix: str, secret: str, ttl: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        redis: Redis,
+        prefix: str,
+        secret: str,
+        ttl: int,
+        hashing: str = "rfc9106",
+    ) -> None:
         if len(secret) < 32:
             raise ValueError("the JWT secret must be at least 32 characters")
+        self._hasher = password_hasher(hashing)
+        # Verifying against this keeps a login for an unknown user as slow as a real one.
+        self._dummy_hash = self._hasher.hash("not-a-real-password")
         self._store = store
         self._redis = redis
         self._keys = Keys(prefix)
@@ -87,7 +114,7 @@ class Accounts:
     async def register(
         self, username: str, password: str, ids: Snowflake, role: str = "viewer"
     ) -> dict[str, Any]:
-        digest = await asyncio.to_thread(_hasher.hash, password)
+        digest = await asyncio.to_thread(self._hasher.hash, password)
         user = {
             "_id": ids.next_id(),
             "username": username,
@@ -101,9 +128,9 @@ class Accounts:
 
     async def login(self, username: str, password: str) -> dict[str, Any]:
         user = await self._store.find_user(username.lower())
-        digest = user["password_hash"] if user else _DUMMY_HASH
+        digest = user["password_hash"] if user else self._dummy_hash
         try:
-            await asyncio.to_thread(_hasher.verify, digest, password)
+            await asyncio.to_thread(self._hasher.verify, digest, password)
         except (VerificationError, InvalidHashError):
             user = None
         if user is None:

@@ -84,7 +84,12 @@ class CommentServer:
         )
         self.lease = WorkerLease(self.zk)
         self.accounts = Accounts(
-            self.store, self.redis, settings.redis_prefix, settings.jwt_secret, settings.jwt_ttl
+            self.store,
+            self.redis,
+            settings.redis_prefix,
+            settings.jwt_secret,
+            settings.jwt_ttl,
+            hashing=settings.password_hashing,
         )
         self.limiter = Limiter(self.redis, settings.redis_prefix)
         self.policies = Policies(self.store, self.redis, self.limiter)

@@ -43,6 +43,14 @@ class BackendSettings:
     mongo_db: str = "livecomments"
     mongo_timeout: float = 5.0
     log_level: str = "INFO"
+    # The cost of argon2id password hashes (comment services and `create-admin`):
+    # "rfc9106" (RFC 9106's second recommendation: 3 passes over 64 MiB, 4 lanes;
+    # ~0.15 s a hash here), "owasp" (OWASP's minimum: 2 passes over 19 MiB, for
+    # fleets that must log many users in per core), or "test-only" (1 pass over
+    # 8 KiB: a test suite's thousands of sign-ups; never in production, and the
+    # process says so at start). A hash keeps its parameters, so changing this
+    # never locks anyone out.
+    password_hashing: str = "rfc9106"
     # gRPC between the components (comment service -> dispatcher -> RTMS) is mutual
     # TLS: the CA that signed every component's certificate, and this process's
     # certificate (its role's name, e.g. "rtms.livecomments", as a DNS SAN) and

@@ -55,8 +55,16 @@ async def register(api: Api, headers: dict[str, str] | None = None) -> str:
     return str(body["token"])
 
 
-async def moderator(api: Api, cluster: Cluster) -> str:
-    """A fresh moderator's token, made by a fresh admin (each with buckets of its own)."""
+async def set_role(api: Api, user_id: str, role: str, admin_token: str) -> None:
+    status, body, _ = await api.request(
+        "PUT", f"/api/users/{user_id}/role", json={"role": role}, token=admin_token
+    )
+    assert status == 200, body
+
+
+async def promoted(api: Api, cluster: Cluster) -> tuple[str, str, str]:
+    """A fresh moderator made by a fresh admin (each with buckets of its own):
+    (the moderator's token, their user id, the admin's token)."""
     admin = unique("admin")
     await create_admin(cluster, admin)
     admin_token = await api.login(admin)
@@ -66,13 +74,15 @@ async def moderator(api: Api, cluster: Cluster) -> str:
         headers=address(),
     )  # fmt: skip
     assert status == 201, body
-    status, body, _ = await api.request(
-        "PUT", f"/api/users/{body['user']['id']}/role", json={"role": "moderator"},
-        token=admin_token,
-    )  # fmt: skip
-    assert status == 200, body
-    # A token issued after the change: posting reads the role from the token.
-    return await api.login(name)
+    user_id = str(body["user"]["id"])
+    await set_role(api, user_id, "moderator", admin_token)
+    # A token issued after the change: one issued before still says viewer.
+    return await api.login(name), user_id, admin_token
+
+
+async def moderator(api: Api, cluster: Cluster) -> str:
+    """A fresh moderator's token."""
+    return (await promoted(api, cluster))[0]
 
 
 async def post(api: Api, video: str, text: str, token: str) -> tuple[int, Any, Any]:
@@ -185,23 +195,8 @@ async def test_a_demoted_moderator_loses_the_exemptions_with_the_token_in_hand(
 ) -> None:
     """The exemptions follow the role in the store, not the one the token was issued with."""
     video = unique("demoted")
-    admin = unique("admin")
-    await create_admin(cluster, admin)
-    admin_token = await api.login(admin)
-    name = unique("mod")
-    status, body, _ = await api.request(
-        "POST", "/api/auth/register", json={"username": name, "password": PASSWORD},
-        headers=address(),
-    )  # fmt: skip
-    assert status == 201, body
-    user_id = body["user"]["id"]
-    for role in ("moderator", "viewer"):
-        status, body, _ = await api.request(
-            "PUT", f"/api/users/{user_id}/role", json={"role": role}, token=admin_token
-        )
-        assert status == 200, body
-        if role == "moderator":
-            mod = await api.login(name)  # a token that says moderator
-            assert (await post(api, video, REFUSED_TEXT, mod))[0] == 201
+    mod, user_id, admin_token = await promoted(api, cluster)  # a token that says moderator
+    assert (await post(api, video, REFUSED_TEXT, mod))[0] == 201
+    await set_role(api, user_id, "viewer", admin_token)
     status, body, _ = await post(api, video, REFUSED_TEXT + " again", mod)
     assert (status, body["error"]["code"]) == (422, "content_refused")

@@ -7,6 +7,7 @@ tests start the system exactly the way a developer does.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -28,9 +29,32 @@ class LaunchError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now: the kernel's choice, or the next free one of
+    ``LIVECOMMENTS_PORT_RANGE`` (``first-last``) when that is set.
+
+    Several clusters started at once by different processes (the test suite's
+    workers) each get a range of their own, so two of them can never be handed the
+    same port between the choice and the bind; a range below the kernel's ephemeral
+    ports is also never taken by an outgoing connection meanwhile.
+    """
+    spec = os.environ.get("LIVECOMMENTS_PORT_RANGE")
+    if not spec:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+    first, last = (int(part) for part in spec.split("-", 1))
+    for _ in range(last - first + 1):
+        port = first + next(_range_cursor) % (last - first + 1)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise LaunchError(f"no free port left in LIVECOMMENTS_PORT_RANGE={spec}")
+
+
+_range_cursor = itertools.count()
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-import trustme
-
 from livecomments.kernel.grpcauth import ROLES, role_name
 
 
@@ -32,6 +30,8 @@ def make_dev_certificates(directory: Path) -> tuple[Path, Path, Path]:
     )
     if ca_path.exists() and cert_path.exists() and key_path.exists():
         return ca_path, cert_path, key_path
+    import trustme  # only the launcher makes certificates; servers only load them
+
     ca = trustme.CA(organization_name="livecomments local CA")
     cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
     ca.cert_pem.write_to_path(str(ca_path))
@@ -53,6 +53,8 @@ def make_grpc_certificates(directory: Path) -> dict[str, dict[str, str]]:
     ca_path = directory / "ca.pem"
     paths = {role: (directory / f"{role}.pem", directory / f"{role}.key") for role in ROLES}
     if not ca_path.exists() or not all(c.exists() and k.exists() for c, k in paths.values()):
+        import trustme
+
         ca = trustme.CA(organization_name="livecomments internal gRPC CA")
         for role, (cert_path, key_path) in paths.items():
             cert = ca.issue_cert(role_name(role), common_name=role_name(role))

@@ -16,7 +16,7 @@ import click
 
 from livecomments.cli import ops
 from livecomments.cli.launcher import READY_MARK, LaunchError, missing_system_packages
-from livecomments.cli.runtime import serve, setup_logging
+from livecomments.cli.runtime import load_settings, serve, setup_logging
 from livecomments.kernel import settings as cfg
 
 
@@ -41,7 +41,7 @@ def rtms(**flags: Any) -> None:
     """Run one realtime messaging server (SSE + gRPC Delivery)."""
     from livecomments.rtms.server import RTMSServer
 
-    settings = cfg.load(cfg.RTMSSettings, flags)
+    settings = load_settings(cfg.RTMSSettings, flags)
     setup_logging(settings.log_level, "rtms")
     serve(lambda: RTMSServer(settings), ready=_ready)
 
@@ -54,7 +54,7 @@ def dispatcher(**flags: Any) -> None:
     """Run one dispatcher replica."""
     from livecomments.dispatcher.server import DispatcherServer
 
-    settings = cfg.load(cfg.DispatcherSettings, flags)
+    settings = load_settings(cfg.DispatcherSettings, flags)
     setup_logging(settings.log_level, "dispatcher")
     serve(lambda: DispatcherServer(settings), ready=_ready)
 
@@ -67,7 +67,7 @@ def comment_service(**flags: Any) -> None:
     """Run one comment-service process (the HTTPS API and the viewer page)."""
     from livecomments.comment_service.server import CommentServer
 
-    settings = cfg.load(cfg.CommentServiceSettings, flags)
+    settings = load_settings(cfg.CommentServiceSettings, flags)
     setup_logging(settings.log_level, "comment-service")
     serve(lambda: CommentServer(settings), ready=_ready)
 
@@ -93,7 +93,7 @@ def create_admin(username: str, password_stdin: bool) -> None:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("password", hide_input=True, confirmation_prompt=True)
-    settings = cfg.load(cfg.BackendSettings)
+    settings = load_settings(cfg.BackendSettings)
     try:
         user = asyncio.run(create(settings, username, password))
     except LiveCommentsError as exc:
@@ -111,7 +111,7 @@ def set_role(username: str, role: str) -> None:
     from livecomments.comment_service.admin import set_role as assign
     from livecomments.kernel.errors import LiveCommentsError
 
-    settings = cfg.load(cfg.BackendSettings)
+    settings = load_settings(cfg.BackendSettings)
     try:
         user = asyncio.run(assign(settings, username, role))
     except LiveCommentsError as exc:

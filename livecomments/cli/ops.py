@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from livecomments.cli.runtime import load_settings
 from livecomments.kernel import settings as cfg
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def zookeeper(work: Callable[[Intents], Awaitable[T]]) -> T:
     from livecomments.kernel.errors import LiveCommentsError
 
     try:
-        return asyncio.run(session(cfg.load(cfg.BackendSettings), work))
+        return asyncio.run(session(load_settings(cfg.BackendSettings), work))
     except LiveCommentsError as exc:
         raise click.ClickException(exc.message) from exc
 
@@ -541,7 +542,7 @@ def status(as_json: bool) -> None:
     """
     from livecomments.kernel.errors import Unavailable
 
-    settings = cfg.load(cfg.BackendSettings)
+    settings = load_settings(cfg.BackendSettings)
     try:
         doc = asyncio.run(session(settings, lambda intents: status_doc(intents, settings)))
     except Unavailable as exc:

@@ -9,7 +9,11 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
+
+import click
+
+from livecomments.kernel import settings as cfg
 
 
 class Server(Protocol):
@@ -73,3 +77,12 @@ def serve(make: Callable[[], Server], *, ready: Callable[[], None] | None = None
         await server.stop()
 
     asyncio.run(main())
+
+
+def load_settings(cls: type[cfg.S], flags: dict[str, Any] | None = None) -> cfg.S:
+    """Settings, or one line on stderr naming the bad variable and exit status 78."""
+    try:
+        return cfg.load(cls, flags)
+    except cfg.ConfigError as exc:
+        click.echo(f"livecomments: configuration error: {exc}", err=True)
+        sys.exit(cfg.EXIT_CONFIG)

@@ -237,21 +237,35 @@ class CommentServiceSettings(BackendSettings):
 
 S = TypeVar("S", bound=BackendSettings)
 
+# The exit status of a process refused by its configuration (sysexits' EX_CONFIG).
+EXIT_CONFIG = 78
+
+
+class ConfigError(ValueError):
+    """A setting's value is wrong: the message names the variable and what it expects."""
+
 
 def _convert(raw: Any, kind: Any, name: str) -> Any:
     if not isinstance(raw, str):
         return raw
+    variable = ENV_PREFIX + name.upper()
     if kind is bool:
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
         if lowered in ("0", "false", "no", "off", ""):
             return False
-        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+        raise ConfigError(f"{variable}: expected a boolean (true/false), got {raw!r}")
     if kind is int:
-        return int(raw)
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{variable}: expected an integer, got {raw!r}") from None
     if kind is float:
-        return float(raw)
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{variable}: expected a number, got {raw!r}") from None
     if typing.get_origin(kind) is tuple:
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw
@@ -272,7 +286,12 @@ def load(
             values[field.name] = _convert(env[key], hints[field.name], field.name)
         if overrides and overrides.get(field.name) is not None:
             values[field.name] = _convert(overrides[field.name], hints[field.name], field.name)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:  # a check in __post_init__
+        raise ConfigError(str(exc)) from None
 
 
 def default_node_id(kind: str, port: int) -> str:

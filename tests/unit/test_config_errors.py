@@ -1,0 +1,67 @@
+"""A bad setting names its variable and what it expects, and the process exits 78."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from livecomments.kernel import settings as cfg
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expects"),
+    [
+        ("LIVECOMMENTS_PORT", "80a", "expected an integer"),
+        ("LIVECOMMENTS_ZK_TIMEOUT", "soon", "expected a number"),
+        ("LIVECOMMENTS_GRPC_INSECURE", "maybe", "expected a boolean"),
+    ],
+)
+def test_a_bad_value_names_its_variable(variable: str, value: str, expects: str) -> None:
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load(cfg.RTMSSettings, environ={variable: value})
+    assert variable in str(caught.value) and expects in str(caught.value)
+    assert repr(value) in str(caught.value)
+
+
+def test_a_check_after_parsing_is_a_config_error_too() -> None:
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load(cfg.RTMSSettings, environ={"LIVECOMMENTS_TRUSTED_PROXIES": "10.0.0.0/33"})
+    assert "10.0.0.0/33" in str(caught.value)
+
+
+def test_good_values_still_load() -> None:
+    loaded = cfg.load(
+        cfg.RTMSSettings,
+        environ={"LIVECOMMENTS_PORT": "8443", "LIVECOMMENTS_GRPC_INSECURE": "yes"},
+    )
+    assert loaded.port == 8443 and loaded.grpc_insecure is True
+
+
+def test_a_process_with_a_bad_value_exits_78_without_a_traceback() -> None:
+    env = {**os.environ, "LIVECOMMENTS_PORT": "eighty"}
+    done = subprocess.run(
+        [sys.executable, "-m", "livecomments", "rtms"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == cfg.EXIT_CONFIG
+    assert "LIVECOMMENTS_PORT" in done.stderr and "expected an integer" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_operator_command_with_a_bad_value_exits_78_too() -> None:
+    env = {**os.environ, "LIVECOMMENTS_ZK_TIMEOUT": "soon"}
+    done = subprocess.run(
+        [sys.executable, "-m", "livecomments", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == cfg.EXIT_CONFIG, done.stderr
+    assert "LIVECOMMENTS_ZK_TIMEOUT" in done.stderr and "Traceback" not in done.stderr

@@ -139,6 +139,8 @@ def spawn(
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
+        for key in env:  # a value we set wins over an inherited LIVECOMMENTS_<X>_FILE
+            full_env.pop(key + "_FILE", None)
     with log_path.open("ab") as log_file:
         popen = subprocess.Popen(
             argv,

@@ -1,8 +1,9 @@
 """Settings: one frozen dataclass per component, built in one place.
 
 Values come from, in increasing priority: the dataclass defaults, the
-``LIVECOMMENTS_<FIELD>`` environment variables, then explicit overrides (CLI
-flags). Nothing else in the code reads ``os.environ``.
+``LIVECOMMENTS_<FIELD>`` environment variables (or ``LIVECOMMENTS_<FIELD>_FILE``,
+the path of a file holding the value: a mounted secret), then explicit overrides
+(CLI flags). Nothing else in the code reads ``os.environ``.
 """
 
 from __future__ import annotations
@@ -271,6 +272,15 @@ def _convert(raw: Any, kind: Any, name: str) -> Any:
     return raw
 
 
+def _read_secret(variable: str, path: str) -> str:
+    """A value kept in a file (a mounted secret): its text without the final newline."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{variable}: cannot read {path!r}: {exc}") from None
+
+
 def load(
     cls: type[S],
     overrides: Mapping[str, Any] | None = None,
@@ -284,6 +294,11 @@ def load(
         key = ENV_PREFIX + field.name.upper()
         if key in env:
             values[field.name] = _convert(env[key], hints[field.name], field.name)
+        if key + "_FILE" in env:
+            if key in env:
+                raise ConfigError(f"{key} and {key}_FILE are both set: give one")
+            raw = _read_secret(key + "_FILE", env[key + "_FILE"])
+            values[field.name] = _convert(raw, hints[field.name], field.name)
         if overrides and overrides.get(field.name) is not None:
             values[field.name] = _convert(overrides[field.name], hints[field.name], field.name)
     try:

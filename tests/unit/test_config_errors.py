@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,22 @@ def test_an_operator_command_with_a_bad_value_exits_78_too() -> None:
     )
     assert done.returncode == cfg.EXIT_CONFIG, done.stderr
     assert "LIVECOMMENTS_ZK_TIMEOUT" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_secret_can_come_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "jwt"
+    secret.write_text("s3cret-from-a-file\n")
+    loaded = cfg.load(
+        cfg.CommentServiceSettings, environ={"LIVECOMMENTS_JWT_SECRET_FILE": str(secret)}
+    )
+    assert loaded.jwt_secret == "s3cret-from-a-file"
+    with pytest.raises(cfg.ConfigError, match="LIVECOMMENTS_JWT_SECRET_FILE: cannot read"):
+        cfg.load(
+            cfg.CommentServiceSettings,
+            environ={"LIVECOMMENTS_JWT_SECRET_FILE": str(tmp_path / "missing")},
+        )
+    with pytest.raises(cfg.ConfigError, match="both set"):
+        cfg.load(
+            cfg.CommentServiceSettings,
+            environ={"LIVECOMMENTS_JWT_SECRET_FILE": str(secret), "LIVECOMMENTS_JWT_SECRET": "x"},
+        )

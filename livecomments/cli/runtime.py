@@ -81,6 +81,9 @@ def serve(make: Callable[[], Server], *, ready: Callable[[], None] | None = None
 
 def load_settings(cls: type[cfg.S], flags: dict[str, Any] | None = None) -> cfg.S:
     """Settings, or one line on stderr naming the bad variable and exit status 78."""
+    for variable, close in cfg.unknown_variables():
+        hint = f" (did you mean {close}?)" if close else ""
+        click.echo(f"livecomments: warning: {variable} is not a setting{hint}", err=True)
     try:
         return cfg.load(cls, flags)
     except cfg.ConfigError as exc:

@@ -9,6 +9,7 @@ the path of a file holding the value: a mounted secret), then explicit overrides
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import socket
 import typing
@@ -307,6 +308,28 @@ def load(
         raise
     except (ValueError, TypeError) as exc:  # a check in __post_init__
         raise ConfigError(str(exc)) from None
+
+
+# Read by the command line itself, not by a settings class.
+CLI_VARIABLES = frozenset({"LIVECOMMENTS_NAMESPACE", "LIVECOMMENTS_PORT_RANGE"})
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``LIVECOMMENTS_*`` name some process reads (and its ``_FILE`` form)."""
+    names = set(CLI_VARIABLES)
+    for cls in (BackendSettings, RTMSSettings, DispatcherSettings, CommentServiceSettings):
+        for field in dataclasses.fields(cls):
+            names.add(ENV_PREFIX + field.name.upper())
+            names.add(ENV_PREFIX + field.name.upper() + "_FILE")
+    return frozenset(names)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``LIVECOMMENTS_*`` variables no process reads (a typo?), each with a close known name."""
+    env = os.environ if environ is None else environ
+    known = known_variables()
+    unknown = sorted(key for key in env if key.startswith(ENV_PREFIX) and key not in known)
+    return [(key, next(iter(difflib.get_close_matches(key, known, 1)), None)) for key in unknown]
 
 
 def default_node_id(kind: str, port: int) -> str:

@@ -85,3 +85,20 @@ def test_a_secret_can_come_from_a_file(tmp_path: Path) -> None:
             cfg.CommentServiceSettings,
             environ={"LIVECOMMENTS_JWT_SECRET_FILE": str(secret), "LIVECOMMENTS_JWT_SECRET": "x"},
         )
+
+
+def test_an_unknown_variable_is_warned_about_with_the_name_it_resembles() -> None:
+    env = {"LIVECOMMENTS_REDIS_ULR": "redis://x", "LIVECOMMENTS_PORT": "1", "PATH": "/bin"}
+    assert cfg.unknown_variables(env) == [("LIVECOMMENTS_REDIS_ULR", "LIVECOMMENTS_REDIS_URL")]
+    assert cfg.unknown_variables({"LIVECOMMENTS_JWT_SECRET_FILE": "/x"}) == []
+    env = {**os.environ, "LIVECOMMENTS_REDIS_ULR": "redis://x", "LIVECOMMENTS_PORT": "eighty"}
+    done = subprocess.run(
+        [sys.executable, "-m", "livecomments", "rtms"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "LIVECOMMENTS_REDIS_ULR is not a setting (did you mean LIVECOMMENTS_REDIS_URL?)" in (
+        done.stderr
+    )

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from livecomments.cli import ops
+from livecomments.cli.config import config
 from livecomments.cli.launcher import READY_MARK, LaunchError, missing_system_packages
 from livecomments.cli.runtime import load_settings, serve, setup_logging
 from livecomments.kernel import settings as cfg
@@ -230,3 +231,4 @@ def _print_urls(cluster: Any, backends: Any, run_dir: Path) -> None:
 
 for _command in ops.COMMANDS:
     main.add_command(_command)
+main.add_command(config)

@@ -13,7 +13,7 @@ import difflib
 import os
 import socket
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from livecomments.kernel.netaddr import TrustedProxies
@@ -244,7 +244,14 @@ EXIT_CONFIG = 78
 
 
 class ConfigError(ValueError):
-    """A setting's value is wrong: the message names the variable and what it expects."""
+    """A setting's value is wrong: the message names the variable and what it expects.
+
+    ``problems`` lists every bad value found at once (the message joins them).
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems) or [message]
 
 
 def _convert(raw: Any, kind: Any, name: str) -> Any:
@@ -291,17 +298,23 @@ def load(
     env = os.environ if environ is None else environ
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
+    errors: list[str] = []
     for field in dataclasses.fields(cls):
         key = ENV_PREFIX + field.name.upper()
-        if key in env:
-            values[field.name] = _convert(env[key], hints[field.name], field.name)
-        if key + "_FILE" in env:
-            if key in env:
+        try:
+            if key in env and key + "_FILE" in env:
                 raise ConfigError(f"{key} and {key}_FILE are both set: give one")
-            raw = _read_secret(key + "_FILE", env[key + "_FILE"])
-            values[field.name] = _convert(raw, hints[field.name], field.name)
-        if overrides and overrides.get(field.name) is not None:
-            values[field.name] = _convert(overrides[field.name], hints[field.name], field.name)
+            if key in env:
+                values[field.name] = _convert(env[key], hints[field.name], field.name)
+            elif key + "_FILE" in env:
+                raw = _read_secret(key + "_FILE", env[key + "_FILE"])
+                values[field.name] = _convert(raw, hints[field.name], field.name)
+            if overrides and overrides.get(field.name) is not None:
+                values[field.name] = _convert(overrides[field.name], hints[field.name], field.name)
+        except ConfigError as exc:
+            errors.append(str(exc))  # go on: one answer names every bad value
+    if errors:
+        raise ConfigError("; ".join(errors), errors)
     try:
         return cls(**values)
     except ConfigError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -72,12 +73,16 @@ def check(component: str) -> None:
         hint = f" (did you mean {close}?)" if close else ""
         click.echo(f"warning: {variable} is not a setting{hint}", err=True)
     errors: list[str] = []
+    files = [os.environ[cfg.CONFIG_VARIABLE]] if os.environ.get(cfg.CONFIG_VARIABLE) else []
     for name, cls in _selected(component).items():
         try:
             errors += problems(name, cfg.load(cls))
         except cfg.ConfigError as exc:
-            errors += [f"{name}: {problem}" for problem in exc.problems]
-    for error in errors:
+            errors += [
+                problem if problem.startswith(tuple(files)) else f"{name}: {problem}"
+                for problem in exc.problems
+            ]
+    for error in dict.fromkeys(errors):  # a file's mistake once, not once per component
         click.echo(f"error: {error}", err=True)
     if errors:
         sys.exit(cfg.EXIT_CONFIG)
@@ -94,8 +99,20 @@ def show(component: str) -> None:
         except cfg.ConfigError as exc:
             click.echo(f"livecomments: configuration error: {exc}", err=True)
             sys.exit(cfg.EXIT_CONFIG)
+        from_file = (
+            cfg.read_config_file(os.environ[cfg.CONFIG_VARIABLE], cls)
+            if os.environ.get(cfg.CONFIG_VARIABLE)
+            else {}
+        )
         click.echo(f"[{name}]")
         for field in dataclasses.fields(settings):
+            variable = cfg.ENV_PREFIX + field.name.upper()
             value = masked(field.name, getattr(settings, field.name))
-            click.echo(f"{cfg.ENV_PREFIX}{field.name.upper()} = {value!r}")
+            if variable in os.environ or variable + "_FILE" in os.environ:
+                source = "environment"
+            elif field.name in from_file:
+                source = "file"
+            else:
+                source = "default"
+            click.echo(f"{variable} = {value!r}  # {source}")
         click.echo("")

@@ -27,8 +27,19 @@ def _ready() -> None:
 
 @click.group()
 @click.version_option(package_name="livecomments")
-def main() -> None:
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+    help="A TOML file of settings: the LIVECOMMENTS_ names in lower case without the "
+    "prefix, at the top level or in a [rtms], [dispatcher] or [comment_service] table. "
+    "Environment variables and flags override it. Same as LIVECOMMENTS_CONFIG.",
+)
+def main(config_file: str | None) -> None:
     """Live comments for live video."""
+    if config_file:
+        # Through the environment, so the processes `up` starts read it too.
+        os.environ[cfg.CONFIG_VARIABLE] = config_file
 
 
 @main.command()

@@ -1,9 +1,11 @@
 """Settings: one frozen dataclass per component, built in one place.
 
-Values come from, in increasing priority: the dataclass defaults, the
-``LIVECOMMENTS_<FIELD>`` environment variables (or ``LIVECOMMENTS_<FIELD>_FILE``,
-the path of a file holding the value: a mounted secret), then explicit overrides
-(CLI flags). Nothing else in the code reads ``os.environ``.
+Values come from, in increasing priority: the dataclass defaults, an optional
+TOML file named by ``LIVECOMMENTS_CONFIG`` (``livecomments --config``: top-level
+keys for every component, a ``[rtms]``, ``[dispatcher]`` or ``[comment_service]``
+table for one), the ``LIVECOMMENTS_<FIELD>`` environment variables (or
+``LIVECOMMENTS_<FIELD>_FILE``, the path of a file holding the value: a mounted
+secret), then explicit overrides (CLI flags). Nothing else in the code reads ``os.environ``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import difflib
 import os
 import socket
+import tomllib
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -289,16 +292,114 @@ def _read_secret(variable: str, path: str) -> str:
         raise ConfigError(f"{variable}: cannot read {path!r}: {exc}") from None
 
 
+CONFIG_VARIABLE = ENV_PREFIX + "CONFIG"
+# The table of a TOML file that holds one component's own values.
+SECTIONS: dict[str, type[BackendSettings]] = {
+    "rtms": RTMSSettings,
+    "dispatcher": DispatcherSettings,
+    "comment_service": CommentServiceSettings,
+}
+
+
+def _all_fields() -> dict[str, Any]:
+    hints: dict[str, Any] = {}
+    for cls in SECTIONS.values():
+        hints.update(typing.get_type_hints(cls))
+    return hints
+
+
+def _from_file(value: Any, kind: Any, where: str) -> Any:
+    """A TOML value checked against the field's type (TOML is typed: no guessing)."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+        expected = "a boolean (true/false)"
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        expected = "a number"
+        value = float(value) if ok else value
+    elif typing.get_origin(kind) is tuple:
+        if isinstance(value, str):
+            value = value.split(",")
+        ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+        expected = "a list of strings"
+        value = tuple(item.strip() for item in value if item.strip()) if ok else value
+    else:
+        ok = isinstance(value, str)
+        expected = "a string"
+    if not ok:
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    return value
+
+
+def read_config_file(path: str, cls: type[BackendSettings]) -> dict[str, Any]:
+    """The values a TOML configuration file gives ``cls``, checked.
+
+    Unknown keys and tables are errors (a typo must not pass for a default);
+    a top-level key that only another component reads is ignored here.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"{CONFIG_VARIABLE}: cannot read {path!r}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    everyone = _all_fields()
+    own = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+
+    def take(table: Mapping[str, Any], prefix: str, fields: Mapping[str, Any], apply: bool) -> None:
+        for key, value in table.items():
+            where = f"{path}: {prefix}{key}"
+            try:
+                if key not in fields:
+                    close = difflib.get_close_matches(key, list(fields), 1)
+                    hint = f" (did you mean {close[0]}?)" if close else ""
+                    raise ConfigError(f"{where}: not a setting{hint}")
+                checked = _from_file(value, fields[key], where)
+                if apply and key in own:
+                    values[key] = checked
+            except ConfigError as exc:
+                errors.append(str(exc))
+
+    top = {key: value for key, value in data.items() if not isinstance(value, dict)}
+    take(top, "", everyone, True)
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            continue
+        if name not in SECTIONS:
+            close = difflib.get_close_matches(name, list(SECTIONS), 1)
+            hint = f" (did you mean [{close[0]}]?)" if close else ""
+            errors.append(f"{path}: [{name}] is not a component{hint}")
+            continue
+        # Another component's table is checked as well (the same answer from
+        # every component), but only this component's is applied.
+        section = SECTIONS[name]
+        take(table, f"[{name}] ", typing.get_type_hints(section), issubclass(cls, section))
+    if errors:
+        raise ConfigError("; ".join(errors), errors)
+    return values
+
+
 def load(
     cls: type[S],
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> S:
-    """Build ``cls`` from defaults, ``LIVECOMMENTS_*`` variables and non-None overrides."""
+    """Build ``cls`` from defaults, the config file, ``LIVECOMMENTS_*`` and non-None overrides."""
     env = os.environ if environ is None else environ
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     errors: list[str] = []
+    if env.get(CONFIG_VARIABLE):
+        try:
+            values.update(read_config_file(env[CONFIG_VARIABLE], cls))
+        except ConfigError as exc:
+            errors += exc.problems
     for field in dataclasses.fields(cls):
         key = ENV_PREFIX + field.name.upper()
         try:
@@ -324,7 +425,7 @@ def load(
 
 
 # Read by the command line itself, not by a settings class.
-CLI_VARIABLES = frozenset({"LIVECOMMENTS_NAMESPACE", "LIVECOMMENTS_PORT_RANGE"})
+CLI_VARIABLES = frozenset({"LIVECOMMENTS_NAMESPACE", "LIVECOMMENTS_PORT_RANGE", CONFIG_VARIABLE})
 
 
 def known_variables() -> frozenset[str]:

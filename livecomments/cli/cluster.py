@@ -29,6 +29,13 @@ from livecomments.kernel import settings as cfg
 from livecomments.kernel.grpcauth import COMMENT_SERVICE, DISPATCHER, OPERATOR, RTMS, GrpcSecurity
 from livecomments.kernel.tls import make_dev_certificates, make_grpc_certificates
 
+# Where ``livecomments up`` puts the N-th process of each kind (N-1 above these,
+# everything shifted by ``--port-offset``).
+DISPATCHER_PORT = 9701
+RTMS_PORT = 8801
+RTMS_GRPC_PORT = 9801
+COMMENT_PORT = 8443
+
 
 @dataclass
 class Backends:
@@ -49,6 +56,7 @@ class Backends:
         redis_url: str | None = None,
         mongo_uri: str | None = None,
         fixed_ports: bool = False,
+        port_offset: int = 0,
         zk_members: int = 1,
         memory_store: bool = False,
     ) -> Backends:
@@ -63,7 +71,7 @@ class Backends:
             zks: list[Proc] = []
             if zk_hosts is None:
                 if fixed_ports and zk_members == 1:
-                    zk_ports = [cfg.DEFAULT_ZK_PORT]
+                    zk_ports = [cfg.DEFAULT_ZK_PORT + port_offset]
                 else:
                     zk_ports = [free_port() for _ in range(zk_members)]
                 peers = (
@@ -78,11 +86,11 @@ class Backends:
                 procs.update((p.name, p) for p in zks)
                 zk_hosts = ",".join(f"127.0.0.1:{p}" for p in zk_ports)
             if redis_url is None:
-                port = cfg.DEFAULT_REDIS_PORT if fixed_ports else free_port()
+                port = cfg.DEFAULT_REDIS_PORT + port_offset if fixed_ports else free_port()
                 procs["redis"] = start_redis(run_dir, port, wait=False)
                 redis_url = f"redis://127.0.0.1:{port}/0"
             if mongo_uri is None:
-                port = cfg.DEFAULT_MONGO_PORT if fixed_ports else free_port()
+                port = cfg.DEFAULT_MONGO_PORT + port_offset if fixed_ports else free_port()
                 procs["store"] = start_store(run_dir, port, memory=memory_store, wait=False)
                 mongo_uri = f"mongodb://127.0.0.1:{port}/"
             wait_zookeeper(zks)
@@ -94,6 +102,18 @@ class Backends:
             stop_all(list(procs.values()))
             raise
         return cls(zk_hosts, redis_url, mongo_uri, procs, zk_ports)
+
+    @staticmethod
+    def planned_ports(
+        port_offset: int = 0, *, zookeeper: bool = True, redis: bool = True, store: bool = True
+    ) -> dict[int, str]:
+        """The fixed ports :meth:`start` takes for the backends it starts (``up``)."""
+        plan = {
+            cfg.DEFAULT_ZK_PORT: "ZooKeeper" if zookeeper else "",
+            cfg.DEFAULT_REDIS_PORT: "Redis" if redis else "",
+            cfg.DEFAULT_MONGO_PORT: "the store" if store else "",
+        }
+        return {port + port_offset: what for port, what in plan.items() if what}
 
     def stop(self) -> None:
         stop_all(list(self.procs.values()))
@@ -129,6 +149,7 @@ class Cluster:
         *,
         namespace: str = "livecomments",
         fixed_ports: bool = False,
+        port_offset: int = 0,
         tls: bool = True,
         jwt_secret: str | None = None,
         extra_env: dict[str, str] | None = None,
@@ -142,6 +163,7 @@ class Cluster:
         self.backends = backends
         self.namespace = namespace
         self.fixed_ports = fixed_ports
+        self.port_offset = port_offset
         self.services: dict[str, ServiceProc] = {}
         self.ca_file = ""
         self._tls: tuple[str, str] | None = None
@@ -191,7 +213,21 @@ class Cluster:
         )
 
     def _port(self, default: int, index: int) -> int:
-        return default + index - 1 if self.fixed_ports else free_port()
+        return default + self.port_offset + index - 1 if self.fixed_ports else free_port()
+
+    def planned_ports(
+        self, *, dispatchers: int, rtms: int, comment_services: int
+    ) -> dict[int, str]:
+        """The fixed ports :meth:`start` will take (``up``), each with what it is for."""
+        plan: dict[int, str] = {}
+        for i in range(1, dispatchers + 1):
+            plan[self._port(DISPATCHER_PORT, i)] = f"dispatcher-{i} gRPC"
+        for i in range(1, rtms + 1):
+            plan[self._port(RTMS_PORT, i)] = f"rtms-{i} SSE"
+            plan[self._port(RTMS_GRPC_PORT, i)] = f"rtms-{i} gRPC"
+        for i in range(1, comment_services + 1):
+            plan[self._port(COMMENT_PORT, i)] = f"comment-{i} HTTP"
+        return plan
 
     def _next(self, kind: str) -> int:
         self._counters[kind] = self._counters.get(kind, 0) + 1
@@ -217,7 +253,7 @@ class Cluster:
 
     def start_dispatcher(self, index: int | None = None, *, wait: bool = True) -> ServiceProc:
         index = index or self._next("dispatcher")
-        port = self._port(9701, index)
+        port = self._port(DISPATCHER_PORT, index)
         env = {
             **self.grpc_env(DISPATCHER),
             **self.base_env(),
@@ -229,7 +265,7 @@ class Cluster:
 
     def start_rtms(self, index: int | None = None, *, wait: bool = True) -> ServiceProc:
         index = index or self._next("rtms")
-        port, grpc_port = self._port(8801, index), self._port(9801, index)
+        port, grpc_port = self._port(RTMS_PORT, index), self._port(RTMS_GRPC_PORT, index)
         env = {
             **self.grpc_env(RTMS),
             "LIVECOMMENTS_GRPC_HOST": "127.0.0.1",  # loopback: only our own processes
@@ -245,7 +281,7 @@ class Cluster:
 
     def comment_origins(self) -> list[str]:
         """Origins the viewer page is served from (for the RTMS nodes' CORS answers)."""
-        ports = [self._port(8443, i) if self.fixed_ports else 0 for i in (1, 2)]
+        ports = [self._port(COMMENT_PORT, i) if self.fixed_ports else 0 for i in (1, 2)]
         origins = [
             f"{self.scheme}://{h}:{p}" for p in ports if p for h in ("127.0.0.1", "localhost")
         ]
@@ -253,7 +289,7 @@ class Cluster:
 
     def start_comment_service(self, index: int | None = None, *, wait: bool = True) -> ServiceProc:
         index = index or self._next("comment")
-        port = self._port(8443, index)
+        port = self._port(COMMENT_PORT, index)
         env = {
             **self.grpc_env(COMMENT_SERVICE),
             **self.base_env(),

@@ -63,6 +63,45 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def port_holders(ports: Mapping[int, str]) -> list[str]:
+    """What already listens on any of ``ports`` (port -> what it is for), one line each.
+
+    ``livecomments up`` asks before it starts anything: a process left over from
+    an earlier run that was killed (its children outlive it) would otherwise make
+    some component fail later, with an error far from the cause.
+    """
+    import psutil
+
+    listening: dict[int, int | None] = {}
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port in ports:
+                listening.setdefault(conn.laddr.port, conn.pid)
+    except psutil.AccessDenied:  # not root: at least find that the port is taken
+        listening = {port: None for port in ports if not _bindable(port)}
+    lines = []
+    for port, pid in sorted(listening.items()):
+        holder = "another process (run as root to see which)"
+        if pid is not None:
+            try:
+                command = " ".join(psutil.Process(pid).cmdline()) or psutil.Process(pid).name()
+            except psutil.Error:
+                command = "?"
+            holder = f"pid {pid}: {command[:120]}"
+        lines.append(f"port {port} ({ports[port]}) is held by {holder}")
+    return lines
+
+
+def _bindable(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def missing_system_packages() -> list[str]:
     """Debian packages that must be installed before anything can start."""
     missing = [pkg for binary, pkg in SYSTEM_PACKAGES.items() if shutil.which(binary) is None]

@@ -5,10 +5,12 @@ The CLI only adapts: options -> settings -> server -> run.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,12 @@ import click
 
 from livecomments.cli import ops
 from livecomments.cli.config import config
-from livecomments.cli.launcher import READY_MARK, LaunchError, missing_system_packages
+from livecomments.cli.launcher import (
+    READY_MARK,
+    LaunchError,
+    missing_system_packages,
+    port_holders,
+)
 from livecomments.cli.runtime import load_settings, serve, setup_logging
 from livecomments.kernel import settings as cfg
 
@@ -143,14 +150,27 @@ def set_role(username: str, role: str) -> None:
 @click.option("--rtms", "rtms_nodes", default=2, show_default=True)
 @click.option("--comment-services", default=1, show_default=True)
 @click.option("--no-tls", is_flag=True, help="Serve plain HTTP (not for browsers on other hosts).")
+@click.option(
+    "--port-offset",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 30000),
+    help="Shift every port `up` takes by this much (a second system on this machine).",
+)
 def up(
-    run_dir: Path, dispatchers: int, rtms_nodes: int, comment_services: int, no_tls: bool
+    run_dir: Path,
+    dispatchers: int,
+    rtms_nodes: int,
+    comment_services: int,
+    no_tls: bool,
+    port_offset: int,
 ) -> None:
     """Start the whole system on loopback; Ctrl-C stops it.
 
     ZooKeeper, Redis and the embedded MongoDB-wire store are started as child
     processes unless LIVECOMMENTS_ZK_HOSTS, LIVECOMMENTS_REDIS_URL or
-    LIVECOMMENTS_MONGO_URI point at running ones.
+    LIVECOMMENTS_MONGO_URI point at running ones. A process that dies is started
+    again (and said so), unless it keeps dying.
     """
     from livecomments.cli.cluster import Backends, Cluster
 
@@ -165,19 +185,42 @@ def up(
         )
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    stopping = {"signals": 0}
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stopping["signals"] += 1
-        if stopping["signals"] > 1:
-            os._exit(1)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    shape = {"dispatchers": dispatchers, "rtms": rtms_nodes, "comment_services": comment_services}
     backends: Backends | None = None
     cluster: Cluster | None = None
     try:
+        cluster = Cluster(
+            run_dir,
+            Backends("", "", ""),  # its backends are set once they run
+            namespace=env.get("LIVECOMMENTS_NAMESPACE", "livecomments"),
+            fixed_ports=True,
+            port_offset=port_offset,
+            tls=not no_tls,
+        )
+        plan = Backends.planned_ports(
+            port_offset,
+            zookeeper="LIVECOMMENTS_ZK_HOSTS" not in env,
+            redis="LIVECOMMENTS_REDIS_URL" not in env,
+            store="LIVECOMMENTS_MONGO_URI" not in env,
+        )
+        plan.update(cluster.planned_ports(**shape))
+        taken = port_holders(plan)
+        if taken:
+            raise click.ClickException(
+                "ports this system needs are taken (a leftover of an earlier run?):\n  "
+                + "\n  ".join(taken)
+                + "\nStop those processes, or start on other ports with --port-offset N."
+            )
+        stopping = {"signals": 0}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            stopping["signals"] += 1
+            if stopping["signals"] > 1:
+                os._exit(1)
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
         click.echo("starting backends ...")
         backends = Backends.start(
             run_dir,
@@ -185,23 +228,16 @@ def up(
             redis_url=env.get("LIVECOMMENTS_REDIS_URL"),
             mongo_uri=env.get("LIVECOMMENTS_MONGO_URI"),
             fixed_ports=True,
+            port_offset=port_offset,
         )
-        cluster = Cluster(
-            run_dir,
-            backends,
-            namespace=env.get("LIVECOMMENTS_NAMESPACE", "livecomments"),
-            fixed_ports=True,
-            tls=not no_tls,
-        )
+        cluster.backends = backends
         click.echo("starting services ...")
-        cluster.start(dispatchers=dispatchers, rtms=rtms_nodes, comment_services=comment_services)
+        cluster.start(**shape)
         _print_urls(cluster, backends, run_dir)
+        watch = _Watchdog(cluster, backends)
         while True:
             time.sleep(1)
-            for name, service in cluster.services.items():
-                if not service.proc.alive() and not service.proc.extra.get("reported"):
-                    service.proc.extra["reported"] = True
-                    click.echo(f"!! {name} exited; its log: {service.proc.log_path}", err=True)
+            watch.check()
     except LaunchError as exc:
         click.echo(f"failed to start: {exc}", err=True)
         sys.exit(1)
@@ -213,6 +249,55 @@ def up(
         if backends is not None:
             backends.stop()
     click.echo("stopped.")
+
+
+class _Watchdog:
+    """Starts again whatever process of ``up`` died, unless it keeps dying."""
+
+    TRIES = 5  # restarts of one process ...
+    WINDOW = 120.0  # ... within this many seconds, then it is left down
+
+    def __init__(self, cluster: Any, backends: Any) -> None:
+        self.cluster = cluster
+        self.backends = backends
+        self.restarts: dict[str, list[float]] = {}
+        self.given_up: set[str] = set()
+
+    def check(self) -> None:
+        # Backends first: a component that died with its backend comes back to it.
+        for name, proc in list(self.backends.procs.items()):
+            if not proc.alive():
+                self._restart(name, proc, functools.partial(self.backends.restart, name))
+        for name, service in list(self.cluster.services.items()):
+            if not service.proc.alive():
+                self._restart(name, service.proc, functools.partial(self.cluster.restart, name))
+
+    def _restart(self, name: str, proc: Any, start: Callable[[], Any]) -> None:
+        if name in self.given_up:
+            return
+        status = proc.popen.returncode
+        now = time.monotonic()
+        recent = [t for t in self.restarts.get(name, []) if now - t < self.WINDOW]
+        why = f"exited with status {status}" if status is not None else "exited"
+        if status == cfg.EXIT_CONFIG or len(recent) >= self.TRIES:
+            self.given_up.add(name)
+            reason = (
+                "its configuration is wrong"
+                if status == cfg.EXIT_CONFIG
+                else f"it died {len(recent) + 1} times in {self.WINDOW:.0f} s"
+            )
+            click.echo(f"!! {name} {why}; not restarting it: {reason}. Its log: {proc.log_path}",
+                       err=True)  # fmt: skip
+            return
+        self.restarts[name] = [*recent, now]
+        click.echo(f"!! {name} {why}; restarting it (its log: {proc.log_path})", err=True)
+        try:
+            new = start()
+        except LaunchError as exc:
+            click.echo(f"!! {name} did not come back: {exc}", err=True)
+            return
+        pid = getattr(new, "proc", new).pid  # a ServiceProc, or a backend's Proc
+        click.echo(f"   {name} is back (pid {pid})", err=True)
 
 
 def _print_urls(cluster: Any, backends: Any, run_dir: Path) -> None:

@@ -82,6 +82,7 @@ class SSEListener:
         cors_origins: tuple[str, ...],
         max_viewers: int,
         health: Callable[[], dict[str, Any]],
+        readiness: Callable[[], tuple[bool, tuple[str, ...]]] = lambda: (True, ()),
         elsewhere: Callable[[str], str | None] = lambda video_id: None,
         head_timeout: float = 10.0,
         max_unattached: int = 2000,
@@ -96,6 +97,7 @@ class SSEListener:
         self._cors = cors_origins
         self._max_viewers = max_viewers
         self._health = health
+        self._readiness = readiness
         self.head_timeout = head_timeout
         self._max_unattached = max_unattached
         self._max_unattached_per_peer = max_unattached_per_peer
@@ -213,6 +215,9 @@ class SSEListener:
         if path == "/healthz":
             conn.respond(200, orjson.dumps(self._health()), cors, content_type=b"application/json")
             return
+        if path == "/readyz":
+            self.ready(conn, cors)
+            return
         if not path.startswith("/stream/"):
             conn.error(404, "not_found", "no such endpoint", cors)
             return
@@ -254,6 +259,12 @@ class SSEListener:
         )
         viewer = conn.viewer = Viewer(conn.transport)
         conn.attaching = asyncio.ensure_future(self._attach(conn, viewer, video_id, resume, head))
+
+    def ready(self, conn: SSEProtocol, cors: bytes) -> None:
+        """200 or 503 with ``{"ready", "reasons"}`` (``livecomments.kernel.readiness``)."""
+        ready, reasons = self._readiness()
+        body = orjson.dumps({"ready": ready, "reasons": reasons})
+        conn.respond(200 if ready else 503, body, cors + b"Cache-Control: no-store\r\n")
 
     async def _attach(
         self,

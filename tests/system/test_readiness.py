@@ -292,3 +292,40 @@ async def _routes_to(cluster: Cluster, video: str, node: str) -> bool:
     async with cluster.grpc_security().channel(url(cluster, "dispatcher-1"), DISPATCHER) as ch:
         reply = await pb_grpc.DispatcherStub(ch).Routes(pb.RoutesRequest(video_ids=[video]))
     return video in reply.videos and node in reply.videos[video].node_ids
+
+
+@pytest.mark.timeout(120)
+async def test_a_second_signal_during_the_delay_forces_the_exit(
+    cluster: Cluster, session: aiohttp.ClientSession
+) -> None:
+    cluster.extra_env["LIVECOMMENTS_SHUTDOWN_DELAY"] = "600"  # longer than the test may run
+    try:
+        comment = cluster.start_comment_service()
+    finally:
+        cluster.extra_env.pop("LIVECOMMENTS_SHUTDOWN_DELAY")
+    try:
+        comment.proc.terminate()
+        await until_readyz(session, comment.url, 503, "stopping", 30)
+        comment.proc.terminate()
+        await wait_until(lambda: not comment.proc.alive(), 60, "forced exit")
+        assert comment.proc.popen.returncode == 1
+    finally:
+        comment.proc.kill()
+
+
+@pytest.mark.timeout(120)
+async def test_a_store_that_does_not_answer_makes_them_not_ready(
+    cluster: Cluster, own_backends: Backends, session: aiohttp.ClientSession
+) -> None:
+    """Last in the module: the in-memory store comes back empty."""
+    own_backends.procs["store"].stop()
+    try:
+        for name in ("comment-1", "rtms-1"):
+            body = await until_readyz(session, url(cluster, name), 503, "store_unavailable", 30)
+            assert body["reasons"] == ["store_unavailable"], (name, body)
+        await until_grpc(cluster, "rtms-1", NOT_SERVING, 30)
+    finally:
+        own_backends.restart("store")
+    for name in ("comment-1", "rtms-1"):
+        await until_readyz(session, url(cluster, name), 200, None, 60)
+    await until_grpc(cluster, "rtms-1", SERVING, 30)

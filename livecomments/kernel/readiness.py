@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,11 @@ class Readiness:
         """``(ready, reasons)``: what ``/readyz`` answers, never waiting on a backend."""
         reasons = self.reasons
         return not reasons, reasons
+
+    def answer(self) -> tuple[int, dict[str, Any]]:
+        """``/readyz``'s status and JSON body: 200, or 503 with the reasons."""
+        ready, reasons = self.state()
+        return (200 if ready else 503), {"ready": ready, "reasons": list(reasons)}
 
     @property
     def ready(self) -> bool:

@@ -127,7 +127,7 @@ class RTMSServer:
             cors_origins=settings.cors_origins,
             max_viewers=settings.max_viewers,
             health=self.health,
-            readiness=self.readiness.state,
+            readiness=self.readiness.answer,
             elsewhere=self._elsewhere,
             head_timeout=settings.head_timeout,
             max_unattached=settings.max_unattached,

@@ -82,7 +82,7 @@ class SSEListener:
         cors_origins: tuple[str, ...],
         max_viewers: int,
         health: Callable[[], dict[str, Any]],
-        readiness: Callable[[], tuple[bool, tuple[str, ...]]] = lambda: (True, ()),
+        readiness: Callable[[], tuple[int, dict[str, Any]]] = lambda: (200, {"ready": True}),
         elsewhere: Callable[[str], str | None] = lambda video_id: None,
         head_timeout: float = 10.0,
         max_unattached: int = 2000,
@@ -262,9 +262,8 @@ class SSEListener:
 
     def ready(self, conn: SSEProtocol, cors: bytes) -> None:
         """200 or 503 with ``{"ready", "reasons"}`` (``livecomments.kernel.readiness``)."""
-        ready, reasons = self._readiness()
-        body = orjson.dumps({"ready": ready, "reasons": reasons})
-        conn.respond(200 if ready else 503, body, cors + b"Cache-Control: no-store\r\n")
+        status, body = self._readiness()
+        conn.respond(status, orjson.dumps(body), cors + b"Cache-Control: no-store\r\n")
 
     async def _attach(
         self,

@@ -42,8 +42,10 @@ async def test_not_ready_until_started_then_ready_then_stopping() -> None:
     assert readiness.state() == (False, (STARTING,))
     await readiness.start()
     assert readiness.state() == (True, ())
+    assert readiness.answer() == (200, {"ready": True, "reasons": []})
     readiness.begin_stop()
     assert readiness.state() == (False, (STOPPING,))
+    assert readiness.answer() == (503, {"ready": False, "reasons": [STOPPING]})
     await readiness.stop()
     assert readiness.state() == (False, (STOPPING,))
 

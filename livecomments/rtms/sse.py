@@ -82,7 +82,10 @@ class SSEListener:
         cors_origins: tuple[str, ...],
         max_viewers: int,
         health: Callable[[], dict[str, Any]],
-        readiness: Callable[[], tuple[int, dict[str, Any]]] = lambda: (200, {"ready": True}),
+        readiness: Callable[[], tuple[int, dict[str, Any]]] = lambda: (
+            200,
+            {"ready": True, "reasons": []},
+        ),
         elsewhere: Callable[[str], str | None] = lambda video_id: None,
         head_timeout: float = 10.0,
         max_unattached: int = 2000,

@@ -197,6 +197,8 @@ class Cluster:
             "LIVECOMMENTS_MONGO_URI": self.backends.mongo_uri,
             "LIVECOMMENTS_MONGO_DB": self.namespace,
             **({"LIVECOMMENTS_ZK_AUTH": self.zk_auth} if self.zk_auth else {}),
+            # Nothing balances load in front of a local cluster: stop at once.
+            "LIVECOMMENTS_SHUTDOWN_DELAY": "0",
             **self.extra_env,
         }
 

@@ -62,7 +62,7 @@ def rtms(**flags: Any) -> None:
 
     settings = load_settings(cfg.RTMSSettings, flags)
     setup_logging(settings.log_level, "rtms")
-    serve(lambda: RTMSServer(settings), ready=_ready)
+    serve(lambda: RTMSServer(settings), ready=_ready, shutdown_delay=settings.shutdown_delay)
 
 
 @main.command()
@@ -75,7 +75,7 @@ def dispatcher(**flags: Any) -> None:
 
     settings = load_settings(cfg.DispatcherSettings, flags)
     setup_logging(settings.log_level, "dispatcher")
-    serve(lambda: DispatcherServer(settings), ready=_ready)
+    serve(lambda: DispatcherServer(settings), ready=_ready, shutdown_delay=settings.shutdown_delay)
 
 
 @main.command("comment-service")
@@ -88,7 +88,7 @@ def comment_service(**flags: Any) -> None:
 
     settings = load_settings(cfg.CommentServiceSettings, flags)
     setup_logging(settings.log_level, "comment-service")
-    serve(lambda: CommentServer(settings), ready=_ready)
+    serve(lambda: CommentServer(settings), ready=_ready, shutdown_delay=settings.shutdown_delay)
 
 
 @main.group()

@@ -18,7 +18,11 @@ from livecomments.kernel import settings as cfg
 
 class Server(Protocol):
     async def start(self) -> None: ...
+    def begin_stop(self) -> None: ...
     async def stop(self, timeout: float = 5.0) -> None: ...
+
+
+log = logging.getLogger(__name__)
 
 
 def setup_logging(level: str, name: str) -> None:
@@ -53,8 +57,19 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def serve(make: Callable[[], Server], *, ready: Callable[[], None] | None = None) -> None:
-    """Start a server, print readiness, stop on SIGINT/SIGTERM; a second signal forces exit."""
+def serve(
+    make: Callable[[], Server],
+    *,
+    ready: Callable[[], None] | None = None,
+    shutdown_delay: float = 0.0,
+) -> None:
+    """Start a server, print readiness, stop on SIGINT/SIGTERM; a second signal forces exit.
+
+    On the first signal the server turns not ready (``begin_stop``: ``/readyz``
+    503 ``stopping``, gRPC health NOT_SERVING) and goes on serving for
+    ``shutdown_delay`` seconds, so that load balancers stop sending it work
+    before it closes; then it stops.
+    """
     install_uvloop()
 
     async def main() -> None:
@@ -74,6 +89,10 @@ def serve(make: Callable[[], Server], *, ready: Callable[[], None] | None = None
         if ready is not None:
             ready()
         await stopping.wait()
+        server.begin_stop()
+        if shutdown_delay > 0:
+            log.info("not ready; serving %.1f s more before stopping", shutdown_delay)
+            await asyncio.sleep(shutdown_delay)
         await server.stop()
 
     asyncio.run(main())

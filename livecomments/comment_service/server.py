@@ -30,6 +30,7 @@ from livecomments.coord.records import RtmsNode
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.ids import Snowflake
 from livecomments.kernel.rates import Rate
+from livecomments.kernel.readiness import REDIS, STORE, Readiness
 from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.settings import CommentServiceSettings
 from livecomments.kernel.store import Store
@@ -59,6 +60,11 @@ class CommentServer:
             settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
         )
         self.sequencer = Sequencer(self.redis, settings.redis_prefix, self.store, outbox=True)
+        # /readyz: ZooKeeper connected, Redis and the store answering, not stopping.
+        self.readiness = Readiness()
+        self.zk.follow_in(self.readiness)
+        self.readiness.probe(REDIS, self.redis.ping)
+        self.readiness.probe(STORE, self.store.ping)
         self.dispatchers = NodeDirectory(self.zk, self.zk.paths.dispatchers)
         self.rtms_nodes = NodeDirectory(self.zk, self.zk.paths.rtms_nodes)
         self.placement = Placement(self.zk, Policy.from_settings(settings), self.rtms_nodes)
@@ -189,6 +195,7 @@ class CommentServer:
         ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert else None
         site = web.TCPSite(self._runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024)
         await site.start()
+        await self.readiness.start()
         log.info("comment service on %s (worker %d)", self.public_url, worker)
 
     def provide(self, app: web.Application) -> None:
@@ -207,11 +214,17 @@ class CommentServer:
         app[keys.CORS] = self.cors
         app[keys.PAGE] = self.page
         app[keys.HEALTH] = self.health
+        app[keys.READINESS] = self.readiness.state
+
+    def begin_stop(self) -> None:
+        """Not ready from now on (``/readyz`` 503 ``stopping``); requests are still served."""
+        self.readiness.begin_stop()
 
     async def stop(self, timeout: float = 5.0) -> None:
         if not self._started:
             return
         self._started = False
+        await self.readiness.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.reactions.stop()

@@ -19,6 +19,7 @@ from kazoo.security import make_digest_acl
 
 from livecomments.coord.paths import Paths
 from livecomments.kernel.errors import CoordinationTimeout, Unavailable
+from livecomments.kernel.readiness import ZOOKEEPER, Readiness
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,15 @@ class ZK:
             await asyncio.to_thread(client.close)
 
     # -- state -------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.state == "CONNECTED"
+
+    def follow_in(self, readiness: Readiness) -> None:
+        """Not ready (``zookeeper_disconnected``) while the session is not CONNECTED."""
+        readiness.flag(ZOOKEEPER, lambda: not self.connected)
+        self.add_state_listener(lambda state: readiness.changed())
 
     def add_state_listener(self, listener: StateListener) -> None:
         """``listener(state)`` runs on the event loop for CONNECTED, SUSPENDED, LOST."""

@@ -42,6 +42,11 @@ class _Mirror:
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    @property
+    def loaded(self) -> bool:
+        """Every child has been read once (readiness: a dispatcher's whole table)."""
+        return self._ready.is_set()
+
     def _changed(self) -> None:
         for listener in list(self._listeners):
             try:

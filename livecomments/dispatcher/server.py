@@ -12,7 +12,10 @@ from livecomments.coord.records import Dispatcher
 from livecomments.dispatcher.router import Router
 from livecomments.dispatcher.service import DispatcherService
 from livecomments.kernel.grpcauth import GrpcSecurity
+from livecomments.kernel.grpchealth import GrpcHealth
+from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.kernel.readiness import ROUTING, Readiness
 from livecomments.kernel.rpcstream import SERVER_OPTIONS
 from livecomments.kernel.settings import DispatcherSettings, default_node_id
 
@@ -39,6 +42,14 @@ class DispatcherServer:
         self.membership: Membership[Dispatcher] = Membership(
             self.zk, self.zk.paths.dispatcher(self.node_id)
         )
+        # gRPC health (and the admin listener's /readyz): ZooKeeper connected, the
+        # whole routing table read, not stopping.
+        self.readiness = Readiness()
+        self.zk.follow_in(self.readiness)
+        self.readiness.flag(ROUTING, lambda: not self.table.loaded)
+        self.health = GrpcHealth(
+            self.readiness, [pb.DESCRIPTOR.services_by_name["Dispatcher"].full_name]
+        )
         self._grpc: grpc.aio.Server | None = None
         self._started = False
 
@@ -54,15 +65,22 @@ class DispatcherServer:
         pb_grpc.add_DispatcherServicer_to_server(
             DispatcherService(self.router, self.security), self._grpc
         )
+        await self.health.add_to(self._grpc)
         self.security.add_port(self._grpc, self.address)
         await self._grpc.start()
         await self.membership.join(Dispatcher(grpc=self.address))
+        await self.readiness.start()
         log.info("dispatcher %s on %s", self.node_id, self.address)
+
+    def begin_stop(self) -> None:
+        """Not ready from now on (gRPC health NOT_SERVING); dispatches are still served."""
+        self.readiness.begin_stop()
 
     async def stop(self, timeout: float = 5.0) -> None:
         if not self._started:
             return
         self._started = False
+        await self.readiness.stop()
         try:
             await asyncio.wait_for(self.membership.leave(), timeout)
         except Exception as exc:

@@ -75,9 +75,18 @@ class BackendSettings:
     # service's rate limits and the RTMS node's connection limits count clients by
     # the address these peers report; anyone else is counted by its own address.
     trusted_proxies: tuple[str, ...] = ()
+    # On SIGTERM a service first turns not ready (/readyz 503 "stopping", gRPC
+    # health NOT_SERVING) and keeps serving this many seconds, so load balancers
+    # and probes stop sending it work before it closes; then it stops. `up` and
+    # the test clusters set 0.
+    shutdown_delay: float = 5.0
 
     def __post_init__(self) -> None:
         TrustedProxies(self.trusted_proxies)  # a typo stops the process at start-up
+        if self.shutdown_delay < 0:
+            raise ConfigError(
+                f"LIVECOMMENTS_SHUTDOWN_DELAY: expected seconds >= 0, got {self.shutdown_delay}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

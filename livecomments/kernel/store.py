@@ -47,6 +47,13 @@ class Store:
             await self._client.close()
             self._client = None
 
+    async def ping(self) -> None:
+        """One round trip to the store (readiness probes); raises when it does not answer."""
+        if self._client is None:
+            raise Unavailable("store not started")
+        with _guard("ping"):
+            await self._client.admin.command("ping")
+
     def _col(self, name: str) -> AsyncCollection[Doc]:
         if self._client is None:
             raise Unavailable("store not started")

@@ -14,7 +14,10 @@ from redis.asyncio import Redis
 from livecomments.coord import ZK, HostedRegistry, Membership, Placement, Policy
 from livecomments.coord.records import RtmsNode
 from livecomments.kernel.grpcauth import GrpcSecurity
+from livecomments.kernel.grpchealth import GrpcHealth
+from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
+from livecomments.kernel.readiness import DRAINING, REDIS, STORE, Readiness
 from livecomments.kernel.rpcstream import SERVER_OPTIONS
 from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.settings import RTMSSettings, default_node_id
@@ -108,12 +111,23 @@ class RTMSServer:
             channel_limit=settings.channel_limit_node,
         )
         self.placement = Placement(self.zk, Policy.from_settings(settings))
+        # /readyz and gRPC health: ZooKeeper connected, Redis and the store
+        # answering, not drained by an operator, not stopping.
+        self.readiness = Readiness()
+        self.zk.follow_in(self.readiness)
+        self.readiness.probe(REDIS, self.redis.ping)
+        self.readiness.probe(STORE, self.store.ping)
+        self.readiness.flag(DRAINING, lambda: self.draining)
+        self.health_service = GrpcHealth(
+            self.readiness, [pb.DESCRIPTOR.services_by_name["Delivery"].full_name]
+        )
         self.listener = SSEListener(
             self.hub,
             retry_ms=settings.retry_ms,
             cors_origins=settings.cors_origins,
             max_viewers=settings.max_viewers,
             health=self.health,
+            readiness=self.readiness.answer,
             elsewhere=self._elsewhere,
             head_timeout=settings.head_timeout,
             max_unattached=settings.max_unattached,
@@ -245,6 +259,7 @@ class RTMSServer:
         pb_grpc.add_DeliveryServicer_to_server(
             DeliveryService(self.hub, self.security, s.max_frame_bytes), self._grpc
         )
+        await self.health_service.add_to(self._grpc)
         # Its own (private) address, apart from the viewers' listener.
         self.security.add_port(self._grpc, f"{s.grpc_host}:{s.grpc_port}")
         await self._grpc.start()
@@ -264,6 +279,7 @@ class RTMSServer:
         self._rebalances_seen = set(self.placement.rebalances.nodes)  # only new ones count
         for mirror in (self.placement.pins, self.placement.drains, self.placement.rebalances):
             mirror.add_listener(self._placement_changed)
+        self.placement.drains.add_listener(self.readiness.changed)
         await self.membership.join(self._info())
         self._timers = [
             asyncio.create_task(self._every(s.heartbeat_interval, self._heartbeat)),
@@ -271,6 +287,7 @@ class RTMSServer:
             asyncio.create_task(self._every(s.reconcile_interval, self._reconcile)),
         ]
         self._placement_changed()  # a node that restarts while drained stays drained
+        await self.readiness.start()
         log.info(
             "rtms %s: SSE %s, gRPC %s:%d", self.node_id, self.public_url, s.grpc_host, s.grpc_port
         )
@@ -303,10 +320,16 @@ class RTMSServer:
         if info != self.membership.record:
             await self.membership.update(info)
 
+    def begin_stop(self) -> None:
+        """Not ready from now on (``/readyz`` 503 ``stopping``, gRPC health
+        NOT_SERVING); viewers and deliveries are still served."""
+        self.readiness.begin_stop()
+
     async def stop(self, timeout: float = 5.0) -> None:
         if not self._started:
             return
         self._started = False
+        await self.readiness.stop()
         # 1. stop accepting viewers and deliveries
         self.listener.accepting = False
         if self._sse is not None:

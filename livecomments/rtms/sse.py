@@ -82,6 +82,10 @@ class SSEListener:
         cors_origins: tuple[str, ...],
         max_viewers: int,
         health: Callable[[], dict[str, Any]],
+        readiness: Callable[[], tuple[int, dict[str, Any]]] = lambda: (
+            200,
+            {"ready": True, "reasons": []},
+        ),
         elsewhere: Callable[[str], str | None] = lambda video_id: None,
         head_timeout: float = 10.0,
         max_unattached: int = 2000,
@@ -96,6 +100,7 @@ class SSEListener:
         self._cors = cors_origins
         self._max_viewers = max_viewers
         self._health = health
+        self._readiness = readiness
         self.head_timeout = head_timeout
         self._max_unattached = max_unattached
         self._max_unattached_per_peer = max_unattached_per_peer
@@ -213,6 +218,9 @@ class SSEListener:
         if path == "/healthz":
             conn.respond(200, orjson.dumps(self._health()), cors, content_type=b"application/json")
             return
+        if path == "/readyz":
+            self.ready(conn, cors)
+            return
         if not path.startswith("/stream/"):
             conn.error(404, "not_found", "no such endpoint", cors)
             return
@@ -254,6 +262,11 @@ class SSEListener:
         )
         viewer = conn.viewer = Viewer(conn.transport)
         conn.attaching = asyncio.ensure_future(self._attach(conn, viewer, video_id, resume, head))
+
+    def ready(self, conn: SSEProtocol, cors: bytes) -> None:
+        """200 or 503 with ``{"ready", "reasons"}`` (``livecomments.kernel.readiness``)."""
+        status, body = self._readiness()
+        conn.respond(status, orjson.dumps(body), cors + b"Cache-Control: no-store\r\n")
 
     async def _attach(
         self,

@@ -56,6 +56,8 @@ CORS = web.AppKey("cors", Cors)
 # The viewer page and its Content-Security-Policy, for the RTMS nodes up now.
 PAGE: web.AppKey[Callable[[], tuple[bytes, str]]] = web.AppKey("page")
 HEALTH: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("health")
+# (ready, reasons): the process's Readiness, never waiting on a backend.
+READINESS: web.AppKey[Callable[[], tuple[bool, tuple[str, ...]]]] = web.AppKey("readiness")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")  # set by build_app
 
 

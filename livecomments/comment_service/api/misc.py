@@ -1,4 +1,4 @@
-"""The rest: the viewer page, this replica's health, the OpenAPI document."""
+"""The rest: the viewer page, this replica's health and readiness, the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -7,16 +7,25 @@ from typing import TYPE_CHECKING, Annotated, Any
 from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 
-from livecomments.comment_service.api.context import HEALTH, OPENAPI, PAGE, json_response
+from livecomments.comment_service.api.context import (
+    HEALTH,
+    OPENAPI,
+    PAGE,
+    READINESS,
+    json_response,
+)
 from livecomments.comment_service.api.route import Ok, Route, install
 from livecomments.comment_service.api.schema import Count, Model, one_of
+from livecomments.kernel import readiness
 
 if TYPE_CHECKING:
     Status = str
     ZooKeeperState = str
+    Reason = str
 else:
     Status = one_of(("ok", "degraded"))
     ZooKeeperState = one_of(("CONNECTED", "SUSPENDED", "LOST"))
+    Reason = one_of(readiness.REASONS, "NotReadyReason")
 
 
 class HistoryPages(Model):
@@ -53,6 +62,16 @@ class Health(Model):
     ]
 
 
+class Readiness(Model):
+    """Whether this replica should be sent requests now (``Readiness.state``)."""
+
+    ready: bool
+    reasons: Annotated[
+        list[Reason],
+        Meta(description="Why not (empty when ready), stable codes in a fixed order."),
+    ]
+
+
 async def index(request: web.Request) -> web.Response:
     """The viewer page, with the CSP and the stream origins of the moment."""
     body, csp = request.app[PAGE]()
@@ -62,6 +81,12 @@ async def index(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     return json_response(request.app[HEALTH]())
+
+
+async def ready(request: web.Request) -> web.Response:
+    is_ready, reasons = request.app[READINESS]()
+    body = Readiness(ready=is_ready, reasons=list(reasons))
+    return json_response(body, 200 if is_ready else 503, {"Cache-Control": "no-store"})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -84,6 +109,26 @@ ROUTES = (
         "Health of this replica",
         "misc",
         (Ok(200, "Always 200; `status` says degraded without ZooKeeper.", Health),),
+    ),
+    Route(
+        "GET",
+        "/readyz",
+        ready,
+        "Readiness of this replica",
+        "misc",
+        (
+            Ok(200, "Ready: send it requests.", Readiness),
+            Ok(503, "Not ready (it may still answer); `reasons` says why.", Readiness),
+        ),
+        notes=(
+            "For load balancers and orchestrators. Not ready while ZooKeeper is not "
+            "connected (`zookeeper_disconnected`), Redis or the store did not answer "
+            "their last probe (`redis_unavailable`, `store_unavailable`; probed every "
+            "second, the answer never waits on them), and from a SIGTERM on "
+            "(`stopping`: the replica serves `shutdown_delay` = {s.shutdown_delay} s more, "
+            "then stops). "
+            "`/healthz` answers whether it is alive.",
+        ),
     ),
     Route(
         "GET",

@@ -43,7 +43,8 @@ def rtms(**flags: Any) -> None:
     from livecomments.rtms.server import RTMSServer
 
     settings = load_settings(cfg.RTMSSettings, flags)
-    setup_logging(settings.log_level, "rtms")
+    node_id = settings.node_id or cfg.default_node_id("rtms", settings.port)
+    setup_logging(settings.log_level, "rtms", log_format=settings.log_format, node_id=node_id)
     serve(lambda: RTMSServer(settings), ready=_ready)
 
 
@@ -56,7 +57,8 @@ def dispatcher(**flags: Any) -> None:
     from livecomments.dispatcher.server import DispatcherServer
 
     settings = load_settings(cfg.DispatcherSettings, flags)
-    setup_logging(settings.log_level, "dispatcher")
+    node_id = settings.node_id or cfg.default_node_id("dispatcher", settings.port)
+    setup_logging(settings.log_level, "dispatcher", log_format=settings.log_format, node_id=node_id)
     serve(lambda: DispatcherServer(settings), ready=_ready)
 
 
@@ -69,7 +71,10 @@ def comment_service(**flags: Any) -> None:
     from livecomments.comment_service.server import CommentServer
 
     settings = load_settings(cfg.CommentServiceSettings, flags)
-    setup_logging(settings.log_level, "comment-service")
+    node_id = cfg.default_node_id("comment-service", settings.port)
+    setup_logging(
+        settings.log_level, "comment-service", log_format=settings.log_format, node_id=node_id
+    )
     serve(lambda: CommentServer(settings), ready=_ready)
 
 

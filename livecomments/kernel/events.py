@@ -88,6 +88,7 @@ def comment_event(doc: dict[str, Any], kind: int = pb.COMMENT) -> pb.Event:
         kind=kind,  # type: ignore[arg-type]
         frame=comment_frame(doc, kind),
         created_at_ms=doc.get("created_at_ms") or 0,
+        request_id=doc.get("request_id") or "",
     )
 
 
@@ -120,6 +121,7 @@ def change_event(marker: dict[str, Any]) -> pb.Event:
         frame=marker_frame(marker),
         created_at_ms=marker.get("created_at_ms") or 0,
         target_seq=marker["target_seq"],
+        request_id=marker.get("request_id") or "",
     )
 
 

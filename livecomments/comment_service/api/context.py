@@ -57,6 +57,8 @@ CORS = web.AppKey("cors", Cors)
 PAGE: web.AppKey[Callable[[], tuple[bytes, str]]] = web.AppKey("page")
 HEALTH: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("health")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")  # set by build_app
+# Per request: its id (the client's X-Request-ID when sane, else a new one; app.py).
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def _plain(value: Any) -> Any:

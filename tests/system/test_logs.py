@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from livecomments.cli.cluster import Cluster
 from tests.support import Api, Viewer, unique, wait_until
@@ -219,3 +220,53 @@ async def test_a_hostile_request_id_is_replaced_never_reflected(cluster: Cluster
         assert too_long not in line and "caf\u00e9-" not in line and "<script>" not in line
         if marker in line:  # aiohttp's own report of the refusal: one JSON record
             assert isinstance(orjson.loads(line), dict), line
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_an_outbox_re_dispatch_carries_the_same_request_id(
+    cluster: Cluster, api: Api, session: aiohttp.ClientSession
+) -> None:
+    """With every dispatcher down the comment is stored (201) but not dispatched; once a
+    dispatcher is back, the outbox sends it again, under the id of the post."""
+    video = unique("resent")
+    token = await api.register(unique("poster"))
+    viewer = await Viewer(f"{cluster.services['rtms-1'].url}/stream/{video}", session).connect()
+    dispatchers = named(cluster, "dispatcher")
+    chosen = f"resent-{uuid.uuid4().hex}"
+    try:
+        for name in dispatchers:
+            cluster.services[name].proc.kill()
+        try:
+            status, body, response = await api.request(
+                "POST",
+                f"/api/videos/{video}/comments",
+                json={"text": "sent again"},
+                token=token,
+                headers={"X-Request-ID": chosen},
+            )
+            assert status == 201 and response.headers["X-Request-ID"] == chosen, body
+        finally:
+            for name in dispatchers:
+                await asyncio.to_thread(cluster.restart, name)
+        # The restarted dispatchers' logs start now: only the outbox can send it to them.
+        await wait_until(
+            lambda: any(records(cluster, d, chosen) for d in dispatchers),
+            timeout=30,
+            what=f"{chosen} re-dispatched",
+        )
+        routed = [r for d in dispatchers for r in records(cluster, d, chosen)]
+        assert routed[0]["comment_id"] == body["id"] and routed[0]["video_id"] == video
+        assert routed[0]["nodes"] == ["rtms-1"]
+        (event,) = await viewer.wait_for(1, timeout=20)
+        assert event.json()["id"] == body["id"]
+        failed = [
+            r for r in records(cluster, "comment-1", chosen) if "not dispatched" in r["message"]
+        ]
+        assert failed and failed[0]["level"] == "ERROR" and failed[0]["comment_id"] == body["id"]
+    finally:
+        await viewer.close()
+        for name in dispatchers:
+            if not cluster.services[name].proc.alive():
+                await asyncio.to_thread(cluster.restart, name)

@@ -145,6 +145,37 @@ async def test_a_request_without_an_id_gets_one_made_for_it(cluster: Cluster, ap
     assert access(found)["status"] == 201
 
 
+@pytest.mark.parametrize(
+    ("text", "status", "said"),
+    [
+        ("great stream, more at https://example.com/watch", 202, "comment held"),  # one link
+        ("buy followers now at http://spam.example and http://x.example", 422, "comment refused"),
+    ],
+)
+async def test_a_held_or_refused_post_is_logged_with_its_id(
+    cluster: Cluster, api: Api, text: str, status: int, said: str
+) -> None:
+    video = unique("filtered")
+    token = await api.register(unique("poster"))
+    chosen = f"filtered-{uuid.uuid4().hex}"
+    answered, body, response = await api.request(
+        "POST",
+        f"/api/videos/{video}/comments",
+        json={"text": text},
+        token=token,
+        headers={"X-Request-ID": chosen},
+    )
+    assert answered == status and response.headers["X-Request-ID"] == chosen, body
+    found = await logged(cluster, "comment-1", chosen, 2)
+    (line,) = [r for r in found if r["logger"] != "livecomments.access"]
+    assert line["message"].startswith(said) and line["video_id"] == video
+    if status == 202:
+        assert line["comment_id"] == body["id"]
+    else:
+        assert line["reason"] == "content_refused" and "comment_id" not in line
+    assert access(found)["status"] == status
+
+
 async def test_error_answers_carry_the_id_and_are_in_the_access_log(
     cluster: Cluster, api: Api
 ) -> None:

@@ -333,7 +333,8 @@ class Hub:
     def _drop(self, viewer: Viewer, why: str) -> None:
         """Abort a viewer that cannot take what it is owed; it resumes with its last event id."""
         self.stats.slow_dropped += 1
-        log.info("dropping a viewer: %s", why)
+        video_id = viewer.channel.video_id if viewer.channel is not None else None
+        log.info("dropping a viewer of %s: %s", video_id, why, extra=about(video_id))
         self.detach(viewer)
         viewer.transport.abort()
 

@@ -79,7 +79,11 @@ def comment_frame(doc: dict[str, Any], kind: int = pb.COMMENT) -> bytes:
 
 
 def comment_event(doc: dict[str, Any], kind: int = pb.COMMENT) -> pb.Event:
-    """The wire event for a stored comment, frame included."""
+    """The wire event for a stored comment, frame included.
+
+    The id of the request that posted it is stored with it (``request_id``), so the
+    outbox's re-dispatch of the stored document carries the same id as the first.
+    """
     return pb.Event(
         comment_id=doc["_id"],
         video_id=doc["video_id"],

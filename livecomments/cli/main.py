@@ -61,7 +61,8 @@ def rtms(**flags: Any) -> None:
     from livecomments.rtms.server import RTMSServer
 
     settings = load_settings(cfg.RTMSSettings, flags)
-    setup_logging(settings.log_level, "rtms")
+    node_id = settings.node_id or cfg.default_node_id("rtms", settings.port)
+    setup_logging(settings.log_level, "rtms", log_format=settings.log_format, node_id=node_id)
     serve(lambda: RTMSServer(settings), ready=_ready, shutdown_delay=settings.shutdown_delay)
 
 
@@ -74,7 +75,8 @@ def dispatcher(**flags: Any) -> None:
     from livecomments.dispatcher.server import DispatcherServer
 
     settings = load_settings(cfg.DispatcherSettings, flags)
-    setup_logging(settings.log_level, "dispatcher")
+    node_id = settings.node_id or cfg.default_node_id("dispatcher", settings.port)
+    setup_logging(settings.log_level, "dispatcher", log_format=settings.log_format, node_id=node_id)
     serve(lambda: DispatcherServer(settings), ready=_ready, shutdown_delay=settings.shutdown_delay)
 
 
@@ -87,7 +89,10 @@ def comment_service(**flags: Any) -> None:
     from livecomments.comment_service.server import CommentServer
 
     settings = load_settings(cfg.CommentServiceSettings, flags)
-    setup_logging(settings.log_level, "comment-service")
+    node_id = cfg.default_node_id("comment-service", settings.port)
+    setup_logging(
+        settings.log_level, "comment-service", log_format=settings.log_format, node_id=node_id
+    )
     serve(lambda: CommentServer(settings), ready=_ready, shutdown_delay=settings.shutdown_delay)
 
 

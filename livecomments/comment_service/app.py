@@ -20,12 +20,14 @@ from livecomments.comment_service.api import (
 from livecomments.comment_service.api.context import (
     CORS,
     OPENAPI,
+    REQUEST_ID,
     SETTINGS,
     error_response,
     json_response,
 )
 from livecomments.comment_service.api.openapi import openapi_document
 from livecomments.kernel.errors import LiveCommentsError
+from livecomments.kernel.logs import REQUEST_ID_HEADER, request_id_from
 from livecomments.kernel.settings import CommentServiceSettings
 
 log = logging.getLogger(__name__)
@@ -41,13 +43,32 @@ _HTTP_CODES = {
 
 
 @web.middleware
+async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Give the request its id, and every answer (errors, redirects) its X-Request-ID.
+
+    The client's own id is kept when it is sane (``kernel/logs.py``), else a new
+    one is made: an arbitrary header never reaches a log line or an answer.
+    """
+    request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+    request[REQUEST_ID] = request_id
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:  # not an error (errors_middleware answered those)
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+@web.middleware
 async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         response: web.StreamResponse = await handler(request)
         return response
     except LiveCommentsError as exc:
         if exc.status >= 500:
-            log.warning("%s %s: %s", request.method, request.path, exc)
+            extra = {"request_id": request.get(REQUEST_ID)}
+            log.warning("%s %s: %s", request.method, request.path, exc, extra=extra)
         return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -59,7 +80,8 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
             {"Allow": exc.headers.get("Allow", "")} if exc.status == 405 else None,
         )
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        extra = {"request_id": request.get(REQUEST_ID)}
+        log.exception("unhandled error on %s %s", request.method, request.path, extra=extra)
         return json_response({"error": {"code": "internal", "message": "internal error"}}, 500)
 
 
@@ -107,7 +129,7 @@ def build_app(settings: CommentServiceSettings) -> web.Application:
     """The app with every area's routes; the server then provides the services
     (``api/context.py``)."""
     app = web.Application(
-        middlewares=[headers_middleware, errors_middleware],
+        middlewares=[request_id_middleware, headers_middleware, errors_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
-EXPOSE_HEADERS = "Retry-After, WWW-Authenticate"
+ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-Request-ID"
+EXPOSE_HEADERS = "Retry-After, WWW-Authenticate, X-Request-ID"
 PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight answer
 # Everything that is not the page is data: it may load nothing and be framed nowhere.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"

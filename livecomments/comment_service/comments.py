@@ -33,6 +33,7 @@ from livecomments.kernel.errors import (
     ValidationError,
 )
 from livecomments.kernel.ids import Snowflake
+from livecomments.kernel.logs import about
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.store import Store, utcnow
@@ -50,6 +51,31 @@ class ContentRefused(LiveCommentsError):
 class Posted:
     doc: dict[str, Any]
     held: bool
+
+
+def _log_posted(posted: Posted, request_id: str) -> None:
+    """The comment service's line of a comment's trip (the dispatcher and RTMS log theirs)."""
+    doc = posted.doc
+    video_id, comment_id = doc["video_id"], str(doc["_id"])
+    fields = {"video_id": video_id, "comment_id": comment_id, "request_id": request_id}
+    if posted.held:
+        log.info(
+            "comment held: video %s comment %s request %s", video_id, comment_id, request_id,
+            extra=fields,
+        )  # fmt: skip
+    else:
+        seq = doc.get("seq")
+        log.info(
+            "comment accepted: video %s comment %s seq %s request %s",
+            video_id, comment_id, seq, request_id, extra={**fields, "seq": seq},
+        )  # fmt: skip
+
+
+def _log_refused(video_id: str, request_id: str, exc: LiveCommentsError) -> None:
+    log.info(
+        "comment refused (%s): video %s request %s", exc.code, video_id, request_id,
+        extra={"video_id": video_id, "request_id": request_id, "reason": exc.code},
+    )  # fmt: skip
 
 
 class Comments:
@@ -97,17 +123,32 @@ class Comments:
         parent_id: int | None,
         ip: str,
         idempotency_key: str | None = None,
+        request_id: str = "",
     ) -> Posted:
         """Filter, admit, then persist and dispatch a comment (or hold it for review).
 
         Once this returns, the comment is durable: if the dispatch fails, RTMS
         nodes still find it in the store when they notice the seq gap. With an
         ``idempotency_key``, a retry gets the first attempt's comment (see
-        ``idempotency.py``).
+        ``idempotency.py``). ``request_id`` is stored with the comment and travels
+        with its event; the outcome is logged once, with it.
         """
-        if idempotency_key is not None and self._idempotency is not None:
-            return await self._post_once(author, video_id, text, parent_id, ip, idempotency_key)
-        return await self._post(author, video_id, text, parent_id, ip, self.ids.next_id())
+        try:
+            if idempotency_key is not None and self._idempotency is not None:
+                posted = await self._post_once(
+                    author, video_id, text, parent_id, ip, idempotency_key, request_id
+                )
+            else:
+                posted = await self._post(
+                    author, video_id, text, parent_id, ip, self.ids.next_id(), request_id
+                )
+        except LiveCommentsError as exc:
+            if exc.status < 500 and log.isEnabledFor(logging.INFO):
+                _log_refused(video_id, request_id, exc)
+            raise
+        if log.isEnabledFor(logging.INFO):
+            _log_posted(posted, request_id)
+        return posted
 
     async def _post_once(
         self,
@@ -117,6 +158,7 @@ class Comments:
         parent_id: int | None,
         ip: str,
         key: str,
+        request_id: str,
     ) -> Posted:
         """``_post`` under an idempotency key: before anything else (the parent check,
         the filter, admission), a retry of a post that went through gets its answer."""
@@ -140,7 +182,9 @@ class Comments:
                 await self._idempotency.finish(claim, ok=True, status=202 if found.held else 201)
                 return found
         try:
-            posted = await self._post(author, video_id, text, parent_id, ip, claim.comment_id)
+            posted = await self._post(
+                author, video_id, text, parent_id, ip, claim.comment_id, request_id
+            )
         except Conflict as exc:
             # The same id stored meanwhile: an attempt we took over finished after all.
             found = None
@@ -191,6 +235,7 @@ class Comments:
         parent_id: int | None,
         ip: str,
         comment_id: int,
+        request_id: str,
     ) -> Posted:
         now = utcnow()  # accepted: the time the event carries (latency probes start here)
         if parent_id is not None:
@@ -227,6 +272,8 @@ class Comments:
             "rev": 0,
             "reactions": {},
         }
+        if request_id:
+            doc["request_id"] = request_id  # an outbox re-dispatch sends it again
         try:
             if verdict is Verdict.HOLD:
                 assert score is not None
@@ -290,7 +337,10 @@ class Comments:
                 # outbox sweep gave up on it: never acknowledge it, take another),
                 # or the counter is behind the store (Redis came back from an
                 # older snapshot): move it past the highest stored seq, try again.
-                log.warning("seq %d of %s fenced or already stored", doc["seq"], video_id)
+                log.warning(
+                    "seq %d of %s fenced or already stored", doc["seq"], video_id,
+                    extra=about(video_id, doc["_id"]),
+                )  # fmt: skip
                 await self._sequencer.advance(video_id, await self._store.max_seq(video_id))
         raise Unavailable("could not assign a sequence number")
 
@@ -309,7 +359,14 @@ class Comments:
         except Unavailable as exc:
             # Stored, so acknowledged all the same: the outbox sweep sends it later.
             self.dispatch_failures += 1
-            log.error("%s seq %d stored but not dispatched: %s", event.video_id, event.seq, exc)
+            log.error(
+                "%s seq %d stored but not dispatched: %s", event.video_id, event.seq, exc,
+                extra={
+                    "video_id": event.video_id,
+                    "comment_id": str(event.comment_id),
+                    "request_id": event.request_id,
+                },
+            )  # fmt: skip
             return
         if not delivered:
             # A hosting node was skipped or failed: leave the outbox entry, so the
@@ -327,17 +384,19 @@ class Comments:
         return doc
 
     async def edit(
-        self, actor: Principal, video_id: str, comment_id: int, text: str
+        self, actor: Principal, video_id: str, comment_id: int, text: str, *, request_id: str = ""
     ) -> dict[str, Any]:
         changes = {"text": text, "edited_at": utcnow(), "edited_by": actor.user_id}
         doc = await self._store.update_comment(video_id, comment_id, changes, unless_deleted=True)
         if doc is None:
             await self.get(video_id, comment_id)  # 404 when it does not exist at all
             raise Conflict("a deleted comment cannot be edited", code="comment_deleted")
-        await self._announce(actor, doc, "comment.updated")
+        await self._announce(actor, doc, "comment.updated", request_id)
         return doc
 
-    async def delete(self, actor: Principal, doc: dict[str, Any]) -> dict[str, Any]:
+    async def delete(
+        self, actor: Principal, doc: dict[str, Any], *, request_id: str = ""
+    ) -> dict[str, Any]:
         """Tombstone ``doc`` (permission already checked); deleting twice changes nothing."""
         if doc.get("status") == events.STATUS_DELETED:
             return doc
@@ -351,10 +410,12 @@ class Comments:
         )
         if updated is None:
             return await self.get(doc["video_id"], doc["_id"])  # someone else deleted it
-        await self._announce(actor, updated, "comment.deleted")
+        await self._announce(actor, updated, "comment.deleted", request_id)
         return updated
 
-    async def _announce(self, actor: Principal, doc: dict[str, Any], change: str) -> None:
+    async def _announce(
+        self, actor: Principal, doc: dict[str, Any], change: str, request_id: str = ""
+    ) -> None:
         now = utcnow()
         marker = {
             "_id": self.ids.next_id(),
@@ -367,6 +428,8 @@ class Comments:
             "created_at": now,
             "created_at_ms": int(now.timestamp() * 1000),
         }
+        if request_id:
+            marker["request_id"] = request_id
         await self._sequence(marker)
         await self._dispatch(events.change_event(marker), marker)
 

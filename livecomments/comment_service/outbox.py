@@ -34,6 +34,7 @@ from livecomments.comment_service.dispatch import DispatchClient
 from livecomments.comment_service.recent import RecentCache
 from livecomments.kernel import events
 from livecomments.kernel.errors import LiveCommentsError
+from livecomments.kernel.logs import about
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.redis import scripts
 from livecomments.kernel.redis.keys import Keys, parse_outbox_member
@@ -151,7 +152,10 @@ class Outbox:
                 continue
             fenced = await self._store.fence(video, overdue)
             self.fenced += fenced
-            log.warning("outbox: %s seqs %s never reached the store; fenced", video, overdue)
+            log.warning(
+                "outbox: %s seqs %s never reached the store; fenced", video, overdue,
+                extra=about(video),
+            )  # fmt: skip
             for doc in await self._store.comments_at(video, overdue):
                 if doc.get("void"):  # else the writer won the race: sent on the next sweep
                     done.append(seqs[doc["seq"]])

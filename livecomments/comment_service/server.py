@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
+from livecomments.comment_service import access
 from livecomments.comment_service.admission import Admission
 from livecomments.comment_service.api import context as keys
 from livecomments.comment_service.app import STATIC, build_app
@@ -190,7 +191,12 @@ class CommentServer:
         self.outbox.start()
         app = build_app(s)
         self.provide(app)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        self._runner = web.AppRunner(
+            app,
+            access_log=access.LOGGER if s.access_log else None,
+            access_log_class=access.AccessLogger,
+            shutdown_timeout=2.0,
+        )
         await self._runner.setup()
         ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert else None
         site = web.TCPSite(self._runner, s.host, s.port, ssl_context=ssl_ctx, backlog=1024)

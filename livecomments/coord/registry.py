@@ -9,6 +9,7 @@ from kazoo.exceptions import NoNodeError, NotEmptyError
 from livecomments.coord.client import ZK
 from livecomments.coord.ephemeral import EphemeralSet
 from livecomments.kernel.errors import LiveCommentsError
+from livecomments.kernel.logs import about
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class HostedRegistry:
         except (NotEmptyError, NoNodeError):
             pass
         except LiveCommentsError as exc:
-            log.debug("could not tidy %s: %s", video_id, exc)
+            log.debug("could not tidy %s: %s", video_id, exc, extra=about(video_id))
 
     async def clear(self) -> None:
         self.videos.clear()

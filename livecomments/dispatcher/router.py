@@ -22,6 +22,7 @@ from typing import Any
 from livecomments.coord import NodeDirectory, RoutingTable
 from livecomments.coord.records import RtmsNode
 from livecomments.kernel.grpcauth import RTMS, GrpcSecurity
+from livecomments.kernel.logs import sane_request_id
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.kernel.rpcstream import StreamChannel
@@ -129,6 +130,39 @@ class _Sender:
         await self._channel.close()
 
 
+def _log_dispatched(
+    events: list[pb.Event],
+    per_node: dict[str, tuple[list[pb.Event], list[int]]],
+    sent: set[str],
+) -> None:
+    """The dispatcher's line of a comment's trip: once per event, with the nodes it went to
+    (and those hosting its video that were skipped). Aggregates (seq 0) are left out."""
+    to: dict[int, list[str]] = {}
+    skipped: dict[int, list[str]] = {}
+    for node_id, (_, indexes) in per_node.items():
+        into = to if node_id in sent else skipped
+        for index in indexes:
+            into.setdefault(index, []).append(node_id)
+    for index, event in enumerate(events):
+        if not event.seq:
+            continue
+        nodes, missed = sorted(to.get(index, ())), sorted(skipped.get(index, ()))
+        request_id = sane_request_id(event.request_id) or ""
+        log.info(
+            "dispatched: video %s comment %s seq %d to %s%s request %s",
+            event.video_id, event.comment_id, event.seq, ",".join(nodes) or "no node",
+            f" (skipped {','.join(missed)})" if missed else "", request_id,
+            extra={
+                "video_id": event.video_id,
+                "comment_id": str(event.comment_id),
+                "request_id": request_id,
+                "seq": event.seq,
+                "nodes": nodes,
+                "skipped": missed,
+            },
+        )  # fmt: skip
+
+
 class Router:
     def __init__(
         self,
@@ -192,6 +226,8 @@ class Router:
                 undelivered.update(indexes)
                 continue
             waits.append((node_id, indexes, sender.send(batch)))
+        if log.isEnabledFor(logging.INFO):
+            _log_dispatched(events, per_node, {node_id for node_id, _, _ in waits})
         return self._collect(len(per_node), waits, dropped, undelivered)
 
     async def dispatch(self, events: list[pb.Event]) -> pb.DispatchReply:

@@ -79,7 +79,11 @@ def comment_frame(doc: dict[str, Any], kind: int = pb.COMMENT) -> bytes:
 
 
 def comment_event(doc: dict[str, Any], kind: int = pb.COMMENT) -> pb.Event:
-    """The wire event for a stored comment, frame included."""
+    """The wire event for a stored comment, frame included.
+
+    The id of the request that posted it is stored with it (``request_id``), so the
+    outbox's re-dispatch of the stored document carries the same id as the first.
+    """
     return pb.Event(
         comment_id=doc["_id"],
         video_id=doc["video_id"],
@@ -88,6 +92,7 @@ def comment_event(doc: dict[str, Any], kind: int = pb.COMMENT) -> pb.Event:
         kind=kind,  # type: ignore[arg-type]
         frame=comment_frame(doc, kind),
         created_at_ms=doc.get("created_at_ms") or 0,
+        request_id=doc.get("request_id") or "",
     )
 
 
@@ -120,6 +125,7 @@ def change_event(marker: dict[str, Any]) -> pb.Event:
         frame=marker_frame(marker),
         created_at_ms=marker.get("created_at_ms") or 0,
         target_seq=marker["target_seq"],
+        request_id=marker.get("request_id") or "",
     )
 
 

@@ -29,6 +29,8 @@ DEFAULT_ZK_PORT = 21810
 DEFAULT_REDIS_PORT = 16379
 DEFAULT_MONGO_PORT = 27018
 
+LOG_FORMATS = ("text", "json")
+
 
 @dataclasses.dataclass(frozen=True)
 class BackendSettings:
@@ -48,6 +50,10 @@ class BackendSettings:
     mongo_db: str = "livecomments"
     mongo_timeout: float = 5.0
     log_level: str = "INFO"
+    # "text" (one line per record, for people) or "json" (one JSON object per line
+    # on stderr, for a log shipper: component, node id, and the video, comment and
+    # request ids as fields where a record concerns one; see kernel/logs.py).
+    log_format: str = "text"
     # The cost of argon2id password hashes (comment services and `create-admin`):
     # "rfc9106" (RFC 9106's second recommendation: 3 passes over 64 MiB, 4 lanes;
     # ~0.15 s a hash here), "owasp" (OWASP's minimum: 2 passes over 19 MiB, for
@@ -86,6 +92,11 @@ class BackendSettings:
         if self.shutdown_delay < 0:
             raise ConfigError(
                 f"LIVECOMMENTS_SHUTDOWN_DELAY: expected seconds >= 0, got {self.shutdown_delay}"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(
+                f"{ENV_PREFIX}LOG_FORMAT: expected one of {', '.join(LOG_FORMATS)},"
+                f" got {self.log_format!r}"
             )
 
 
@@ -173,6 +184,10 @@ class CommentServiceSettings(BackendSettings):
     max_body_bytes: int = 16 * 1024
     history_page_max: int = 100
     dispatch_timeout: float = 3.0
+    # One log line per request (logger livecomments.access): method, route
+    # template and path, status, duration, bytes, client address, user agent and
+    # request id. Off by default: a proxy in front usually keeps one already.
+    access_log: bool = False
     # Exact origins of the pages that call the API from elsewhere ("*" for any). The
     # viewer page's own origin (public_url) is always allowed. Preflights are
     # answered for them, and every /api answer (errors too) carries the CORS headers.

@@ -41,6 +41,7 @@ import orjson
 
 from livecomments.kernel import events
 from livecomments.kernel.errors import LiveCommentsError, Unavailable
+from livecomments.kernel.logs import about, sane_request_id
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.rates import Rate
 from livecomments.kernel.stream import Position, stream_url
@@ -49,6 +50,7 @@ from livecomments.rtms.channel import (
     DUPLICATE,
     EARLY,
     HEARTBEAT,
+    UNCONFIRMED,
     Channel,
     Transport,
     Viewer,
@@ -73,6 +75,40 @@ class Backend(Sources, Protocol):
     async def stored_head(self, video_id: str) -> int: ...
     async def host(self, video_id: str) -> None: ...
     async def unhost(self, video_id: str) -> None: ...
+
+
+UNHOSTED = -1  # an event for a video this node does not host (next to Channel.offer's verdicts)
+_OUTCOMES = {APPLIED: "applied", EARLY: "held_for_gap", UNCONFIRMED: "held_for_epoch"}
+
+
+def _log_event(event: pb.Event, channel: Channel | None, verdict: int) -> None:
+    """The node's line of a comment's trip: once per event (a duplicate only at DEBUG)."""
+    request_id = sane_request_id(event.request_id) or ""  # from the wire: never reflected as is
+    fields = {
+        "video_id": event.video_id,
+        "comment_id": str(event.comment_id),
+        "request_id": request_id,
+        "seq": event.seq,
+    }
+    if channel is None:
+        log.info(
+            "event not hosted here: video %s comment %s seq %d request %s",
+            event.video_id, event.comment_id, event.seq, request_id, extra=fields,
+        )  # fmt: skip
+        return
+    outcome = _OUTCOMES.get(verdict)
+    if outcome is None:
+        log.debug(
+            "duplicate event: video %s comment %s seq %d request %s",
+            event.video_id, event.comment_id, event.seq, request_id, extra=fields,
+        )  # fmt: skip
+        return
+    viewers = len(channel.viewers)
+    log.info(
+        "event delivered: video %s comment %s seq %d to %d local viewers (%s) request %s",
+        event.video_id, event.comment_id, event.seq, viewers, outcome, request_id,
+        extra={**fields, "viewers": viewers, "outcome": outcome},
+    )  # fmt: skip
 
 
 def _abort_unflushed(transports: list[Transport]) -> None:
@@ -214,7 +250,7 @@ class Hub:
                 joining.cancel()
                 del self._joining[video_id]
                 raise
-            log.warning("cannot host %s: %s", video_id, exc)
+            log.warning("cannot host %s: %s", video_id, exc, extra=about(video_id))
             error = exc if isinstance(exc, LiveCommentsError) else Unavailable(str(exc))
             joining.set_exception(error)
             joining.exception()  # retrieved: the joiners get it through shield
@@ -243,7 +279,7 @@ class Hub:
                 await asyncio.shield(previous)
             await self._backend.unhost(video_id)
         except LiveCommentsError as exc:
-            log.warning("unhosting %s failed: %s", video_id, exc)
+            log.warning("unhosting %s failed: %s", video_id, exc, extra=about(video_id))
         finally:
             done.set_result(None)
             if self._retiring.get(video_id) is done:
@@ -297,7 +333,8 @@ class Hub:
     def _drop(self, viewer: Viewer, why: str) -> None:
         """Abort a viewer that cannot take what it is owed; it resumes with its last event id."""
         self.stats.slow_dropped += 1
-        log.info("dropping a viewer: %s", why)
+        video_id = viewer.channel.video_id if viewer.channel is not None else None
+        log.info("dropping a viewer of %s: %s", video_id, why, extra=about(video_id))
         self.detach(viewer)
         viewer.transport.abort()
 
@@ -325,10 +362,13 @@ class Hub:
         accepted = duplicates = unhosted = 0
         recovery = self.recovery
         out: dict[Channel, list[bytes]] = {}
+        logged = log.isEnabledFor(logging.INFO)  # a line per event, none per viewer
         for event in batch:
             channel = self.channels.get(event.video_id)
             if channel is None:
                 unhosted += 1
+                if logged and event.seq:
+                    _log_event(event, None, UNHOSTED)
                 continue
             frames = out.setdefault(channel, [])
             if event.seq == 0:  # unsequenced (aggregates): no ordering, no resume
@@ -336,6 +376,8 @@ class Hub:
                 accepted += 1
                 continue
             verdict = channel.offer(event, frames)
+            if logged:
+                _log_event(event, channel, verdict)
             if verdict == APPLIED:
                 accepted += 1
             elif verdict == EARLY:
@@ -363,7 +405,7 @@ class Hub:
         for viewer in channel.flush(self._max_buffer):
             # It resumes with its Last-Event-ID when it reconnects.
             self.stats.slow_dropped += 1
-            log.info("dropping slow viewer of %s", channel.video_id)
+            log.info("dropping slow viewer of %s", channel.video_id, extra=about(channel.video_id))
             self.detach(viewer)
             viewer.transport.abort()
 

@@ -29,6 +29,7 @@ import logging
 import math
 from collections.abc import Callable
 
+from livecomments.kernel.logs import about
 from livecomments.rtms.channel import Channel
 from livecomments.rtms.stats import Stats
 
@@ -115,6 +116,7 @@ class Pacing:
                 " >= %.0f): one write per viewer every %.0f ms",
                 channel.video_id, viewers, rate, viewers * rate,
                 self._viral_deliveries, self._viral_window * 1000,
+                extra=about(channel.video_id),
             )  # fmt: skip
             return
         channel.window = self.window
@@ -124,6 +126,7 @@ class Pacing:
             "%s: viral mode off (%d viewers x %.1f events/s = %.0f deliveries/s < %.0f)",
             channel.video_id, viewers, rate, viewers * rate,
             self._viral_deliveries * VIRAL_EXIT,
+            extra=about(channel.video_id),
         )  # fmt: skip
         if channel.flush_handle is not None:
             # A flush set for the end of a viral window: bring it forward.

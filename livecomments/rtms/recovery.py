@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from livecomments.kernel.errors import LiveCommentsError
+from livecomments.kernel.logs import about
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.stream import Position
 from livecomments.rtms.channel import EARLY, Channel, Viewer, reset_frame
@@ -131,7 +132,8 @@ class Recovery:
                 try:
                     docs = await self._sources.fetch(channel.video_id, before + 1, hi)
                 except LiveCommentsError as exc:
-                    log.warning("gap fill for %s failed: %s", channel.video_id, exc)
+                    video_id = channel.video_id
+                    log.warning("gap fill for %s failed: %s", video_id, exc, extra=about(video_id))
                 filled, skipped = channel.apply_stored(docs or [], frames)
                 self._stats.gap_filled += filled
                 self._stats.gap_skipped += skipped
@@ -156,7 +158,8 @@ class Recovery:
         try:  # only seqs a writer really took: never a future one a forged event named
             head = (await self._sources.heads([channel.video_id])).get(channel.video_id)
         except LiveCommentsError as exc:
-            log.warning("reading the head of %s failed: %s", channel.video_id, exc)
+            video_id = channel.video_id
+            log.warning("reading the head of %s failed: %s", video_id, exc, extra=about(video_id))
             return False
         if head is None or head.epoch != channel.epoch:
             return False
@@ -168,12 +171,14 @@ class Recovery:
         log.warning(
             "%s: seq %s still missing from the store after %.1f s; fencing",
             channel.video_id, lacking if len(lacking) < 8 else f"{lacking[0]}..{lacking[-1]}",
-            self._gap_deadline,
+            self._gap_deadline, extra=about(channel.video_id),
         )  # fmt: skip
         try:
             await self._sources.fence(channel.video_id, lacking)
         except LiveCommentsError as exc:
-            log.warning("fencing %s failed: %s", channel.video_id, exc)
+            log.warning(
+                "fencing %s failed: %s", channel.video_id, exc, extra=about(channel.video_id)
+            )
             return False
         self._stats.gap_fenced += len(lacking)
         return True
@@ -215,7 +220,10 @@ class Recovery:
                         # Unconfirmed: dropped (counted with the refusals). The next
                         # event of that epoch asks again, and its reset sends viewers
                         # to the store's history, which has these events.
-                        log.warning("epoch check for %s failed: %s", channel.video_id, exc)
+                        video_id = channel.video_id
+                        log.warning(
+                            "epoch check for %s failed: %s", video_id, exc, extra=about(video_id)
+                        )
         finally:  # whatever happens, the next other-epoch event starts a new check
             held = sorted(self._held.pop(channel, ()), key=lambda e: e.seq)
         if self._hosted.get(channel.video_id) is not channel:

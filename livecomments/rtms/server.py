@@ -15,6 +15,7 @@ from livecomments.coord import ZK, HostedRegistry, Membership, Placement, Policy
 from livecomments.coord.records import RtmsNode
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.grpchealth import GrpcHealth
+from livecomments.kernel.logs import about
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.kernel.readiness import DRAINING, REDIS, STORE, Readiness
@@ -246,7 +247,10 @@ class RTMSServer:
             reason = "drain" if draining else "rebalance" if rebalance and not pinned else "moved"
             moved = self.hub.move(video_id, target, reason)
             if moved:
-                log.info("moved %d viewers of %s to %s (%s)", moved, video_id, target, reason)
+                log.info(
+                    "moved %d viewers of %s to %s (%s)", moved, video_id, target, reason,
+                    extra=about(video_id),
+                )  # fmt: skip
 
     async def start(self) -> None:
         if self._started:

@@ -28,6 +28,7 @@ import orjson
 
 from livecomments.kernel.errors import LiveCommentsError
 from livecomments.kernel.ids import valid_video_id
+from livecomments.kernel.logs import about
 from livecomments.kernel.netaddr import TrustedProxies, limit_key
 from livecomments.kernel.rates import Rate
 from livecomments.kernel.stream import Position, stream_url
@@ -279,12 +280,12 @@ class SSEListener:
         try:
             await self.hub.attach(viewer, video_id, resume, head)
         except LiveCommentsError as exc:
-            log.warning("cannot serve %s: %s", video_id, exc)
+            log.warning("cannot serve %s: %s", video_id, exc, extra=about(video_id))
             status = exc.status if exc.status in (429, 503) else 503
             retry = exc.headers.get("Retry-After", str(RETRY_UNAVAILABLE))
             self.refuse(conn, status, exc.code, exc.message, float(retry))
         except Exception:
-            log.exception("attaching a viewer of %s failed", video_id)
+            log.exception("attaching a viewer of %s failed", video_id, extra=about(video_id))
             conn.error(500, "internal", "internal error", self.allow_origin(conn.origin))
         finally:
             conn.attaching = None

@@ -12,6 +12,7 @@ from livecomments.comment_service.api.context import (
     ACCOUNTS,
     COMMENTS,
     REACTIONS,
+    REQUEST_ID,
     SETTINGS,
     caller,
     client_ip,
@@ -156,7 +157,13 @@ async def post_comment(request: web.Request) -> web.Response:
     parent_id = optional_id(body.parent_id, "parent_id")
     key = parse_key(IDEMPOTENCY(request))  # a retry gets the first answer
     posted = await request.app[COMMENTS].post(
-        principal, video_id, text, parent_id, client_ip(request), idempotency_key=key
+        principal,
+        video_id,
+        text,
+        parent_id,
+        client_ip(request),
+        idempotency_key=key,
+        request_id=request[REQUEST_ID],
     )
     return json_response(events.comment_json(posted.doc), 202 if posted.held else 201)
 
@@ -244,7 +251,9 @@ async def edit_comment(request: web.Request) -> web.Response:
     await request.app[ACCOUNTS].require(principal, "moderator")
     body = await COMMENT_EDIT.read(request)
     text = comment_text(body.text, request.app[SETTINGS].max_comment_chars)
-    doc = await request.app[COMMENTS].edit(principal, video_id, comment_id, text)
+    doc = await request.app[COMMENTS].edit(
+        principal, video_id, comment_id, text, request_id=request[REQUEST_ID]
+    )
     return json_response(events.comment_json(doc))
 
 
@@ -256,7 +265,7 @@ async def delete_comment(request: web.Request) -> web.Response:
     doc = await comments.get(video_id, comment_id)
     if doc["user_id"] != principal.user_id:
         await request.app[ACCOUNTS].require(principal, "moderator")
-    doc = await comments.delete(principal, doc)
+    doc = await comments.delete(principal, doc, request_id=request[REQUEST_ID])
     return json_response(events.comment_json(doc))
 
 

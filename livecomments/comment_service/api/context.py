@@ -59,6 +59,8 @@ HEALTH: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("health")
 # (ready, reasons): the process's Readiness, never waiting on a backend.
 READINESS: web.AppKey[Callable[[], tuple[bool, tuple[str, ...]]]] = web.AppKey("readiness")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")  # set by build_app
+# Per request: its id (the client's X-Request-ID when sane, else a new one; app.py).
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def _plain(value: Any) -> Any:

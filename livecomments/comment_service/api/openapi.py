@@ -28,6 +28,8 @@ from livecomments.comment_service.api import (
 from livecomments.comment_service.api.body import BODY_ERRORS
 from livecomments.comment_service.api.route import BACKEND_ERRORS, Ok, Route
 from livecomments.comment_service.api.schema import COMPONENT, ENUM, SETTING, Error, Model, limit
+from livecomments.kernel.logs import REQUEST_ID_HEADER as REQUEST_ID_NAME
+from livecomments.kernel.logs import REQUEST_ID_PATTERN
 from livecomments.kernel.settings import CommentServiceSettings
 
 Schema = dict[str, Any]
@@ -62,6 +64,19 @@ RETRY_AFTER = {
     }
 }
 
+# Every answer carries the request's id (app.py); the header is described once.
+REQUEST_ID_HEADER = {
+    "description": (
+        "The request's id: the client's own `X-Request-ID` when it is 1-128 of "
+        "`A-Za-z0-9._:+/=-`, else one the service made (any other value is replaced, "
+        "never echoed). Every process that handles the request logs it, a posted "
+        "comment's dispatcher and RTMS nodes included."
+    ),
+    "required": True,
+    "schema": {"type": "string", "pattern": "^" + REQUEST_ID_PATTERN.pattern + "$"},
+}
+REQUEST_ID = {REQUEST_ID_NAME: {"$ref": "#/components/headers/RequestId"}}
+
 
 @functools.lru_cache(maxsize=4)
 def openapi_document(settings: CommentServiceSettings) -> dict[str, Any]:
@@ -82,12 +97,15 @@ def openapi_document(settings: CommentServiceSettings) -> dict[str, Any]:
                 "Post and read live comments, react, moderate. Errors are JSON "
                 '`{"error": {"code", "message", "details"?}}` with a stable `code`. Ids are '
                 "positive int64 as decimal strings. Live comments arrive over Server-Sent "
-                "Events from the realtime node `/api/videos/{video_id}/stream` redirects to."
+                "Events from the realtime node `/api/videos/{video_id}/stream` redirects to. "
+                "Send an `X-Request-ID` (1-128 of `A-Za-z0-9._:+/=-`) to follow a request "
+                "through the logs; every answer carries the id it was given."
             ),
         },
         "paths": _settled(paths, settings),
         "components": {
             "schemas": _settled(schemas, settings),
+            "headers": {"RequestId": REQUEST_ID_HEADER},
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",
@@ -239,8 +257,7 @@ def _answer(ok: Ok, refs: dict[int, Schema]) -> Schema:
     answer: Schema = {"description": ok.description}
     if ok.model is not None:
         answer["content"] = {ok.media_type: {"schema": refs[id(ok.model)]}}
-    if ok.headers:
-        answer["headers"] = dict(ok.headers)
+    answer["headers"] = {**REQUEST_ID, **(ok.headers or {})}
     return answer
 
 
@@ -255,8 +272,7 @@ def _error(status: int, codes: set[str]) -> Schema:
         "description": f"{TITLES[status]} (codes: {', '.join(listed)})",
         "content": {"application/json": {"schema": schema}},
     }
-    if status == 429:
-        response["headers"] = RETRY_AFTER
+    response["headers"] = {**REQUEST_ID, **RETRY_AFTER} if status == 429 else REQUEST_ID
     return response
 
 

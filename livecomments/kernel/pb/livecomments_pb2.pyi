@@ -21,7 +21,7 @@ COMMENT_DELETED: Kind
 REACTIONS: Kind
 
 class Event(_message.Message):
-    __slots__ = ("comment_id", "video_id", "seq", "epoch", "kind", "frame", "created_at_ms", "target_seq")
+    __slots__ = ("comment_id", "video_id", "seq", "epoch", "kind", "frame", "created_at_ms", "target_seq", "request_id")
     COMMENT_ID_FIELD_NUMBER: _ClassVar[int]
     VIDEO_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class Event(_message.Message):
     FRAME_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     TARGET_SEQ_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     comment_id: int
     video_id: str
     seq: int
@@ -38,7 +39,8 @@ class Event(_message.Message):
     frame: bytes
     created_at_ms: int
     target_seq: int
-    def __init__(self, comment_id: _Optional[int] = ..., video_id: _Optional[str] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., frame: _Optional[bytes] = ..., created_at_ms: _Optional[int] = ..., target_seq: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, comment_id: _Optional[int] = ..., video_id: _Optional[str] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., frame: _Optional[bytes] = ..., created_at_ms: _Optional[int] = ..., target_seq: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DispatchRequest(_message.Message):
     __slots__ = ("events", "id")

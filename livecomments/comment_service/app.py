@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ from livecomments.comment_service.api import (
 )
 from livecomments.comment_service.api.context import (
     CORS,
+    METRICS,
     OPENAPI,
     SETTINGS,
     error_response,
     json_response,
 )
 from livecomments.comment_service.api.openapi import openapi_document
+from livecomments.comment_service.metrics import UNMATCHED
 from livecomments.kernel.errors import LiveCommentsError
 from livecomments.kernel.settings import CommentServiceSettings
 
@@ -38,6 +41,28 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Count every answer by route template, method and status (outermost: the final one)."""
+    metrics = request.app.get(METRICS)
+    if metrics is None:
+        response: web.StreamResponse = await handler(request)
+        return response
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # a redirect, or an error answered by aiohttp itself
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else UNMATCHED
+        metrics.request(route, request.method, status, time.perf_counter() - started)
 
 
 @web.middleware
@@ -107,7 +132,7 @@ def build_app(settings: CommentServiceSettings) -> web.Application:
     """The app with every area's routes; the server then provides the services
     (``api/context.py``)."""
     app = web.Application(
-        middlewares=[headers_middleware, errors_middleware],
+        middlewares=[metrics_middleware, headers_middleware, errors_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

@@ -119,6 +119,7 @@ class Channel:
         "seen_head",
         "sent_epoch",
         "sent_seq",
+        "stamps",
         "video_id",
         "viewers",
         "viral",
@@ -141,6 +142,9 @@ class Channel:
         # seq -> (frame, seq of the comment it changes or 0), waiting for a gap to close
         self.pending: dict[int, tuple[bytes, int]] = {}
         self.outbox: list[bytes] = []  # accepted, not yet written to the viewers
+        # The accept times (ms) of the outbox's events applied in order: the hub
+        # observes their latency once per event when the outbox is written.
+        self.stamps: list[int] = []
         # Everything up to (sent_epoch, sent_seq) was written to the viewers, at
         # last_flush; the outbox holds what came after.
         self.sent_seq = last_seq

@@ -17,6 +17,7 @@ from livecomments.comment_service.auth import Accounts, Principal
 from livecomments.comment_service.browser import Cors
 from livecomments.comment_service.comments import Comments
 from livecomments.comment_service.limits import Limiter, LoginLimits
+from livecomments.comment_service.metrics import ServiceMetrics
 from livecomments.comment_service.moderation import Moderation
 from livecomments.comment_service.policy import Policies
 from livecomments.comment_service.reactions import Reactions
@@ -57,6 +58,7 @@ CORS = web.AppKey("cors", Cors)
 PAGE: web.AppKey[Callable[[], tuple[bytes, str]]] = web.AppKey("page")
 HEALTH: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("health")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")  # set by build_app
+METRICS = web.AppKey("metrics", ServiceMetrics)  # counted by the middleware and handlers
 
 
 def _plain(value: Any) -> Any:

@@ -7,9 +7,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 
-from livecomments.comment_service.api.context import HEALTH, OPENAPI, PAGE, json_response
+from livecomments.comment_service.api.context import (
+    HEALTH,
+    METRICS,
+    OPENAPI,
+    PAGE,
+    json_response,
+)
 from livecomments.comment_service.api.route import Ok, Route, install
 from livecomments.comment_service.api.schema import Count, Model, one_of
+from livecomments.kernel.errors import NotFound
+from livecomments.kernel.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     Status = str
@@ -64,6 +72,13 @@ async def health(request: web.Request) -> web.Response:
     return json_response(request.app[HEALTH]())
 
 
+async def metrics(request: web.Request) -> web.Response:
+    served = request.app[METRICS]
+    if not served.public:
+        raise NotFound("metrics are served on this replica's admin listener")
+    return web.Response(body=served.registry.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
 async def openapi(request: web.Request) -> web.Response:
     return json_response(request.app[OPENAPI])
 
@@ -84,6 +99,20 @@ ROUTES = (
         "Health of this replica",
         "misc",
         (Ok(200, "Always 200; `status` says degraded without ZooKeeper.", Health),),
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        metrics,
+        "Metrics of this replica",
+        "misc",
+        (Ok(200, "The Prometheus text format (version 0.0.4).", str, media_type="text/plain"),),
+        notes=(
+            "What every metric means: `livecomments/kernel/metrics.py`. With"
+            " `admin_port` set, metrics are served on the admin listener instead and"
+            " this answers 404.",
+        ),
+        errors={404: ("not_found",)},
     ),
     Route(
         "GET",

@@ -180,6 +180,8 @@ class Channel:
             return DUPLICATE
         if seq == self.last_seq + 1:
             self._accept(seq, event.frame, frames, event.target_seq)
+            if event.created_at_ms:  # its latency is observed when the outbox is written
+                self.stamps.append(event.created_at_ms)
             self.drain(frames)
             return APPLIED
         if seq - self.last_seq > MAX_AHEAD and not confirmed:

@@ -342,8 +342,6 @@ class Hub:
             verdict = channel.offer(event, frames)
             if verdict == APPLIED:
                 accepted += 1
-                if event.created_at_ms:
-                    channel.stamps.append(event.created_at_ms)
             elif verdict == EARLY:
                 accepted += 1
                 recovery.fill(channel)

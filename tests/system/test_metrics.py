@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from livecomments.cli.cluster import Cluster
-from livecomments.cli.launcher import free_port
+from livecomments.cli.launcher import free_port, wait_ready
 from livecomments.kernel import metrics as m
 from tests.support import Api, Viewer, unique
 from tests.unit.test_dashboard import EXTERNAL, PROCESS, referenced, spec_of
@@ -289,21 +289,33 @@ async def test_every_metric_the_dashboard_and_rules_query_is_exported(
 
 
 @pytest.mark.timeout(90)
-async def test_an_admin_port_moves_metrics_off_the_viewers_listener(
+async def test_an_admin_port_moves_metrics_off_the_public_listener(
     cluster: Cluster, session: aiohttp.ClientSession
 ) -> None:
-    admin = free_port()
-    node = cluster.start_rtms(env={"LIVECOMMENTS_ADMIN_PORT": str(admin)})
-    name = next(n for n, s in cluster.services.items() if s is node)
+    ports = {"rtms": free_port(), "comment": free_port()}
+    started = [
+        cluster.start_rtms(env={"LIVECOMMENTS_ADMIN_PORT": str(ports["rtms"])}, wait=False),
+        cluster.start_comment_service(
+            env={"LIVECOMMENTS_ADMIN_PORT": str(ports["comment"])}, wait=False
+        ),
+    ]
+    names = [next(n for n, s in cluster.services.items() if s is node) for node in started]
     try:
-        assert node.metrics_url == f"http://127.0.0.1:{admin}/metrics"
-        scraped = await scrape(session, node.metrics_url)
-        assert scraped.value("livecomments_rtms_viewers") == 0
-        async with session.get(f"{node.url}/metrics") as response:
-            assert response.status == 404
-        async with session.get(f"http://127.0.0.1:{admin}/healthz") as response:
-            assert response.status == 200
-            assert orjson.loads(await response.read())["node_id"] == name
+        for node in started:
+            wait_ready(node.proc)
+        for node, port, component in zip(
+            started, ports.values(), (m.RTMS, m.COMMENT_SERVICE), strict=True
+        ):
+            assert node.metrics_url == f"http://127.0.0.1:{port}/metrics"
+            scraped = await scrape(session, node.metrics_url)
+            assert scraped.samples("livecomments_build_info")[0].labels["component"] == component
+            async with session.get(f"{node.url}/metrics") as response:
+                assert response.status == 404
+                assert orjson.loads(await response.read())["error"]["code"] == "not_found"
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 200
+                assert orjson.loads(await response.read())["zookeeper"] == "CONNECTED"
     finally:
-        node.proc.stop()
-        del cluster.services[name]
+        for node, name in zip(started, names, strict=True):
+            node.proc.stop()
+            del cluster.services[name]

@@ -35,6 +35,7 @@ DISPATCHER_PORT = 9701
 RTMS_PORT = 8801
 RTMS_GRPC_PORT = 9801
 COMMENT_PORT = 8443
+DISPATCHER_ADMIN_PORT = 9751  # /metrics, /healthz, /readyz
 
 
 @dataclass
@@ -137,6 +138,9 @@ class ServiceProc:
     env: dict[str, str]
     kind: str
     url: str = ""
+    # Where Prometheus scrapes it: its admin listener (plain HTTP) when it has
+    # one (every dispatcher), else its public listener (TLS with the cluster's CA).
+    metrics_url: str = ""
 
 
 class Cluster:
@@ -224,6 +228,7 @@ class Cluster:
         plan: dict[int, str] = {}
         for i in range(1, dispatchers + 1):
             plan[self._port(DISPATCHER_PORT, i)] = f"dispatcher-{i} gRPC"
+            plan[self._port(DISPATCHER_ADMIN_PORT, i)] = f"dispatcher-{i} admin"
         for i in range(1, rtms + 1):
             plan[self._port(RTMS_PORT, i)] = f"rtms-{i} SSE"
             plan[self._port(RTMS_GRPC_PORT, i)] = f"rtms-{i} gRPC"
@@ -250,10 +255,20 @@ class Cluster:
         self, kind: str, name: str, env: dict[str, str], port: int, url: str, wait: bool = True
     ) -> ServiceProc:
         proc = start_component(kind, name, self.run_dir, env, port, wait=wait)
-        service = self.services[name] = ServiceProc(proc, env, kind, url)
+        admin = env.get("LIVECOMMENTS_ADMIN_PORT", "0")
+        host = env.get("LIVECOMMENTS_ADMIN_HOST", "127.0.0.1")
+        metrics = f"http://{host}:{admin}/metrics" if admin != "0" else f"{url}/metrics"
+        service = self.services[name] = ServiceProc(proc, env, kind, url, metrics)
         return service
 
-    def start_dispatcher(self, index: int | None = None, *, wait: bool = True) -> ServiceProc:
+    def metrics_urls(self) -> dict[str, str]:
+        """Every process's ``/metrics``, by name (``dispatcher-1``, ``rtms-1``, ``comment-1``)."""
+        return {name: service.metrics_url for name, service in self.services.items()}
+
+    def start_dispatcher(
+        self, index: int | None = None, *, wait: bool = True, env: dict[str, str] | None = None
+    ) -> ServiceProc:
+        """``env``: settings of this process only, over the cluster's."""
         index = index or self._next("dispatcher")
         port = self._port(DISPATCHER_PORT, index)
         env = {
@@ -261,11 +276,16 @@ class Cluster:
             **self.base_env(),
             "LIVECOMMENTS_NODE_ID": f"dispatcher-{index}",
             "LIVECOMMENTS_PORT": str(port),
+            # /metrics and /healthz (a dispatcher has no other HTTP listener).
+            "LIVECOMMENTS_ADMIN_PORT": str(self._port(DISPATCHER_ADMIN_PORT, index)),
+            **(env or {}),
         }
         url = f"127.0.0.1:{port}"
         return self._launch("dispatcher", f"dispatcher-{index}", env, port, url, wait)
 
-    def start_rtms(self, index: int | None = None, *, wait: bool = True) -> ServiceProc:
+    def start_rtms(
+        self, index: int | None = None, *, wait: bool = True, env: dict[str, str] | None = None
+    ) -> ServiceProc:
         index = index or self._next("rtms")
         port, grpc_port = self._port(RTMS_PORT, index), self._port(RTMS_GRPC_PORT, index)
         env = {
@@ -277,6 +297,7 @@ class Cluster:
             "LIVECOMMENTS_PORT": str(port),
             "LIVECOMMENTS_GRPC_PORT": str(grpc_port),
             "LIVECOMMENTS_CORS_ORIGINS": ",".join(self.comment_origins()),
+            **(env or {}),
         }
         url = f"{self.scheme}://127.0.0.1:{port}"
         return self._launch("rtms", f"rtms-{index}", env, port, url, wait)
@@ -289,7 +310,9 @@ class Cluster:
         ]
         return origins or ["*"]
 
-    def start_comment_service(self, index: int | None = None, *, wait: bool = True) -> ServiceProc:
+    def start_comment_service(
+        self, index: int | None = None, *, wait: bool = True, env: dict[str, str] | None = None
+    ) -> ServiceProc:
         index = index or self._next("comment")
         port = self._port(COMMENT_PORT, index)
         env = {
@@ -298,6 +321,7 @@ class Cluster:
             **self._tls_env(),
             "LIVECOMMENTS_PORT": str(port),
             "LIVECOMMENTS_JWT_SECRET": self.jwt_secret,
+            **(env or {}),
         }
         url = f"{self.scheme}://127.0.0.1:{port}"
         return self._launch("comment-service", f"comment-{index}", env, port, url, wait)

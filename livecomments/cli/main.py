@@ -316,6 +316,7 @@ def _print_urls(cluster: Any, backends: Any, run_dir: Path) -> None:
         f"  API              {', '.join(s.url for s in comment)}/api",
         f"  RTMS (SSE)       {', '.join(rtms_urls)}",
         f"  dispatchers      {', '.join(dispatch)}",
+        f"  metrics          {', '.join(cluster.metrics_urls().values())}",
         f"  ZooKeeper        {backends.zk_hosts}  (root /{cluster.namespace})",
         f"  Redis            {backends.redis_url}",
         f"  MongoDB          {backends.mongo_uri}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from livecomments.comment_service.api import (
 )
 from livecomments.comment_service.api.context import (
     CORS,
+    METRICS,
     OPENAPI,
     REQUEST_ID,
     SETTINGS,
@@ -26,6 +28,7 @@ from livecomments.comment_service.api.context import (
     json_response,
 )
 from livecomments.comment_service.api.openapi import openapi_document
+from livecomments.comment_service.metrics import UNMATCHED
 from livecomments.kernel.errors import LiveCommentsError
 from livecomments.kernel.logs import REQUEST_ID_HEADER, request_id_from
 from livecomments.kernel.settings import CommentServiceSettings
@@ -58,6 +61,28 @@ async def request_id_middleware(request: web.Request, handler: Any) -> web.Strea
         raise
     response.headers[REQUEST_ID_HEADER] = request_id
     return response
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Count every answer by route template, method and status (outermost: the final one)."""
+    metrics = request.app.get(METRICS)
+    if metrics is None:
+        response: web.StreamResponse = await handler(request)
+        return response
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # a redirect, or an error answered by aiohttp itself
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else UNMATCHED
+        metrics.request(route, request.method, status, time.perf_counter() - started)
 
 
 @web.middleware
@@ -129,7 +154,14 @@ def build_app(settings: CommentServiceSettings) -> web.Application:
     """The app with every area's routes; the server then provides the services
     (``api/context.py``)."""
     app = web.Application(
-        middlewares=[request_id_middleware, headers_middleware, errors_middleware],
+        # Metrics outermost (the final status of every answer), then the request id
+        # (on every answer, errors included).
+        middlewares=[
+            metrics_middleware,
+            request_id_middleware,
+            headers_middleware,
+            errors_middleware,
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ from livecomments.kernel.store import Store, utcnow
 from livecomments.kernel.stream import Position
 
 log = logging.getLogger(__name__)
+
+
+def _ignore(stage: str, seconds: float) -> None:
+    pass
 
 
 class ContentRefused(LiveCommentsError):
@@ -93,6 +98,7 @@ class Comments:
         recent: RecentCache,
         revoked_key: Callable[[str], str],
         idempotency: Idempotency | None = None,
+        stage: Callable[[str, float], None] | None = None,
     ) -> None:
         self._store = store
         self._sequencer = sequencer
@@ -105,6 +111,8 @@ class Comments:
         self._admission = admission
         self._recent = recent
         self._idempotency = idempotency
+        # Where the write path's stages report their duration (admission, insert, dispatch).
+        self._stage = stage or _ignore
         self._settled: Batcher[dict[str, Any], None] = Batcher(recent.settle, max_batch=1000)
         self.page_reads: Counter[str] = Counter()  # history pages answered by cache / store
         self.dispatch_failures = 0
@@ -247,6 +255,7 @@ class Comments:
                 "this comment was refused by the content filter",
                 details={"reasons": list(score.reasons) if score else []},
             )
+        started = time.perf_counter()
         position = await self._admit(
             Ticket(
                 user_id=author.user_id,
@@ -258,6 +267,7 @@ class Comments:
                 sequence=verdict is Verdict.PUBLISH,
             )
         )
+        self._stage("admission", time.perf_counter() - started)
         doc: dict[str, Any] = {
             "_id": comment_id,
             "video_id": video_id,
@@ -315,10 +325,14 @@ class Comments:
         raise Unavailable("could not load the video's settings into Redis")
 
     async def _publish(self, doc: dict[str, Any], position: Position | None = None) -> None:
+        started = time.perf_counter()
         await self._sequence(doc, position)
         if doc.get("parent_id") is not None:
             await self._store.count_reply(doc["video_id"], doc["parent_id"])
+        stored = time.perf_counter()
+        self._stage("insert", stored - started)
         await self._dispatch(events.comment_event(doc), doc)
+        self._stage("dispatch", time.perf_counter() - stored)
 
     async def _sequence(self, doc: dict[str, Any], position: Position | None = None) -> None:
         """Give ``doc`` the video's next seq (or ``position``, taken at admission) and store it."""

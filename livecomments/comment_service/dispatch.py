@@ -29,7 +29,7 @@ from livecomments.kernel.errors import Unavailable
 from livecomments.kernel.grpcauth import DISPATCHER, GrpcSecurity
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
-from livecomments.kernel.rpcstream import RequestStream, StreamChannel
+from livecomments.kernel.rpcstream import RequestStream, StreamChannel, StreamCounts
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class DispatchClient:
         self._retiring: set[asyncio.Task[None]] = set()
         self._turn = itertools.count()
         self._addresses: list[str] = []  # derived from the directory when it changes
+        self.streams = StreamCounts()  # for /metrics
         directory.add_listener(self._directory_changed)
 
     def _directory_changed(self) -> None:
@@ -84,6 +85,7 @@ class DispatchClient:
                 error=DispatchFailed,
                 security=self._security,
                 peer_role=DISPATCHER,
+                counts=self.streams,
             )
         return replica.stream()
 

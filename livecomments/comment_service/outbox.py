@@ -73,6 +73,10 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self.redispatched = 0
         self.fenced = 0  # seqs this replica voided
+        # The outbox (all replicas') as of the last sweep, for /metrics: its entries,
+        # and the age of the oldest score (made, or last leased by a sweep).
+        self.depth = 0
+        self.oldest_age = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -91,6 +95,21 @@ class Outbox:
                 await self.sweep()
             except (LiveCommentsError, RedisError) as exc:
                 log.warning("outbox sweep failed: %s", exc)
+            try:
+                await self.measure()
+            except RedisError as exc:
+                log.warning("measuring the outbox failed: %s", exc)
+
+    async def measure(self) -> None:
+        """The outbox's depth and the age of its oldest entry (one round trip)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self._key)
+            pipe.zrange(self._key, 0, 0, withscores=True)
+            pipe.time()
+            depth, oldest, (seconds, micros) = await pipe.execute()
+        self.depth = int(depth)
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        self.oldest_age = max(0.0, (now_ms - float(oldest[0][1])) / 1000) if oldest else 0.0
 
     async def sweep(self) -> int:
         """Dispatch what is overdue; how many events were sent again."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from livecomments.comment_service.dispatch import DispatchClient
 from livecomments.comment_service.filter import ContentFilter, load_scorer
 from livecomments.comment_service.idempotency import Idempotency
 from livecomments.comment_service.limits import Limiter, LoginLimits, PostLimits
+from livecomments.comment_service.metrics import ServiceMetrics
 from livecomments.comment_service.moderation import Moderation
 from livecomments.comment_service.outbox import Outbox
 from livecomments.comment_service.policy import Policies
@@ -28,10 +30,13 @@ from livecomments.comment_service.recent import RecentCache
 from livecomments.coord import ZK, NodeDirectory, Placement, Policy
 from livecomments.coord.membership import WorkerLease
 from livecomments.coord.records import RtmsNode
+from livecomments.kernel import metrics as m
+from livecomments.kernel.admin import AdminListener
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.ids import Snowflake
 from livecomments.kernel.rates import Rate
 from livecomments.kernel.readiness import REDIS, STORE, Readiness
+from livecomments.kernel.redis.timed import TimedRedis
 from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.settings import CommentServiceSettings
 from livecomments.kernel.store import Store
@@ -56,9 +61,14 @@ class CommentServer:
             timeout=settings.zk_timeout,
             auth=settings.zk_auth,
         )
-        self.store = Store(settings.mongo_uri, settings.mongo_db, settings.mongo_timeout)
-        self.redis: Redis = Redis.from_url(
-            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        self.metrics = m.Metrics(m.COMMENT_SERVICE, f"comment-{settings.host}-{settings.port}")
+        self.store_latency = m.Histograms()
+        self.store = Store(
+            settings.mongo_uri, settings.mongo_db, settings.mongo_timeout, self.store_latency
+        )
+        self.redis_latency = m.Histograms()
+        self.redis: Redis = TimedRedis.connect(
+            settings.redis_url, self.redis_latency, socket_timeout=2.0, socket_connect_timeout=2.0
         )
         self.sequencer = Sequencer(self.redis, settings.redis_prefix, self.store, outbox=True)
         # /readyz: ZooKeeper connected, Redis and the store answering, not stopping.
@@ -128,6 +138,20 @@ class CommentServer:
         self.cors = Cors(settings.cors_origins, self.public_url)
         check_origins(settings.rtms_origins, "rtms_origins")
         self.viewer_page = ViewerPage(STATIC / "index.html", settings.frame_ancestors)
+        # /metrics: on the public listener, unless an admin listener serves it.
+        self.served_metrics = ServiceMetrics(self.metrics, public=not settings.admin_port)
+        self.metrics.add(self._collect)
+        self.admin = (
+            AdminListener(
+                settings.admin_host,
+                settings.admin_port,
+                self.metrics,
+                self.health,
+                self.readiness.answer,
+            )
+            if settings.admin_port
+            else None
+        )
         # Both need the Snowflake worker id leased in start().
         self.ids: Snowflake = None  # type: ignore[assignment]
         self.comments: Comments = None  # type: ignore[assignment]
@@ -161,11 +185,33 @@ class CommentServer:
             "history_cache_entries_read": self.recent.entries_read,
         }
 
+    def _collect(self) -> Iterator[m.Metric]:
+        comments, outbox = self.comments, self.outbox
+        yield from m.zookeeper(self.zk.state, self.zk.reconnects, self.zk.losses)
+        yield m.counter(m.DISPATCH_FAILURES, comments.dispatch_failures if comments else 0)
+        yield m.counter(m.DISPATCH_UNDELIVERED, comments.undelivered if comments else 0)
+        yield m.gauge(m.OUTBOX_DEPTH, outbox.depth)
+        yield m.gauge(m.OUTBOX_AGE, outbox.oldest_age)
+        yield m.counter(m.OUTBOX_REDISPATCHED, outbox.redispatched)
+        yield m.counter(m.OUTBOX_FENCED, outbox.fenced)
+        pages = comments.page_reads if comments else {}
+        yield m.counter(m.HISTORY_PAGES, {(s,): pages.get(s, 0) for s in ("cache", "store")})
+        yield m.gauge(
+            m.CLUSTER_NODES,
+            {("dispatcher",): len(self.dispatchers.nodes), ("rtms",): len(self.rtms_nodes.nodes)},
+        )
+        yield m.counter(m.STREAMS_OPENED, {("dispatcher",): self.dispatch.streams.opened})
+        yield m.counter(m.STREAMS_REOPENED, {("dispatcher",): self.dispatch.streams.reopened})
+        yield m.histogram(m.STORE_CALLS, self.store_latency)
+        yield m.histogram(m.REDIS_CALLS, self.redis_latency)
+
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
         s = self.settings
+        if self.admin is not None:
+            await self.admin.start()
         await self.store.start(create_indexes=True)
         await self.zk.start()
         await self.dispatchers.start()
@@ -185,6 +231,7 @@ class CommentServer:
             recent=self.recent,
             revoked_key=self.accounts.revoked_key,
             idempotency=Idempotency(self.redis, s.redis_prefix, s.idempotency_window),
+            stage=self.served_metrics.stage,
         )
         self.moderation = Moderation(self.store, self.comments, ids, s.flag_threshold)
         self.reactions.start()
@@ -221,6 +268,7 @@ class CommentServer:
         app[keys.PAGE] = self.page
         app[keys.HEALTH] = self.health
         app[keys.READINESS] = self.readiness.state
+        app[keys.METRICS] = self.served_metrics
 
     def begin_stop(self) -> None:
         """Not ready from now on (``/readyz`` 503 ``stopping``); requests are still served."""
@@ -243,3 +291,5 @@ class CommentServer:
         await self.zk.stop()
         await self.redis.aclose()
         await self.store.stop()
+        if self.admin is not None:
+            await self.admin.stop()

@@ -74,6 +74,10 @@ class ZK:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[StateListener] = []
         self.state = "LOST"
+        # For /metrics: times the session came back, and times it was lost (expired).
+        self.reconnects = 0
+        self.losses = 0
+        self._was_connected = False
 
     @property
     def client(self) -> KazooClient:
@@ -107,6 +111,7 @@ class ZK:
             self._client = None
             raise CoordinationTimeout(f"cannot connect to ZooKeeper at {self._hosts}")
         self.state = "CONNECTED"
+        self._was_connected = True
         for path in self.paths.parents() if parents else ():
             await self.ensure_path(path)
 
@@ -140,6 +145,12 @@ class ZK:
         previous, self.state = self.state, state
         if previous != state:
             log.info("zookeeper session %s -> %s", previous, state)
+            if state == "CONNECTED":
+                # Not the first connection: start() may see it before or after this.
+                self.reconnects += self._was_connected
+                self._was_connected = True
+            elif state == "LOST":
+                self.losses += 1
         for listener in list(self._listeners):
             try:
                 listener(state)

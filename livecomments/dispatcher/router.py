@@ -23,9 +23,10 @@ from livecomments.coord import NodeDirectory, RoutingTable
 from livecomments.coord.records import RtmsNode
 from livecomments.kernel.grpcauth import RTMS, GrpcSecurity
 from livecomments.kernel.logs import sane_request_id
+from livecomments.kernel.metrics import Histogram
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
-from livecomments.kernel.rpcstream import StreamChannel
+from livecomments.kernel.rpcstream import StreamChannel, StreamCounts
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,12 @@ class _Sender:
     """
 
     def __init__(
-        self, node_id: str, address: str, timeout: float, security: GrpcSecurity | None = None
+        self,
+        node_id: str,
+        address: str,
+        timeout: float,
+        security: GrpcSecurity | None = None,
+        counts: StreamCounts | None = None,
     ) -> None:
         self.node_id = node_id
         self.address = address
@@ -74,6 +80,7 @@ class _Sender:
             error=NodeGone,
             security=security,
             peer_role=RTMS,
+            counts=counts,
         )
         self._queue: collections.deque[_Pending] = collections.deque()
         self._flush_soon: asyncio.Handle | None = None
@@ -179,6 +186,13 @@ class Router:
         self._senders: dict[str, _Sender] = {}
         self._suspects: dict[str, float] = {}
         self.undelivered = 0  # events some hosting node did not take (left to the outbox)
+        # For /metrics: events routed, per node the events it took and those it did
+        # not get (by reason), the time each request took, the streams opened.
+        self.events = 0
+        self.delivered: collections.Counter[str] = collections.Counter()
+        self.dropped: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.latency = Histogram()
+        self.streams = StreamCounts()
         directory.add_listener(self._directory_changed)
 
     def _directory_changed(self) -> None:
@@ -196,7 +210,9 @@ class Router:
         address = report.grpc if report is not None else None
         if address is None:
             return None  # hosted but not a live member: its session is gone
-        sender = self._senders[node_id] = _Sender(node_id, address, self._timeout, self._security)
+        sender = self._senders[node_id] = _Sender(
+            node_id, address, self._timeout, self._security, self.streams
+        )
         return sender
 
     def submit(self, events: list[pb.Event]) -> Awaitable[pb.DispatchReply]:
@@ -207,7 +223,9 @@ class Router:
         hosting node did not take (skipped as suspect or unknown, or failed): the
         caller keeps those in its outbox instead of counting them delivered.
         """
+        started = time.perf_counter()
         now = time.monotonic()
+        self.events += len(events)
         per_node: dict[str, tuple[list[pb.Event], list[int]]] = {}
         for index, event in enumerate(events):
             for node_id in self.table.nodes_for(event.video_id):
@@ -220,15 +238,17 @@ class Router:
         undelivered: set[int] = set()
         dropped = 0
         for node_id, (batch, indexes) in per_node.items():
-            sender = None if self._suspects.get(node_id, 0.0) > now else self._sender(node_id)
+            suspect = self._suspects.get(node_id, 0.0) > now
+            sender = None if suspect else self._sender(node_id)
             if sender is None:  # suspect, or hosted but not a live member
                 dropped += 1
                 undelivered.update(indexes)
+                self.dropped[node_id, "suspect" if suspect else "not_member"] += len(indexes)
                 continue
             waits.append((node_id, indexes, sender.send(batch)))
         if log.isEnabledFor(logging.INFO):
             _log_dispatched(events, per_node, {node_id for node_id, _, _ in waits})
-        return self._collect(len(per_node), waits, dropped, undelivered)
+        return self._collect(len(per_node), waits, dropped, undelivered, started)
 
     async def dispatch(self, events: list[pb.Event]) -> pb.DispatchReply:
         """Send each event once to each node hosting its video; wait for their answers."""
@@ -240,6 +260,7 @@ class Router:
         waits: list[tuple[str, list[int], asyncio.Future[None]]],
         dropped: int,
         undelivered: set[int],
+        started: float,
     ) -> pb.DispatchReply:
         delivered = 0
         if waits:
@@ -248,15 +269,23 @@ class Router:
                 if result is None:
                     delivered += 1
                     self._suspects.pop(node_id, None)
+                    self.delivered[node_id] += len(indexes)
                 else:
                     dropped += 1
                     undelivered.update(indexes)
+                    self.dropped[node_id, "failed"] += len(indexes)
                     log.warning("delivery failed, suspecting node: %s", result)
                     self._suspects[node_id] = time.monotonic() + SUSPECT_FOR
         self.undelivered += len(undelivered)
+        self.latency.observe(time.perf_counter() - started)
         return pb.DispatchReply(
             nodes=nodes, delivered=delivered, dropped=dropped, undelivered=sorted(undelivered)
         )
+
+    def suspects(self) -> int:
+        """Nodes skipped now after a failed delivery."""
+        now = time.monotonic()
+        return sum(1 for until in self._suspects.values() if until > now)
 
     async def close(self) -> None:
         senders, self._senders = list(self._senders.values()), {}

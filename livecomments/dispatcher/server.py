@@ -1,9 +1,11 @@
-"""A dispatcher replica: gRPC server, ZooKeeper mirrors, membership."""
+"""A dispatcher replica: gRPC server, ZooKeeper mirrors, membership, admin listener."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 
@@ -11,6 +13,8 @@ from livecomments.coord import ZK, Membership, NodeDirectory, RoutingTable
 from livecomments.coord.records import Dispatcher
 from livecomments.dispatcher.router import Router
 from livecomments.dispatcher.service import DispatcherService
+from livecomments.kernel import metrics as m
+from livecomments.kernel.admin import AdminListener
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.grpchealth import GrpcHealth
 from livecomments.kernel.pb import livecomments_pb2 as pb
@@ -47,16 +51,57 @@ class DispatcherServer:
         self.readiness = Readiness()
         self.zk.follow_in(self.readiness)
         self.readiness.flag(ROUTING, lambda: not self.table.loaded)
-        self.health = GrpcHealth(
+        self.health_service = GrpcHealth(
             self.readiness, [pb.DESCRIPTOR.services_by_name["Dispatcher"].full_name]
+        )
+        self.metrics = m.Metrics(m.DISPATCHER, self.node_id)
+        self.metrics.add(self._collect)
+        self.admin = (
+            AdminListener(
+                settings.admin_host,
+                settings.admin_port,
+                self.metrics,
+                self.health,
+                self.readiness.answer,
+            )
+            if settings.admin_port
+            else None
         )
         self._grpc: grpc.aio.Server | None = None
         self._started = False
+
+    def health(self) -> dict[str, Any]:
+        """Alive (the admin listener answers 200); ``status`` says degraded without ZooKeeper."""
+        return {
+            "node_id": self.node_id,
+            "status": "ok" if self.zk.state == "CONNECTED" else "degraded",
+            "zookeeper": self.zk.state,
+            "rtms_nodes": len(self.directory.nodes),
+            "routed_videos": len(self.table.videos),
+            "suspect_nodes": self.router.suspects(),
+            "undelivered": self.router.undelivered,
+        }
+
+    def _collect(self) -> Iterator[m.Metric]:
+        router = self.router
+        yield from m.zookeeper(self.zk.state, self.zk.reconnects, self.zk.losses)
+        yield m.counter(m.DISPATCHER_EVENTS, router.events)
+        yield m.histogram(m.DISPATCHER_DURATION, router.latency)
+        yield m.counter(m.DISPATCHER_DELIVERED, {(n,): v for n, v in router.delivered.items()})
+        yield m.counter(m.DISPATCHER_DROPPED, router.dropped)
+        yield m.counter(m.DISPATCHER_UNDELIVERED, router.undelivered)
+        yield m.gauge(m.DISPATCHER_VIDEOS, len(self.table.videos))
+        yield m.gauge(m.DISPATCHER_SUSPECTS, router.suspects())
+        yield m.gauge(m.CLUSTER_NODES, {("rtms",): len(self.directory.nodes)})
+        yield m.counter(m.STREAMS_OPENED, {("rtms",): router.streams.opened})
+        yield m.counter(m.STREAMS_REOPENED, {("rtms",): router.streams.reopened})
 
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
+        if self.admin is not None:  # first: a health check sees a starting replica
+            await self.admin.start()
         await self.zk.start()
         # The table must be whole before any comment service can pick us.
         await self.directory.start()
@@ -65,7 +110,7 @@ class DispatcherServer:
         pb_grpc.add_DispatcherServicer_to_server(
             DispatcherService(self.router, self.security), self._grpc
         )
-        await self.health.add_to(self._grpc)
+        await self.health_service.add_to(self._grpc)
         self.security.add_port(self._grpc, self.address)
         await self._grpc.start()
         await self.membership.join(Dispatcher(grpc=self.address))
@@ -89,3 +134,5 @@ class DispatcherServer:
             await self._grpc.stop(grace=min(2.0, timeout))
         await self.router.close()
         await self.zk.stop()
+        if self.admin is not None:
+            await self.admin.stop()

@@ -59,6 +59,17 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
+class StreamCounts:
+    """Streams opened by the channels of one owner (for /metrics), and of those the
+    ones opened again after the previous stream to the same peer died."""
+
+    __slots__ = ("opened", "reopened")
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.reopened = 0
+
+
 class _Message(Protocol):
     id: int
 
@@ -227,8 +238,10 @@ class StreamChannel(Generic[Req, Rep]):
         error: Callable[[str], Exception],
         security: GrpcSecurity | None = None,
         peer_role: str = "",
+        counts: StreamCounts | None = None,
     ) -> None:
         self.address = address
+        self._counts = counts if counts is not None else StreamCounts()
         # Mutual TLS, the peer checked to hold ``peer_role``'s certificate; plaintext
         # only when ``security`` says so (None: for in-process test servers).
         security = security or GrpcSecurity.insecure()
@@ -243,6 +256,8 @@ class StreamChannel(Generic[Req, Rep]):
     def stream(self) -> RequestStream[Req, Rep]:
         stream = self._stream
         if stream is None or not stream.alive:
+            self._counts.opened += 1
+            self._counts.reopened += stream is not None
             stream = self._stream = RequestStream(
                 self._open_call(self._channel),
                 name=self._name,

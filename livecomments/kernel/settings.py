@@ -109,6 +109,11 @@ class RTMSSettings(BackendSettings):
     # publishes for dispatchers to dial, while `host` faces viewers.
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 9801
+    # The admin listener: plain HTTP /metrics (Prometheus) and /healthz on a
+    # private address. 0: none, and /metrics is served on the public listener
+    # instead; set a port to keep metrics off the public one (it then answers 404).
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0
     # Largest SSE frame accepted from a dispatcher; a bigger one is refused
     # (counted in /healthz "refused"), never delivered.
     max_frame_bytes: int = 64 * 1024
@@ -166,8 +171,12 @@ class RTMSSettings(BackendSettings):
 @dataclasses.dataclass(frozen=True)
 class DispatcherSettings(BackendSettings):
     node_id: str = ""
-    host: str = "127.0.0.1"  # the gRPC listener (a dispatcher has no other): keep it private
+    host: str = "127.0.0.1"  # the gRPC listener: keep it private
     port: int = 9701
+    # The admin listener: plain HTTP /metrics (Prometheus) and /healthz, on a
+    # private address (0: none).
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9751
     deliver_timeout: float = 2.0  # seconds one Deliver to one RTMS node may take
 
 
@@ -175,6 +184,11 @@ class DispatcherSettings(BackendSettings):
 class CommentServiceSettings(BackendSettings):
     host: str = "127.0.0.1"
     port: int = 8443
+    # The admin listener: plain HTTP /metrics (Prometheus) and /healthz on a
+    # private address. 0: none, and /metrics is served on the public listener
+    # instead; set a port to keep metrics off the public one (it then answers 404).
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0
     public_url: str = ""
     tls_cert: str = ""
     tls_key: str = ""

@@ -14,20 +14,50 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
 
 from livecomments.kernel.errors import Conflict, LiveCommentsError, Unavailable
+from livecomments.kernel.metrics import Histograms
 
 Doc = dict[str, Any]
 
 
-class Store:
-    """Owns the client; ``start()`` connects and makes sure the indexes exist."""
+class _Timing(CommandListener):
+    """Each command's duration, by command name (find, insert, update, ...): pymongo's
+    own command monitoring, so every call is timed without wrapping one."""
 
-    def __init__(self, uri: str, database: str, timeout: float = 5.0) -> None:
+    def __init__(self, latency: Histograms) -> None:
+        self._latency = latency
+
+    def started(self, event: CommandStartedEvent) -> None:
+        pass
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        self._latency.observe(event.duration_micros / 1e6, event.command_name)
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        self._latency.observe(event.duration_micros / 1e6, event.command_name)
+
+
+class Store:
+    """Owns the client; ``start()`` connects and makes sure the indexes exist.
+
+    ``latency``: where each command's duration goes (by command name), for /metrics.
+    """
+
+    def __init__(
+        self, uri: str, database: str, timeout: float = 5.0, latency: Histograms | None = None
+    ) -> None:
         self._uri = uri
         self._database = database
         self._timeout_ms = int(timeout * 1000)
         self._client: AsyncMongoClient[Doc] | None = None
+        self._listeners = [_Timing(latency)] if latency is not None else []
 
     async def start(self, *, create_indexes: bool = True) -> None:
         if self._client is not None:
@@ -38,6 +68,7 @@ class Store:
             connectTimeoutMS=self._timeout_ms,
             timeoutMS=self._timeout_ms,
             tz_aware=True,
+            event_listeners=self._listeners,
         )
         if create_indexes:
             await self.ensure_indexes()

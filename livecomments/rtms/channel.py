@@ -119,6 +119,7 @@ class Channel:
         "seen_head",
         "sent_epoch",
         "sent_seq",
+        "stamps",
         "video_id",
         "viewers",
         "viral",
@@ -141,6 +142,9 @@ class Channel:
         # seq -> (frame, seq of the comment it changes or 0), waiting for a gap to close
         self.pending: dict[int, tuple[bytes, int]] = {}
         self.outbox: list[bytes] = []  # accepted, not yet written to the viewers
+        # The accept times (ms) of the outbox's events applied in order: the hub
+        # observes their latency once per event when the outbox is written.
+        self.stamps: list[int] = []
         # Everything up to (sent_epoch, sent_seq) was written to the viewers, at
         # last_flush; the outbox holds what came after.
         self.sent_seq = last_seq
@@ -176,6 +180,8 @@ class Channel:
             return DUPLICATE
         if seq == self.last_seq + 1:
             self._accept(seq, event.frame, frames, event.target_seq)
+            if event.created_at_ms:  # its latency is observed when the outbox is written
+                self.stamps.append(event.created_at_ms)
             self.drain(frames)
             return APPLIED
         if seq - self.last_seq > MAX_AHEAD and not confirmed:

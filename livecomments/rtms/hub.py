@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Iterable
 from typing import Any, Protocol
 
@@ -42,6 +43,7 @@ import orjson
 from livecomments.kernel import events
 from livecomments.kernel.errors import LiveCommentsError, Unavailable
 from livecomments.kernel.logs import about, sane_request_id
+from livecomments.kernel.metrics import Histogram
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.rates import Rate
 from livecomments.kernel.stream import Position, stream_url
@@ -157,6 +159,8 @@ class Hub:
         self.viewer_count = 0
         self.stats = Stats()
         self.refusals = Refusals()  # events refused from the wire (wire.py, epochs)
+        # Accept (comment service) to write (here), once per event: see flush.
+        self.latency = Histogram()
         self.pacing = Pacing(
             self.flush,
             self.stats,
@@ -400,14 +404,38 @@ class Hub:
         """Write the channel's outbox to its viewers now; drop those too slow for it.
 
         Pacing calls this when the window ends; a joiner, a move and stopping do
-        not wait for that.
+        not wait for that. Counts the write once per flush (viewers written x
+        events, bytes) and each event's latency once, never per viewer.
         """
-        for viewer in channel.flush(self._max_buffer):
+        outbox = channel.outbox
+        if not outbox:
+            channel.flush(self._max_buffer)  # spends a flush set for later
+            return
+        frames, size, viewers = len(outbox), sum(map(len, outbox)), len(channel.viewers)
+        slow = channel.flush(self._max_buffer)
+        written = viewers - len(slow)
+        stats = self.stats
+        stats.writes += written
+        stats.deliveries += written * frames
+        stats.bytes_written += written * size
+        stamps = channel.stamps
+        if stamps:
+            if written:
+                self._observe_latency(stamps)
+            stamps.clear()
+        for viewer in slow:
             # It resumes with its Last-Event-ID when it reconnects.
             self.stats.slow_dropped += 1
             log.info("dropping slow viewer of %s", channel.video_id, extra=about(channel.video_id))
             self.detach(viewer)
             viewer.transport.abort()
+
+    def _observe_latency(self, stamps: list[int]) -> None:
+        """From each event's accept time (the comment service's clock) to now."""
+        now_ms = time.time() * 1000
+        observe = self.latency.observe
+        for stamp in stamps:
+            observe(max(0.0, now_ms - stamp) / 1000)
 
     def viral_videos(self) -> dict[str, int]:
         """Videos in viral mode, with the deliveries/s each demands (see Pacing.viral_videos)."""

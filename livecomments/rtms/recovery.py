@@ -297,6 +297,13 @@ class Recovery:
             self.fill(channel, head.seq)
 
 
+def _count_resume(stats: Stats, from_store: bool) -> None:
+    if from_store:
+        stats.resumed_store += 1
+    else:
+        stats.resumed_ring += 1
+
+
 class Resume:
     """What a resuming viewer is owed, read from the ring or the store, written within bounds.
 
@@ -341,18 +348,22 @@ class Resume:
         # Epoch 0 is "whatever epoch the video had": a viewer moved off a node
         # before the video's first event knew no epoch yet.
         if channel.epoch is not None and epoch not in (0, channel.epoch):
+            self._stats.resumed_epoch += 1
             out.append((0, reset_frame("epoch_changed", channel.epoch)))
             return out, None
         start_epoch = channel.epoch
+        stats, from_store = self._stats, False
         # The viewer was written everything up to `written`; `out` holds what follows, to `cursor`.
         written = cursor = seq
         budget = self.write_budget
         while True:
             if start_epoch is not None and channel.epoch != start_epoch:
                 # The counter was re-created while we replayed: reload, then live.
+                stats.resumed_epoch += 1
                 out.append((0, reset_frame("epoch_changed", channel.epoch)))
                 return out, None
             if cursor >= channel.last_seq:
+                _count_resume(stats, from_store)
                 return out, written
             ring_start = channel.ring[0][0] if channel.ring else channel.last_seq + 1
             if ring_start - 1 - cursor > self._replay_limit:
@@ -365,6 +376,7 @@ class Resume:
                 tail = [entry for entry in channel.ring if entry[0] > cursor]
                 if not viewer.paused and _size(out) + _size(tail) <= budget:
                     out.extend(tail)
+                    _count_resume(stats, from_store)
                     return out, written
                 # More than one write: send this much, let the viewer drain, look again.
                 out.extend(tail)
@@ -374,6 +386,7 @@ class Resume:
                 _, page_end = self.pages.span(cursor + 1)
                 need = min(page_end, ring_start - 1)
                 page = await self.pages.frames(channel.video_id, cursor + 1, need, channel.last_seq)
+                from_store = True
                 out.extend(entry for entry in page if cursor < entry[0] <= need)
                 cursor = need
                 if _size(out) < budget:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -13,12 +14,15 @@ from redis.asyncio import Redis
 
 from livecomments.coord import ZK, HostedRegistry, Membership, Placement, Policy
 from livecomments.coord.records import RtmsNode
+from livecomments.kernel import metrics as m
+from livecomments.kernel.admin import AdminListener
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.grpchealth import GrpcHealth
 from livecomments.kernel.logs import about
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.kernel.readiness import DRAINING, REDIS, STORE, Readiness
+from livecomments.kernel.redis.timed import TimedRedis
 from livecomments.kernel.rpcstream import SERVER_OPTIONS
 from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.settings import RTMSSettings, default_node_id
@@ -27,6 +31,7 @@ from livecomments.kernel.stream import Position
 from livecomments.kernel.tls import server_context
 from livecomments.rtms.delivery import DeliveryService
 from livecomments.rtms.hub import Hub
+from livecomments.rtms.metrics import collector
 from livecomments.rtms.sse import SSEListener
 
 log = logging.getLogger(__name__)
@@ -82,9 +87,14 @@ class RTMSServer:
             timeout=settings.zk_timeout,
             auth=settings.zk_auth,
         )
-        self.store = Store(settings.mongo_uri, settings.mongo_db, settings.mongo_timeout)
-        self.redis: Redis = Redis.from_url(
-            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        self.metrics = m.Metrics(m.RTMS, self.node_id)
+        self.store_latency = m.Histograms()
+        self.store = Store(
+            settings.mongo_uri, settings.mongo_db, settings.mongo_timeout, self.store_latency
+        )
+        self.redis_latency = m.Histograms()
+        self.redis: Redis = TimedRedis.connect(
+            settings.redis_url, self.redis_latency, socket_timeout=2.0, socket_connect_timeout=2.0
         )
         # Refuses to start without credentials (or an explicit grpc_insecure).
         self.security = GrpcSecurity.from_settings(settings)
@@ -136,6 +146,21 @@ class RTMSServer:
             max_streams_per_address=settings.max_streams_per_address,
             join_limit_address=settings.join_limit_address,
             trusted_proxies=settings.trusted_proxies,
+            # /metrics on the viewers' listener, unless an admin listener serves it.
+            metrics=None if settings.admin_port else self.metrics.exposition,
+        )
+        self.metrics.add(collector(self.hub, self.listener, lambda: self.draining))
+        self.metrics.add(self._collect)
+        self.admin = (
+            AdminListener(
+                settings.admin_host,
+                settings.admin_port,
+                self.metrics,
+                self.health,
+                self.readiness.answer,
+            )
+            if settings.admin_port
+            else None
         )
         self._rebalances_seen: set[str] = set()
         self._tasks: set[asyncio.Future[None]] = set()
@@ -185,6 +210,11 @@ class RTMSServer:
             "replay_docs": pages.docs,
             "replay_resets": stats.replay_resets,
         }
+
+    def _collect(self) -> Iterator[m.Metric]:
+        yield from m.zookeeper(self.zk.state, self.zk.reconnects, self.zk.losses)
+        yield m.histogram(m.STORE_CALLS, self.store_latency)
+        yield m.histogram(m.REDIS_CALLS, self.redis_latency)
 
     @property
     def draining(self) -> bool:
@@ -257,6 +287,8 @@ class RTMSServer:
             return
         self._started = True
         s = self.settings
+        if self.admin is not None:
+            await self.admin.start()
         await self.store.start(create_indexes=False)
         await self.zk.start()
         self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
@@ -362,3 +394,5 @@ class RTMSServer:
         await self.zk.stop()
         await self.redis.aclose()
         await self.store.stop()
+        if self.admin is not None:
+            await self.admin.stop()

@@ -29,6 +29,7 @@ import orjson
 from livecomments.kernel.errors import LiveCommentsError
 from livecomments.kernel.ids import valid_video_id
 from livecomments.kernel.logs import about
+from livecomments.kernel.metrics import CONTENT_TYPE
 from livecomments.kernel.netaddr import TrustedProxies, limit_key
 from livecomments.kernel.rates import Rate
 from livecomments.kernel.stream import Position, stream_url
@@ -56,6 +57,8 @@ _REASONS = {
     503: "Service Unavailable",
 }
 
+
+_METRICS_TYPE = CONTENT_TYPE.encode()
 
 # Retry-After (seconds) of the refusals that no bucket times.
 RETRY_BUSY = 1  # too many connections not streaming yet: they settle within a second
@@ -94,8 +97,10 @@ class SSEListener:
         max_streams_per_address: int = 1000,
         join_limit_address: str = "20/10",
         trusted_proxies: tuple[str, ...] = (),
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
         self.hub = hub
+        self._metrics = metrics  # None: /metrics is on the admin listener, not here
         self._elsewhere = elsewhere
         self._preamble = f"retry: {retry_ms}\n\n".encode()
         self._cors = cors_origins
@@ -221,6 +226,9 @@ class SSEListener:
             return
         if path == "/readyz":
             self.ready(conn, cors)
+            return
+        if path == "/metrics" and self._metrics is not None:
+            conn.respond(200, self._metrics(), b"", content_type=_METRICS_TYPE)
             return
         if not path.startswith("/stream/"):
             conn.error(404, "not_found", "no such endpoint", cors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from livecomments.comment_service.api.body import JsonBody
 from livecomments.comment_service.api.context import (
     ACCOUNTS,
     COMMENTS,
+    METRICS,
     REACTIONS,
     REQUEST_ID,
     SETTINGS,
@@ -148,6 +150,29 @@ IDEMPOTENCY = Header(
 
 
 async def post_comment(request: web.Request) -> web.Response:
+    """A post, counted by outcome (its error code when refused) for /metrics."""
+    metrics = request.app.get(METRICS)
+    started = time.perf_counter()
+    try:
+        response = await _post_comment(request)
+    except LiveCommentsError as exc:
+        if metrics is not None:
+            metrics.refused(exc.status, exc.code)
+        raise
+    except web.HTTPException as exc:  # aiohttp's own (a body over the size limit)
+        if metrics is not None:
+            metrics.refused(exc.status, f"http_{exc.status}")
+        raise
+    except Exception:
+        if metrics is not None:
+            metrics.refused(500, "internal")
+        raise
+    if metrics is not None:
+        metrics.posted(response.status == 202, time.perf_counter() - started)
+    return response
+
+
+async def _post_comment(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     video_id = VIDEO(request)
     # A logged-out token is refused by the admission step (one Redis call for both).

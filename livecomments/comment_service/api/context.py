@@ -17,6 +17,7 @@ from livecomments.comment_service.auth import Accounts, Principal
 from livecomments.comment_service.browser import Cors
 from livecomments.comment_service.comments import Comments
 from livecomments.comment_service.limits import Limiter, LoginLimits
+from livecomments.comment_service.metrics import ServiceMetrics
 from livecomments.comment_service.moderation import Moderation
 from livecomments.comment_service.policy import Policies
 from livecomments.comment_service.reactions import Reactions
@@ -61,6 +62,7 @@ READINESS: web.AppKey[Callable[[], tuple[bool, tuple[str, ...]]]] = web.AppKey("
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")  # set by build_app
 # Per request: its id (the client's X-Request-ID when sane, else a new one; app.py).
 REQUEST_ID = web.RequestKey("request_id", str)
+METRICS = web.AppKey("metrics", ServiceMetrics)  # counted by the middleware and handlers
 
 
 def _plain(value: Any) -> Any:

@@ -9,6 +9,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from livecomments.comment_service.api.context import (
     HEALTH,
+    METRICS,
     OPENAPI,
     PAGE,
     READINESS,
@@ -17,6 +18,8 @@ from livecomments.comment_service.api.context import (
 from livecomments.comment_service.api.route import Ok, Route, install
 from livecomments.comment_service.api.schema import Count, Model, one_of
 from livecomments.kernel import readiness
+from livecomments.kernel.errors import NotFound
+from livecomments.kernel.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     Status = str
@@ -89,6 +92,13 @@ async def ready(request: web.Request) -> web.Response:
     return json_response(body, 200 if is_ready else 503, {"Cache-Control": "no-store"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    served = request.app[METRICS]
+    if not served.public:
+        raise NotFound("metrics are served on this replica's admin listener")
+    return web.Response(body=served.registry.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
 async def openapi(request: web.Request) -> web.Response:
     return json_response(request.app[OPENAPI])
 
@@ -129,6 +139,20 @@ ROUTES = (
             "then stops). "
             "`/healthz` answers whether it is alive.",
         ),
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        metrics,
+        "Metrics of this replica",
+        "misc",
+        (Ok(200, "The Prometheus text format (version 0.0.4).", str, media_type="text/plain"),),
+        notes=(
+            "What every metric means: `livecomments/kernel/metrics.py`. With"
+            " `admin_port` set, metrics are served on the admin listener instead and"
+            " this answers 404.",
+        ),
+        errors={404: ("not_found",)},
     ),
     Route(
         "GET",

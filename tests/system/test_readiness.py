@@ -103,6 +103,11 @@ def url(cluster: Cluster, name: str) -> str:
     return cluster.services[name].url
 
 
+def admin(cluster: Cluster, name: str) -> str:
+    """A dispatcher's admin listener (plain HTTP: /metrics, /healthz, /readyz)."""
+    return cluster.services[name].metrics_url.removesuffix("/metrics")
+
+
 async def until_readyz(
     session: aiohttp.ClientSession, base: str, want: int, reason: str | None, timeout: float
 ) -> dict[str, Any]:
@@ -140,6 +145,8 @@ async def test_a_healthy_cluster_is_ready(cluster: Cluster, session: aiohttp.Cli
         status, body = await readyz(session, url(cluster, name))
         assert (status, body) == (200, {"ready": True, "reasons": []}), name
         assert (await alive(session, url(cluster, name)))["status"] == "ok"
+    status, body = await readyz(session, admin(cluster, "dispatcher-1"))
+    assert (status, body) == (200, {"ready": True, "reasons": []})
     for name in ("dispatcher-1", "rtms-1"):
         assert await grpc_statuses(cluster, name) == {SERVING}, name
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
@@ -199,6 +206,9 @@ async def test_without_zookeeper_quorum_nothing_is_ready(
             await until_readyz(session, url(cluster, name), 503, "zookeeper_disconnected", 60)
         await until_grpc(cluster, "dispatcher-1", NOT_SERVING, 60)
         await until_grpc(cluster, "rtms-2", NOT_SERVING, 60)
+        await until_readyz(
+            session, admin(cluster, "dispatcher-1"), 503, "zookeeper_disconnected", 5
+        )
         assert (await alive(session, url(cluster, "comment-1")))["status"] == "degraded"
     finally:
         for name in stopped:
@@ -207,6 +217,7 @@ async def test_without_zookeeper_quorum_nothing_is_ready(
         await until_readyz(session, url(cluster, name), 200, None, 90)
     await until_grpc(cluster, "dispatcher-1", SERVING, 90)
     await until_grpc(cluster, "rtms-2", SERVING, 90)
+    await until_readyz(session, admin(cluster, "dispatcher-1"), 200, None, 10)
 
 
 @pytest.mark.timeout(120)

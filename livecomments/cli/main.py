@@ -25,6 +25,7 @@ from livecomments.cli.launcher import (
     port_holders,
 )
 from livecomments.cli.runtime import load_settings, serve, setup_logging
+from livecomments.cli.top import top
 from livecomments.kernel import settings as cfg
 
 
@@ -334,3 +335,4 @@ def _print_urls(cluster: Any, backends: Any, run_dir: Path) -> None:
 for _command in ops.COMMANDS:
     main.add_command(_command)
 main.add_command(config)
+main.add_command(top)

@@ -114,6 +114,7 @@ def nodes_doc(snap: Snapshot) -> dict[str, Any]:
                 "live": report is not None,
                 "sse_url": report.sse_url if report else None,
                 "grpc": report.grpc if report else None,
+                "metrics": report.metrics if report else None,
                 "connections": report.connections if report else 0,
                 "videos": report.videos if report else 0,
                 "hosted": sorted(hosting.get(node, [])),
@@ -123,8 +124,14 @@ def nodes_doc(snap: Snapshot) -> dict[str, Any]:
                 "viral_videos": list(report.viral_videos) if report else [],
             }
         )
-    dispatchers = [{"id": d, "grpc": info.grpc} for d, info in sorted(snap.dispatchers.items())]
-    workers = [{"lease": w, "worker_id": wid} for w, wid in sorted(snap.workers.items())]
+    dispatchers = [
+        {"id": d, "grpc": info.grpc, "metrics": info.metrics}
+        for d, info in sorted(snap.dispatchers.items())
+    ]
+    workers = [
+        {"lease": w, "worker_id": info.worker_id, "url": info.url, "metrics": info.metrics}
+        for w, info in sorted(snap.workers.items())
+    ]
     return {"rtms": rows, "dispatchers": dispatchers, "comment_workers": workers}
 
 

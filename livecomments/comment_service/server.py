@@ -31,7 +31,7 @@ from livecomments.coord import ZK, NodeDirectory, Placement, Policy
 from livecomments.coord.membership import WorkerLease
 from livecomments.coord.records import RtmsNode
 from livecomments.kernel import metrics as m
-from livecomments.kernel.admin import AdminListener
+from livecomments.kernel.admin import AdminListener, metrics_url
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.ids import Snowflake
 from livecomments.kernel.rates import Rate
@@ -217,7 +217,10 @@ class CommentServer:
         await self.dispatchers.start()
         await self.rtms_nodes.start()
         await self.placement.start()
-        worker = await self.lease.acquire()
+        settings = self.settings
+        worker = await self.lease.acquire(
+            self.public_url, metrics_url(settings.admin_host, settings.admin_port, self.public_url)
+        )
         self.ids = ids = Snowflake(worker)
         self.comments = Comments(
             self.store,

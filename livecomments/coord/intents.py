@@ -24,13 +24,13 @@ from livecomments.coord.client import ZK
 from livecomments.coord.paths import check_name
 from livecomments.coord.placement import Policy, place, placeable
 from livecomments.coord.records import (
+    CommentWorker,
     Dispatcher,
     Drain,
     Move,
     Pin,
     RebalanceRequest,
     RtmsNode,
-    WorkerId,
     stamp,
 )
 from livecomments.kernel.errors import Conflict, NotFound, ValidationError
@@ -46,7 +46,7 @@ class Snapshot:
 
     rtms: dict[str, RtmsNode]  # live RTMS node -> its load report
     dispatchers: dict[str, Dispatcher]
-    workers: dict[str, str]  # comment-service lease znode -> Snowflake worker id
+    workers: dict[str, CommentWorker]  # comment-service lease znode -> its record
     hosted: dict[str, list[str]]  # video -> nodes with /hosted/{video}/{node}
     pins: dict[str, Pin]
     drains: dict[str, Drain]
@@ -152,7 +152,7 @@ class Intents:
         return Snapshot(
             rtms={n: RtmsNode.decode(d) for n, d in rtms.items()},
             dispatchers={n: Dispatcher.decode(d) for n, d in dispatchers.items()},
-            workers={n: WorkerId.decode(d) for n, d in workers.items()},
+            workers={n: CommentWorker.decode(d) for n, d in workers.items()},
             hosted=hosted,
             pins={v: Pin.decode(d) for v, d in pins.items()},
             drains={n: Drain.decode(d) for n, d in drains.items()},

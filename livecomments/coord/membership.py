@@ -7,7 +7,7 @@ from typing import Generic, Protocol, TypeVar
 
 from livecomments.coord.client import ZK
 from livecomments.coord.ephemeral import EphemeralSet
-from livecomments.coord.records import WorkerId
+from livecomments.coord.records import CommentWorker
 from livecomments.kernel.errors import Unavailable
 from livecomments.kernel.ids import MAX_WORKER
 
@@ -55,7 +55,8 @@ class WorkerLease:
         self.worker_id = -1
         self.path = ""
 
-    async def acquire(self) -> int:
+    async def acquire(self, url: str | None = None, metrics: str | None = None) -> int:
+        """Lease a worker id; the lease also says where this process is reached."""
         base = self._zk.paths.comment_workers
         for _ in range(8):
             path = await self._zk.create(f"{base}/w-", b"", ephemeral=True, sequence=True)
@@ -63,7 +64,7 @@ class WorkerLease:
             mine = path.rsplit("/", 1)[1]
             others = [c for c in await self._zk.children(base) if c != mine]
             if all(int(c.rsplit("-", 1)[1]) % (MAX_WORKER + 1) != worker for c in others):
-                await self._zk.set(path, WorkerId.encode(worker))
+                await self._zk.set(path, CommentWorker(worker, url, metrics).encode())
                 self.worker_id, self.path = worker, path
                 return worker
             await self._zk.delete(path)

@@ -74,6 +74,7 @@ class RtmsNode(_Record):
 
     sse_url: str | None = None
     grpc: str | None = None  # host:port of its Delivery service
+    metrics: str | None = None  # its Prometheus endpoint (`livecomments top` reads it)
     connections: int = 0
     videos: int = 0
     draining: bool = False  # what the node says (the operator's ask is /drain/{node})
@@ -86,6 +87,7 @@ class RtmsNode(_Record):
         return cls(
             sse_url=_text(obj.get("sse_url")),
             grpc=_text(obj.get("grpc")),
+            metrics=_text(obj.get("metrics")),
             connections=_count(obj.get("connections")),
             videos=_count(obj.get("videos")),
             draining=obj.get("draining") is True,
@@ -106,10 +108,11 @@ class Dispatcher(_Record):
     """``/nodes/dispatcher/{id}``: where a dispatcher replica is reached."""
 
     grpc: str | None = None
+    metrics: str | None = None  # its admin listener's Prometheus endpoint, if it has one
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Self:
-        return cls(grpc=_text(obj.get("grpc")))
+        return cls(grpc=_text(obj.get("grpc")), metrics=_text(obj.get("metrics")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,14 +162,31 @@ class RebalanceRequest(_Record):
         return cls(_text(obj.get("at")), _text(obj.get("by")), tuple(cast(list[Move], moves)))
 
 
-class WorkerId:
-    """``/nodes/comment/w-{seq}``: the Snowflake worker id a lease maps to, as decimal text."""
+@dataclass(frozen=True, slots=True)
+class CommentWorker(_Record):
+    """``/nodes/comment/w-{seq}``: the Snowflake worker id a comment service leased,
+    and where it is reached.
 
-    @staticmethod
-    def encode(worker_id: int) -> bytes:
-        return str(worker_id).encode()
+    Earlier versions wrote the worker id alone, as decimal text; that still reads.
+    A lease being taken is still empty (``worker_id`` None).
+    """
 
-    @staticmethod
-    def decode(data: bytes | None) -> str:
-        """As written; readers only show it (a lease being taken is still empty)."""
-        return (data or b"").decode(errors="replace")
+    worker_id: int | None = None
+    url: str | None = None
+    metrics: str | None = None
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> Self:
+        text = (data or b"").strip()
+        if text.isdigit():
+            return cls(worker_id=int(text))
+        return cls.from_json(json_object(data))
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        worker = obj.get("worker_id")
+        return cls(
+            worker_id=worker if isinstance(worker, int) and not isinstance(worker, bool) else None,
+            url=_text(obj.get("url")),
+            metrics=_text(obj.get("metrics")),
+        )

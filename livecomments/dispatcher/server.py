@@ -14,7 +14,7 @@ from livecomments.coord.records import Dispatcher
 from livecomments.dispatcher.router import Router
 from livecomments.dispatcher.service import DispatcherService
 from livecomments.kernel import metrics as m
-from livecomments.kernel.admin import AdminListener
+from livecomments.kernel.admin import AdminListener, metrics_url
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.grpchealth import GrpcHealth
 from livecomments.kernel.pb import livecomments_pb2 as pb
@@ -113,7 +113,8 @@ class DispatcherServer:
         await self.health_service.add_to(self._grpc)
         self.security.add_port(self._grpc, self.address)
         await self._grpc.start()
-        await self.membership.join(Dispatcher(grpc=self.address))
+        metrics = metrics_url(self.settings.admin_host, self.settings.admin_port)
+        await self.membership.join(Dispatcher(grpc=self.address, metrics=metrics or None))
         await self.readiness.start()
         log.info("dispatcher %s on %s", self.node_id, self.address)
 

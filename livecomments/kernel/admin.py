@@ -10,6 +10,7 @@ one when ``admin_port`` is set, and then their public listener no longer serves
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,18 @@ from aiohttp import web
 from livecomments.kernel.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
+
+
+def metrics_url(admin_host: str, admin_port: int, public_url: str = "") -> str:
+    """Where Prometheus (and ``livecomments top``) reads a process's metrics.
+
+    Its admin listener when it has one, else its public listener; "" when neither.
+    """
+    if admin_port:
+        host = admin_host if admin_host not in ("", "0.0.0.0", "::") else socket.gethostname()
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{admin_port}/metrics"
+    return f"{public_url}/metrics" if public_url else ""
 
 
 class AdminListener:

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from livecomments.coord import ZK, HostedRegistry, Membership, Placement, Policy
 from livecomments.coord.records import RtmsNode
 from livecomments.kernel import metrics as m
-from livecomments.kernel.admin import AdminListener
+from livecomments.kernel.admin import AdminListener, metrics_url
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.grpchealth import GrpcHealth
 from livecomments.kernel.logs import about
@@ -227,6 +227,9 @@ class RTMSServer:
         return RtmsNode(
             sse_url=self.public_url,
             grpc=f"{self.settings.grpc_host}:{self.settings.grpc_port}",
+            metrics=metrics_url(
+                self.settings.admin_host, self.settings.admin_port, self.public_url
+            ),
             connections=self.hub.viewer_count,
             videos=len(self.hub.channels),
             draining=self.draining,

@@ -12,6 +12,8 @@ and the alert rules query is exported.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -319,3 +321,49 @@ async def test_an_admin_port_moves_metrics_off_the_public_listener(
         for node, name in zip(started, names, strict=True):
             node.proc.stop()
             del cluster.services[name]
+
+
+async def test_top_finds_every_process_and_shows_what_it_does(
+    cluster: Cluster, session: aiohttp.ClientSession, api: Api
+) -> None:
+    """``livecomments top`` finds the processes through ZooKeeper alone, and its numbers are
+    the processes' own."""
+    video = unique("top")
+    token = await register(api)
+    viewers = [
+        await Viewer(f"{cluster.services[n].url}/stream/{video}?redirected=1", session).connect()
+        for n in ("rtms-1", "rtms-2")
+    ]
+    for i in range(3):
+        await api.post(video, f"top {i}", token)
+    for viewer in viewers:
+        await viewer.wait_for(3)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LIVECOMMENTS_")},
+        **{k: v for k, v in cluster.base_env().items() if k.startswith("LIVECOMMENTS_ZK_")},
+    }
+    args = ["top", "--once", "--json", "--interval", "0.3"]
+    args += ["--ca", cluster.ca_file] if cluster.ca_file else []
+    top = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "livecomments", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(top.communicate(), 60)
+    assert top.returncode == 0, err.decode()
+    doc = orjson.loads(out)
+    after = await scrape_all(cluster, session)  # nothing happened since: the same counts
+    assert {r["name"] for r in doc["rtms"]} == {"rtms-1", "rtms-2"}
+    assert {r["name"] for r in doc["dispatcher"]} == {"dispatcher-1", "dispatcher-2"}
+    assert len(doc["comment-service"]) == 1 and doc["totals"]["down"] == 0
+    for row in doc["rtms"]:
+        process = after[row["name"]]
+        assert row["viewers"] == process.value(m.RTMS_VIEWERS.name) >= 1
+        assert row["deliveries"] == process.value(m.RTMS_DELIVERIES.name) >= 3
+    for row in doc["dispatcher"]:
+        assert row["events"] == after[row["name"]].value(m.DISPATCHER_EVENTS.name)
+        assert row["zookeeper"] is True
+    (comment,) = doc["comment-service"]
+    accepted = after["comment-1"].value(m.POSTS.name, outcome="accepted")
+    assert comment["accepted"] == accepted >= 3
+    assert doc["totals"]["viewers"] == sum(r["viewers"] for r in doc["rtms"])
+    assert doc["totals"]["rtms_nodes"] == 2 and doc["totals"]["dispatchers"] == 2

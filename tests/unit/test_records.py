@@ -10,13 +10,13 @@ from livecomments.coord.intents import Snapshot
 from livecomments.coord.mirror import NodeDirectory
 from livecomments.coord.placement import Policy, rendezvous
 from livecomments.coord.records import (
+    CommentWorker,
     Dispatcher,
     Drain,
     Move,
     Pin,
     RebalanceRequest,
     RtmsNode,
-    WorkerId,
     json_object,
 )
 from livecomments.kernel import settings as cfg
@@ -37,13 +37,15 @@ def test_records_round_trip() -> None:
     move: Move = {"video": "a", "from": "rtms-1", "to": ["rtms-2"], "viewers": 2}
     for record in (
         report,
-        Dispatcher(grpc="10.0.0.2:7000"),
+        Dispatcher(grpc="10.0.0.2:7000", metrics="http://10.0.0.2:9751/metrics"),
+        CommentWorker(17, "https://c1.example.com", "http://10.0.0.3:9752/metrics"),
         Pin(nodes=("rtms-2", "rtms-1"), by="ann@ops", at="2025-01-01T00:00:00+00:00"),
         Drain(by="ann@ops", at="2025-01-01T00:00:00+00:00"),
         RebalanceRequest(at="2025-01-01T00:00:00+00:00", by="ann@ops", plan=(move,)),
     ):
         assert type(record).decode(record.encode()) == record
-    assert WorkerId.decode(WorkerId.encode(17)) == "17"
+    assert CommentWorker.decode(b"17") == CommentWorker(worker_id=17)  # as earlier versions wrote
+    assert CommentWorker.decode(b"") == CommentWorker()  # a lease being taken
 
 
 def test_payloads_keep_their_json_keys() -> None:
@@ -54,10 +56,11 @@ def test_payloads_keep_their_json_keys() -> None:
         "at": "now",
     }
     assert orjson.loads(Drain("me", "now").encode()) == {"by": "me", "at": "now"}
-    assert orjson.loads(Dispatcher("h:1").encode()) == {"grpc": "h:1"}
+    assert orjson.loads(Dispatcher("h:1").encode()) == {"grpc": "h:1", "metrics": None}
     assert set(orjson.loads(RtmsNode().encode())) == {
         "sse_url",
         "grpc",
+        "metrics",
         "connections",
         "videos",
         "draining",
@@ -100,7 +103,8 @@ def test_fields_of_the_wrong_type_read_as_their_defaults() -> None:
     request = RebalanceRequest.decode(b'{"plan": [{"video": "v"}, 3, "x"], "at": "t"}')
     assert request.at == "t" and request.by is None
     assert [dict(move) for move in request.plan] == [{"video": "v"}]  # kept as written
-    assert WorkerId.decode(b"\xff1") == "\ufffd1"
+    assert CommentWorker.decode(b"\xff1") == CommentWorker()
+    assert CommentWorker.decode(b'{"worker_id": true, "url": 3}') == CommentWorker()
 
 
 def test_a_directory_view_decodes_each_change_once() -> None:

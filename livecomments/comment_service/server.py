@@ -141,6 +141,7 @@ class CommentServer:
         # /metrics: on the public listener, unless an admin listener serves it.
         self.served_metrics = ServiceMetrics(self.metrics, public=not settings.admin_port)
         self.metrics.add(self._collect)
+        self.metrics.add(lambda: m.readiness(self.readiness.state()))
         self.admin = (
             AdminListener(
                 settings.admin_host,

@@ -56,6 +56,7 @@ class DispatcherServer:
         )
         self.metrics = m.Metrics(m.DISPATCHER, self.node_id)
         self.metrics.add(self._collect)
+        self.metrics.add(lambda: m.readiness(self.readiness.state()))
         self.admin = (
             AdminListener(
                 settings.admin_host,

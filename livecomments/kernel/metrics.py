@@ -43,6 +43,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.core import Metric as Metric
 
+from livecomments.kernel.readiness import REASONS
+
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST  # text/plain; version=0.0.4
@@ -123,6 +125,15 @@ ZK_LOSSES = _spec(
     "zookeeper_session_losses_total", COUNTER,
     "Times the ZooKeeper session was LOST (expired: its ephemeral znodes are gone until"
     " it reconnects).",
+)  # fmt: skip
+READY = _spec(
+    "ready", GAUGE,
+    "1 while this process is ready (/readyz 200, gRPC health SERVING), else 0.",
+)  # fmt: skip
+NOT_READY = _spec(
+    "not_ready", GAUGE,
+    "1 for each reason this process is not ready now (/readyz's reasons), 0 for the others.",
+    ("reason",),
 )  # fmt: skip
 
 # -- backends and gRPC streams ---------------------------------------------------------
@@ -461,6 +472,13 @@ def zookeeper(state: str, reconnects: int, losses: int) -> Iterator[Metric]:
     yield gauge(ZK_STATE, {(s,): int(state == s) for s in states})
     yield counter(ZK_RECONNECTS, reconnects)
     yield counter(ZK_LOSSES, losses)
+
+
+def readiness(state: tuple[bool, tuple[str, ...]]) -> Iterator[Metric]:
+    """Readiness's families, from :meth:`livecomments.kernel.readiness.Readiness.state`."""
+    ready, reasons = state
+    yield gauge(READY, int(ready))
+    yield gauge(NOT_READY, {(reason,): int(reason in reasons) for reason in REASONS})
 
 
 Collect = Callable[[], Iterable[Metric]]

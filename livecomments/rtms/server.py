@@ -151,6 +151,7 @@ class RTMSServer:
         )
         self.metrics.add(collector(self.hub, self.listener, lambda: self.draining))
         self.metrics.add(self._collect)
+        self.metrics.add(lambda: m.readiness(self.readiness.state()))
         self.admin = (
             AdminListener(
                 settings.admin_host,

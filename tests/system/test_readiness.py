@@ -18,6 +18,7 @@ import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from livecomments.cli.cluster import Backends, Cluster
 from livecomments.kernel.grpcauth import DISPATCHER, RTMS
@@ -103,6 +104,22 @@ def url(cluster: Cluster, name: str) -> str:
     return cluster.services[name].url
 
 
+async def readiness_metrics(
+    session: aiohttp.ClientSession, cluster: Cluster, name: str
+) -> tuple[int, set[str]]:
+    """``livecomments_ready`` and the reasons ``livecomments_not_ready`` gives, scraped."""
+    async with session.get(cluster.services[name].metrics_url) as response:
+        text = await response.text()
+    ready, reasons = -1, set()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "livecomments_ready":
+                ready = int(sample.value)
+            elif sample.name == "livecomments_not_ready" and sample.value == 1:
+                reasons.add(sample.labels["reason"])
+    return ready, reasons
+
+
 def admin(cluster: Cluster, name: str) -> str:
     """A dispatcher's admin listener (plain HTTP: /metrics, /healthz, /readyz)."""
     return cluster.services[name].metrics_url.removesuffix("/metrics")
@@ -186,11 +203,17 @@ async def test_redis_down_makes_the_comment_service_and_rtms_not_ready(
         await until_grpc(cluster, "rtms-1", NOT_SERVING, 30)
         # A dispatcher needs no Redis.
         assert await grpc_statuses(cluster, "dispatcher-1") == {SERVING}
+        # The metrics say the same as /readyz.
+        for name in ("comment-1", "rtms-1", "dispatcher-1"):
+            assert await readiness_metrics(session, cluster, name) == (
+                (0, {"redis_unavailable"}) if name != "dispatcher-1" else (1, set())
+            ), name
     finally:
         own_backends.restart("redis")
     for name in ("comment-1", "rtms-1", "rtms-2"):
         await until_readyz(session, url(cluster, name), 200, None, 30)
     await until_grpc(cluster, "rtms-1", SERVING, 30)
+    assert await readiness_metrics(session, cluster, "comment-1") == (1, set())
 
 
 @pytest.mark.timeout(180)

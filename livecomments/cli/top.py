@@ -291,7 +291,7 @@ def _http_session(ca: Path | None, insecure: bool) -> aiohttp.ClientSession:
 
 
 @click.command()
-@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.2, 60))
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.5, 60))
 @click.option("--once", is_flag=True, help="Scrape twice, --interval apart, print, exit.")
 @click.option("--json", "as_json", is_flag=True, help="With --once: one JSON document.")
 @click.option(

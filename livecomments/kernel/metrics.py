@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import importlib.metadata
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,7 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 TOP_VIDEOS = 10  # series of livecomments_rtms_video_viewers per node
+EXPOSITION_MAX_AGE = 0.25  # seconds one /metrics answer is served again
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,6 +516,8 @@ class Metrics:
     def __init__(self, component: str, node_id: str = "") -> None:
         self.component = component
         self.registry = CollectorRegistry()
+        self._exposed: bytes | None = None
+        self._exposed_at = 0.0
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -525,5 +529,13 @@ class Metrics:
         self.registry.register(_Collector(collect))
 
     def exposition(self) -> bytes:
-        """The registry in the Prometheus text format (:data:`CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
+        """The registry in the Prometheus text format (:data:`CONTENT_TYPE`).
+
+        Made at most once every :data:`EXPOSITION_MAX_AGE` seconds: ``/metrics``
+        may be on a public listener, and a flood of scrapes must cost a copy of
+        bytes, not a walk of every channel each time.
+        """
+        now = time.monotonic()
+        if self._exposed is None or now - self._exposed_at >= EXPOSITION_MAX_AGE:
+            self._exposed, self._exposed_at = generate_latest(self.registry), now
+        return self._exposed

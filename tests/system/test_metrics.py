@@ -342,7 +342,7 @@ async def test_top_finds_every_process_and_shows_what_it_does(
         **{k: v for k, v in os.environ.items() if not k.startswith("LIVECOMMENTS_")},
         **{k: v for k, v in cluster.base_env().items() if k.startswith("LIVECOMMENTS_ZK_")},
     }
-    args = ["top", "--once", "--json", "--interval", "0.3"]
+    args = ["top", "--once", "--json", "--interval", "0.5"]
     args += ["--ca", cluster.ca_file] if cluster.ca_file else []
     top = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "livecomments", *args, env=env,

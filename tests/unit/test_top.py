@@ -73,3 +73,21 @@ def test_a_summary_counts_the_live_and_names_the_down() -> None:
     assert totals["deliveries_per_s"] == 1000.0 and totals["posts_per_s"] == 10.0
     assert totals["outbox_depth"] == 4
     assert doc["rtms"][0]["fanout_p99_ms"] == 10.0
+
+
+def test_a_flood_of_scrapes_makes_the_exposition_once_per_quarter_second() -> None:
+    import time
+
+    made = []
+
+    def collect() -> list[m.Metric]:
+        made.append(1)
+        return [m.counter(m.RTMS_DELIVERIES, len(made))]
+
+    metrics = m.Metrics(m.RTMS, "rtms-x")
+    metrics.add(collect)
+    first = metrics.exposition()
+    assert all(metrics.exposition() == first for _ in range(1000))
+    assert len(made) == 1
+    time.sleep(m.EXPOSITION_MAX_AGE + 0.05)
+    assert metrics.exposition() != first and len(made) == 2

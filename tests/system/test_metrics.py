@@ -54,6 +54,9 @@ class Scrape:
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> Scrape:
+    # A process makes its exposition at most every EXPOSITION_MAX_AGE: after waiting
+    # that long, what it answers was made after everything the test did before.
+    await asyncio.sleep(m.EXPOSITION_MAX_AGE + 0.05)
     async with session.get(url) as response:
         assert response.status == 200, (url, response.status, await response.text())
         assert response.content_type == "text/plain"

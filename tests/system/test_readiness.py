@@ -10,6 +10,7 @@ certificate, as a probe would), and ``/healthz``, which stays 200 throughout.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from livecomments.cli.cluster import Backends, Cluster
 from livecomments.kernel.grpcauth import DISPATCHER, RTMS
+from livecomments.kernel.metrics import EXPOSITION_MAX_AGE
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
 from tests.conftest import NO_LIMITS, make_cluster
@@ -107,7 +109,9 @@ def url(cluster: Cluster, name: str) -> str:
 async def readiness_metrics(
     session: aiohttp.ClientSession, cluster: Cluster, name: str
 ) -> tuple[int, set[str]]:
-    """``livecomments_ready`` and the reasons ``livecomments_not_ready`` gives, scraped."""
+    """``livecomments_ready`` and the reasons ``livecomments_not_ready`` gives, scraped
+    (after waiting out the exposition's cache: an answer made after what happened)."""
+    await asyncio.sleep(EXPOSITION_MAX_AGE + 0.05)
     async with session.get(cluster.services[name].metrics_url) as response:
         text = await response.text()
     ready, reasons = -1, set()

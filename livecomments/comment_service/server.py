@@ -38,7 +38,7 @@ from livecomments.kernel.rates import Rate
 from livecomments.kernel.readiness import REDIS, STORE, Readiness
 from livecomments.kernel.redis.timed import TimedRedis
 from livecomments.kernel.sequencer import Sequencer
-from livecomments.kernel.settings import CommentServiceSettings
+from livecomments.kernel.settings import CommentServiceSettings, default_node_id
 from livecomments.kernel.store import Store
 from livecomments.kernel.tls import server_context
 
@@ -61,7 +61,9 @@ class CommentServer:
             timeout=settings.zk_timeout,
             auth=settings.zk_auth,
         )
-        self.metrics = m.Metrics(m.COMMENT_SERVICE, f"comment-{settings.host}-{settings.port}")
+        # The node id its logs carry too (cli/main.py): the service has no setting for one.
+        self.node_id = default_node_id("comment-service", settings.port)
+        self.metrics = m.Metrics(m.COMMENT_SERVICE, self.node_id)
         self.store_latency = m.Histograms()
         self.store = Store(
             settings.mongo_uri, settings.mongo_db, settings.mongo_timeout, self.store_latency

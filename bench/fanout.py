@@ -141,24 +141,42 @@ class Generators:
 # -- one measured window ---------------------------------------------------------
 
 
-async def post_at_rate(poster: Poster, rate: float, duration: float, n_videos: int) -> int:
-    """Open loop: message k is due at start + k/rate and goes to video k % n_videos."""
+async def post_at_rate(
+    poster: Poster, rate: float, duration: float, n_videos: int
+) -> dict[str, int]:
+    """Open loop: message k is due at start + k/rate and goes to video k % n_videos.
+
+    The loop wakes when the next message is due and publishes what is due by
+    then: one message a tick when it keeps up (every 5 ms at 200/s), more only
+    to catch up after a late wake (or every ``min_interval`` for a batching
+    poster). Answers how many it offered, in how many ticks, the most in one
+    tick, and how many were still unanswered when the last was published.
+    """
     loop = asyncio.get_running_loop()
     total = max(1, round(rate * duration))
-    start = loop.time()
-    sent = 0
+    start, wall0 = loop.time(), time.time()
+    sent = ticks = biggest = 0
     last_call = -1e9
     while sent < total:
         now = loop.time()
         due = min(total, int((now - start) * rate) + 1)
         if due > sent and now - last_call >= poster.min_interval:
-            poster.publish([k % n_videos for k in range(sent, due)])
+            poster.publish(
+                [k % n_videos for k in range(sent, due)],
+                [wall0 + k / rate for k in range(sent, due)],
+            )
+            ticks, biggest = ticks + 1, max(biggest, due - sent)
             sent, last_call = due, now
         if sent >= total:
             break
         wake = max(start + sent / rate, last_call + poster.min_interval)
         await asyncio.sleep(max(0.0, wake - loop.time()))
-    return total
+    return {"offered": total, "ticks": ticks, "max_per_tick": biggest,
+            "unanswered": poster.unanswered}  # fmt: skip
+
+
+def quantile(ordered: list[float], q: float) -> float | None:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else None
 
 
 def cpu_by_component(target: Target) -> dict[str, float]:
@@ -204,7 +222,7 @@ async def measure(
     poster.reset()
     cpu0, me0 = cpu_by_component(target), self_cpu()
     t0 = time.time()
-    offered = await post_at_rate(poster, rate, duration, sc.videos)
+    schedule = await post_at_rate(poster, rate, duration, sc.videos)
     posting_done = time.time()
     await poster.drain(timeout=max(10.0, sc.drain))
     posted = time.time()
@@ -214,7 +232,7 @@ async def measure(
     cpu1, me1 = cpu_by_component(target), self_cpu()
     parts = await gens.command("collect")
     return summarize(
-        target, gens, poster, parts, offered=offered, rate=rate, duration=duration,
+        target, gens, poster, parts, schedule=schedule, rate=rate, duration=duration,
         t0=t0, t1=t1, posting_done=posting_done, posted=posted, drained=waited,
         cpu={k: cpu1.get(k, 0.0) - cpu0.get(k, 0.0) for k in cpu1}, poster_cpu=me1 - me0,
         dropped_before=dropped_before,
@@ -227,7 +245,7 @@ def summarize(
     poster: Poster,
     parts: list[dict[str, Any]],
     *,
-    offered: int,
+    schedule: dict[str, int],
     rate: float,
     duration: float,
     t0: float,
@@ -241,6 +259,7 @@ def summarize(
 ) -> dict[str, Any]:
     events = sum(p["events"] for p in parts)
     hist = procstat.merge_hist(p["hist"] for p in parts)
+    hist_accept = procstat.merge_hist(p.get("hist_accept", {}) for p in parts)
     per_video: dict[int, list[int]] = {}
     for part in parts:
         for v, row in part["videos"].items():
@@ -260,24 +279,40 @@ def summarize(
     gen_cpu = sum(p["cpu"] for p in parts)
     window = t1 - t0
     rtts = sorted(poster.rtts)
+    lags = sorted(poster.lags)
     sc_videos = max(1, len(gens.conns_per_video))
     cores = os.cpu_count() or 1
+    event_bytes = sum(p.get("event_bytes", 0) for p in parts)
 
     def per_delivery(seconds: float) -> float | None:
         return seconds / events * 1e6 if events else None
 
+    def per_comment(seconds: float) -> float | None:  # ms of CPU per accepted message
+        return seconds / accepted * 1e3 if accepted else None
+
     return {
         "rate": rate,
         "duration": duration,
-        "offered_msgs": offered,
+        "offered_msgs": schedule["offered"],
         "accepted_msgs": accepted,
         "post_errors": poster.errors,
         "first_post_error": poster.first_error,
-        "post_rate": accepted / max(duration, posting_done - t0),
-        "publish_rtt_ms": {
-            "p50": rtts[len(rtts) // 2] if rtts else None,
-            "p99": rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] if rtts else None,
+        # accepted/s, until the last answer: an answer that comes late counts as late
+        "post_rate": accepted / max(duration, poster.last_answer - t0),
+        "post_schedule": {
+            "ticks": schedule["ticks"],
+            "max_per_tick": schedule["max_per_tick"],
+            "unanswered_at_posting_end": schedule["unanswered"],
+            "peak_unanswered": poster.peak_unanswered,
+            "late": sum(1 for lag in lags if lag > poster.LATE_MS),
+            "late_limit_ms": poster.LATE_MS,
+            "lag_ms": {
+                "p50": quantile(lags, 0.5),
+                "p99": quantile(lags, 0.99),
+                "max": lags[-1] if lags else None,
+            },
         },
+        "publish_rtt_ms": {"p50": quantile(rtts, 0.5), "p99": quantile(rtts, 0.99)},
         "posting_s": posting_done - t0,
         "publish_drain_s": posted - posting_done,
         "drain_s": drained,
@@ -286,7 +321,13 @@ def summarize(
         "deliveries": events,
         "deliveries_per_s": events / span,
         "offered_deliveries_per_s": rate * sum(gens.conns_per_video.values()) / sc_videos,
+        "latency_from": "send",  # the commenter's send; before: the accept or publish time
         "latency_ms": procstat.percentiles(hist, LATENCY_POINTS),
+        "latency_events": sum(hist.values()),
+        "accept_latency_ms": procstat.percentiles(hist_accept, LATENCY_POINTS),
+        "accept_latency_events": sum(hist_accept.values()),
+        "events_without_send_time": sum(p.get("no_send_time", 0) for p in parts),
+        "bytes_per_event": event_bytes / events if events else None,
         "missing": missing,
         "unexpected": extra,
         "duplicates": sum(r[2] for r in per_video.values()),
@@ -304,6 +345,10 @@ def summarize(
         "fanout_us_per_delivery": per_delivery(fanout),
         "server_us_per_delivery": per_delivery(server),
         "generator_us_per_delivery": per_delivery(gen_cpu),
+        "cpu_ms_per_comment": {k: per_comment(v) for k, v in sorted(cpu.items())},
+        "cpu_us_per_delivery": {k: per_delivery(v) for k, v in sorted(cpu.items())},
+        "server_ms_per_comment": per_comment(server),
+        "poster_ms_per_comment": per_comment(poster_cpu),
         "generator_busy": gen_cpu / (window * len(parts)) if parts else None,
         "machine_busy": (sum(cpu.values()) + gen_cpu + poster_cpu) / (window * cores),
     }  # fmt: skip
@@ -365,9 +410,12 @@ async def run_target(name: str, sc: Scenario, prefix: str, keep: bool) -> dict[s
             out["window"] = await measure(target, gens, poster, sc.rate, sc.duration, sc)
             w = out["window"]
             log(
-                f"[{name}] {w['deliveries']} deliveries, p99 {w['latency_ms']['p99']} ms,"
-                f" missing {w['missing']}"
+                f"[{name}] {w['deliveries']} deliveries, p99 from send"
+                f" {w['latency_ms']['p99']} ms (from accept {w['accept_latency_ms']['p99']} ms),"
+                f" {w['post_rate']:.1f} of {sc.rate:g} msg/s, missing {w['missing']}"
             )
+            if w["events_without_send_time"]:
+                log(f"[{name}] {w['events_without_send_time']} events without a send time")
         out["rss"]["after_load_kb"] = procstat.total_rss_kb(target.fanout_pids())
         failed = False
     except Exception as exc:
@@ -429,21 +477,53 @@ def fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
+def latency_cell(lat: dict[str, Any]) -> str:
+    if lat["p50"] is None:
+        return "-"
+    return " / ".join(fmt(lat[k]) for k in ("p50", "p99", "p99.9", "max"))
+
+
 def window_rows(w: dict[str, Any]) -> list[tuple[str, str]]:
+    """A window's rows; a document saved before the latency was taken from the send
+    (no ``latency_from``) gets its old rows, labelled with what they measured."""
     lat = w["latency_ms"]
-    return [
+    sent = w.get("latency_from") == "send"
+    name = "latency from send" if sent else "latency from accept (ours) / publish (peers)"
+    rtt = w["publish_rtt_ms"]
+    rows = [
         ("viewers in the window (dropped before)",
          f"{w['viewers']:,} ({w['dropped_before_window']:,})"),
         ("messages accepted / offered", f"{w['accepted_msgs']:,} / {w['offered_msgs']:,}"),
-        ("publish rate achieved (msg/s)", fmt(w["post_rate"], 1)),
-        ("publish round trip p50 / p99 (ms)",
-         f"{fmt(w['publish_rtt_ms']['p50'], 1)} / {fmt(w['publish_rtt_ms']['p99'], 1)}"),
+        ("publish rate achieved / asked (msg/s)" if sent else "publish rate achieved (msg/s)",
+         f"{fmt(w['post_rate'], 1)} / {fmt(w['rate'], 1)}" if sent else fmt(w["post_rate"], 1)),
+    ]  # fmt: skip
+    if "post_schedule" in w:
+        ps = w["post_schedule"]
+        rows += [
+            ("posts late > 10 ms (send lag p99 / max ms)",
+             f"{ps['late']:,} ({fmt(ps['lag_ms']['p99'], 1)} / {fmt(ps['lag_ms']['max'], 1)})"),
+            ("posts unanswered at posting end (peak)",
+             f"{ps['unanswered_at_posting_end']:,} ({ps['peak_unanswered']:,})"),
+            ("most posts in one scheduler tick", fmt(ps["max_per_tick"])),
+        ]  # fmt: skip
+    rows += [
+        ("publish round trip p50 / p99 (ms)", f"{fmt(rtt['p50'], 1)} / {fmt(rtt['p99'], 1)}"),
         ("deliveries (expected)", f"{w['deliveries']:,} ({w['expected_deliveries']:,})"),
         ("deliveries/s", fmt(w["deliveries_per_s"])),
-        ("latency p50 (ms)", fmt(lat["p50"])),
-        ("latency p99 (ms)", fmt(lat["p99"])),
-        ("latency p99.9 (ms)", fmt(lat["p99.9"])),
-        ("latency max (ms)", fmt(lat["max"])),
+        (f"{name} p50 (ms)", fmt(lat["p50"])),
+        (f"{name} p99 (ms)", fmt(lat["p99"])),
+        (f"{name} p99.9 (ms)", fmt(lat["p99.9"])),
+        (f"{name} max (ms)", fmt(lat["max"])),
+    ]
+    if sent:
+        rows += [
+            ("server-accept latency p50 / p99 / p99.9 / max (ms)",
+             latency_cell(w["accept_latency_ms"])),
+            ("bytes per event (SSE frame)", fmt(w["bytes_per_event"], 0)),
+        ]  # fmt: skip
+        if w["events_without_send_time"]:
+            rows.append(("events without a send time", fmt(w["events_without_send_time"])))
+    rows += [
         ("missing / duplicated / reordered",
          f"{w['missing']:,} / {w['duplicates']:,} / {w['reordered']:,}"),
         ("viewers dropped during the window", fmt(w["disconnects"])),
@@ -451,13 +531,21 @@ def window_rows(w: dict[str, Any]) -> list[tuple[str, str]]:
          f"{w['fanout_cpu_s']:.2f} ({fmt(w['fanout_us_per_delivery'], 2)})"),
         ("all server CPU s (us/delivery)",
          f"{w['server_cpu_s']:.2f} ({fmt(w['server_us_per_delivery'], 2)})"),
-        ("generator CPU s (us/delivery, busy)",
+    ]  # fmt: skip
+    comments = w["accepted_msgs"]
+    rows += [
+        ("all server CPU ms/comment",
+         fmt(w["server_cpu_s"] / comments * 1e3 if comments else None, 2)),
+        ("generator CPU s (us/event, busy)",
          f"{w['generator_cpu_s']:.2f} ({fmt(w['generator_us_per_delivery'], 2)},"
          f" {w['generator_busy'] * 100:.0f}%)"),
-        ("poster CPU s", f"{w['poster_cpu_s']:.2f}"),
+        ("poster CPU s (ms/comment)",
+         f"{w['poster_cpu_s']:.2f}"
+         f" ({fmt(w['poster_cpu_s'] / comments * 1e3 if comments else None, 2)})"),
         ("machine busy (all cores)", f"{w['machine_busy'] * 100:.0f}%"),
         ("window s (posting + drain)", f"{w['window_s']:.1f}"),
     ]  # fmt: skip
+    return rows
 
 
 def target_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
@@ -510,11 +598,18 @@ def report_tables(doc: dict[str, Any]) -> list[Table_]:
     cpu_rows = []
     for r in results:
         w = r.get("window") or (r.get("steps") or [None])[-1]
-        if w:
-            cpu_rows += [[r["target"], c, f"{secs:.2f}"] for c, secs in w["cpu_s"].items()]
+        if not w:
+            continue
+        comments, events = w["accepted_msgs"], w["deliveries"]  # computed: old files too
+        cpu_rows += [
+            [r["target"], c, f"{secs:.2f}",
+             fmt(secs / comments * 1e3 if comments else None, 3),
+             fmt(secs / events * 1e6 if events else None, 2)]
+            for c, secs in w["cpu_s"].items()
+        ]  # fmt: skip
     tables.append(
-        (f"server CPU seconds by process during the window{last}",
-         ["target", "process", "CPU s"], cpu_rows)
+        (f"server CPU by process during the window{last}",
+         ["target", "process", "CPU s", "ms/comment", "us/delivery"], cpu_rows)
     )  # fmt: skip
     for r in results:
         if "steps" not in r:
@@ -522,9 +617,11 @@ def report_tables(doc: dict[str, Any]) -> list[Table_]:
         step_rows = []
         for st in r["steps"]:
             lat = st["latency_ms"]
+            accept_p99 = st.get("accept_latency_ms", {}).get("p99")
             step_rows.append([
                 fmt(st["rate"]), fmt(st["offered_deliveries_per_s"]),
                 fmt(st["deliveries_per_s"]), fmt(lat["p50"]), fmt(lat["p99"]), fmt(lat["max"]),
+                fmt(accept_p99),
                 fmt(st["missing"]), fmt(st["fanout_us_per_delivery"], 2),
                 fmt(st["server_us_per_delivery"], 2), fmt(st["generator_us_per_delivery"], 2),
                 f"{st['generator_busy'] * 100:.0f}%", f"{st['machine_busy'] * 100:.0f}%",
@@ -532,7 +629,8 @@ def report_tables(doc: dict[str, Any]) -> list[Table_]:
             ])  # fmt: skip
         tables.append((
             f"{r['target']}: rate steps ({sc['step_duration']:g}s each)",
-            ["msg/s", "offered del/s", "deliveries/s", "p50 ms", "p99 ms", "max ms", "missing",
+            ["msg/s", "offered del/s", "deliveries/s", "p50 ms", "p99 ms", "max ms",
+             "accept p99 ms", "missing",
              "fan-out us/del", "server us/del", "gen us/del", "gen busy", "machine busy", "stop"],
             step_rows,
         ))  # fmt: skip
@@ -582,8 +680,9 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
         entry: dict[str, Any] = {}
         if "window" in ours and "window" in theirs:
             a, b = ours["window"], theirs["window"]
-            for key in ("deliveries_per_s", "fanout_us_per_delivery", "server_us_per_delivery"):
-                if a[key] and b[key]:
+            for key in ("deliveries_per_s", "fanout_us_per_delivery", "server_us_per_delivery",
+                        "bytes_per_event"):  # fmt: skip
+                if a.get(key) and b.get(key):
                     entry[f"{key} ours/theirs"] = round(a[key] / b[key], 3)
             if a["latency_ms"]["p99"] is not None and b["latency_ms"]["p99"]:
                 entry["p99 ours/theirs"] = round(a["latency_ms"]["p99"] / b["latency_ms"]["p99"], 3)

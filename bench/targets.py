@@ -8,10 +8,17 @@ server process for CPU), and how to publish a message (a :class:`Poster`).
   RTMS node, plus ZooKeeper, Redis and the in-memory MongoDB-wire store).
   Viewers connect straight to the RTMS node over plain HTTP; comments go
   through ``POST /api/videos/{id}/comments`` and the SSE frame carries the
-  server's accept time (``created_at_ms``).
+  server's accept time (``created_at_ms``) besides the text.
 - ``nchan``: nginx + nchan, one worker; ``POST /pub/{channel}``.
 - ``pushpin``: Pushpin in front of :mod:`bench.grip_backend`; HTTP publish
   with several items per POST (its publish API stalls at >= 50 POSTs/s).
+
+Every poster puts its send time in the message the same way: the comment's
+text starts with the wall-clock milliseconds read just before the request is
+written (:func:`comment_text`), so the viewers time every target from the
+commenter's send. A poster also records how late each send was against the
+open-loop schedule, how many messages were unanswered at most, and when the
+last answer came (the achieved rate).
 """
 
 from __future__ import annotations
@@ -41,22 +48,28 @@ DEBIAN_PACKAGES = {
 }
 
 # The same JSON shape (and about the same size) as our comment events, so every
-# target moves the same bytes and the generator parses every target the same way.
+# target moves about the same bytes and the generator parses every target the same
+# way. A peer has no accept time of its own: ``created_at_ms`` is null (the viewers
+# then report the latency from the send only).
 PAYLOAD = (
     '{{"id":"{id}","video_id":"{video}","seq":{n},"epoch":1,"user_id":"1",'
-    '"author":"bench-poster","text":"bench comment {n}","parent_id":null,'
-    '"status":"visible","created_at":"{iso}","created_at_ms":{t},"edited_at":null,'
+    '"author":"bench-poster","text":"{text}","parent_id":null,'
+    '"status":"visible","created_at":"{iso}","created_at_ms":null,"edited_at":null,'
     '"rev":0,"reactions":{{}}}}'
 )
+TEXT_CHARS = 60  # a realistic comment
+FILLER = " lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod"
+
+
+def comment_text(n: int, sent_ms: int) -> str:
+    """A comment of :data:`TEXT_CHARS` characters that starts with its send time."""
+    return f"{sent_ms} bench comment {n}{FILLER}"[:TEXT_CHARS]
 
 
 def payload(video: str, n: int, t_ms: int) -> str:
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t_ms / 1000)) + f".{t_ms % 1000:03d}Z"
-    return PAYLOAD.format(id=7_000_000_000_000_000_000 + n, video=video, n=n, iso=iso, t=t_ms)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+    text = comment_text(n, t_ms)
+    return PAYLOAD.format(id=7_000_000_000_000_000_000 + n, video=video, n=n, iso=iso, text=text)
 
 
 def missing_packages(target: str) -> list[str]:
@@ -118,6 +131,7 @@ class Poster:
     """Publishes messages; counts what each video's viewers should receive."""
 
     min_interval = 0.0  # seconds between two publish calls (batched publishers)
+    LATE_MS = 10.0  # a send this much after its due time is late
 
     def __init__(self, videos: list[str], concurrency: int) -> None:
         self.videos = videos
@@ -128,6 +142,10 @@ class Poster:
         self.errors = 0
         self.first_error = ""
         self.rtts: list[float] = []  # publish round trips, ms
+        self.lags: list[float] = []  # send time - due time, ms, one per message
+        self.unanswered = 0  # messages published and not answered yet
+        self.peak_unanswered = 0
+        self.last_answer = 0.0  # wall clock of the last accepted answer
         self._tasks: set[asyncio.Task[None]] = set()
         self._concurrency = concurrency
 
@@ -147,12 +165,32 @@ class Poster:
         self.accepted = [0] * len(self.videos)
         self.errors = 0
         self.rtts = []
+        self.lags = []
+        self.peak_unanswered = self.unanswered
+        self.last_answer = 0.0
 
-    def publish(self, video_indexes: list[int]) -> None:
-        """Publish one message to each listed video (a scheduler tick's worth)."""
-        for v in video_indexes:
+    def publish(self, video_indexes: list[int], due: list[float]) -> None:
+        """Publish one message to each listed video (a scheduler tick's worth);
+        ``due`` is when each was due on the open-loop schedule (wall clock)."""
+        for v, d in zip(video_indexes, due, strict=True):
             self.counters[v] += 1
-            self._spawn(self.send_one(v, self.counters[v]))
+            self._spawn(self.send_one(v, self.counters[v], d))
+        self._published(len(video_indexes))
+
+    def _published(self, count: int) -> None:
+        self.unanswered += count
+        self.peak_unanswered = max(self.peak_unanswered, self.unanswered)
+
+    def _send_time(self, due: list[float]) -> int:
+        """The send time (ms) to put in the messages about to be written; notes their lag."""
+        now = time.time()
+        self.lags.extend((now - d) * 1000 for d in due)
+        return int(now * 1000)
+
+    def _accepted(self, video: int, t0: float) -> None:
+        self.accepted[video] += 1
+        self.rtts.append((time.perf_counter() - t0) * 1000)
+        self.last_answer = time.time()
 
     async def drain(self, timeout: float) -> None:
         if self._tasks:
@@ -168,7 +206,7 @@ class Poster:
         if not self.first_error:
             self.first_error = what[:300]
 
-    async def send_one(self, video: int, n: int) -> None:
+    async def send_one(self, video: int, n: int, due: float) -> None:
         raise NotImplementedError
 
 
@@ -190,24 +228,24 @@ class LiveCommentsPoster(Poster):
                 raise RuntimeError(f"register failed: {r.status} {body}")
         self.headers = {"Authorization": f"Bearer {body['token']}"}
 
-    async def send_one(self, video: int, n: int) -> None:
+    async def send_one(self, video: int, n: int, due: float) -> None:
         assert self.session is not None
         url = f"{self.base}/api/videos/{self.videos[video]}/comments"
+        headers = {**self.headers, "Content-Type": "application/json"}
         async with self.sem:
-            t0 = time.perf_counter()
             try:
-                async with self.session.post(
-                    url, data=orjson.dumps({"text": f"bench comment {n}"}),
-                    headers={**self.headers, "Content-Type": "application/json"},
-                ) as r:  # fmt: skip
+                t0 = time.perf_counter()
+                data = orjson.dumps({"text": comment_text(n, self._send_time([due]))})
+                async with self.session.post(url, data=data, headers=headers) as r:
                     body = await r.read()
                     if r.status == 201:
-                        self.accepted[video] += 1
-                        self.rtts.append((time.perf_counter() - t0) * 1000)
+                        self._accepted(video, t0)
                     else:
                         self._failed(f"{r.status} {body[:200]!r}")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self._failed(repr(exc))
+            finally:
+                self.unanswered -= 1
 
 
 class NchanPoster(Poster):
@@ -215,22 +253,23 @@ class NchanPoster(Poster):
         super().__init__(videos, concurrency)
         self.base = f"http://127.0.0.1:{port}"
 
-    async def send_one(self, video: int, n: int) -> None:
+    async def send_one(self, video: int, n: int, due: float) -> None:
         assert self.session is not None
         name = self.videos[video]
         async with self.sem:
-            t0 = time.perf_counter()
-            body = payload(name, n, now_ms()).encode()
             try:
+                t0 = time.perf_counter()
+                body = payload(name, n, self._send_time([due])).encode()
                 async with self.session.post(f"{self.base}/pub/{name}", data=body) as r:
                     await r.read()
                     if r.status in (200, 201, 202):
-                        self.accepted[video] += 1
-                        self.rtts.append((time.perf_counter() - t0) * 1000)
+                        self._accepted(video, t0)
                     else:
                         self._failed(f"{r.status}")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self._failed(repr(exc))
+            finally:
+                self.unanswered -= 1
 
 
 class PushpinPoster(Poster):
@@ -246,13 +285,14 @@ class PushpinPoster(Poster):
     def __init__(self, port: int, videos: list[str], concurrency: int) -> None:
         super().__init__(videos, 1)
         self.url = f"http://127.0.0.1:{port}/publish/"
-        self.pending: list[tuple[int, int]] = []
+        self.pending: list[tuple[int, int, float]] = []  # video, n, due
         self.inflight = False
 
-    def publish(self, video_indexes: list[int]) -> None:
-        for v in video_indexes:
+    def publish(self, video_indexes: list[int], due: list[float]) -> None:
+        for v, d in zip(video_indexes, due, strict=True):
             self.counters[v] += 1
-            self.pending.append((v, self.counters[v]))
+            self.pending.append((v, self.counters[v], d))
+        self._published(len(video_indexes))
         if self.pending and not self.inflight:
             self.inflight = True
             self._spawn(self._flush())
@@ -265,35 +305,37 @@ class PushpinPoster(Poster):
         finally:
             self.inflight = False
 
-    async def send_batch(self, batch: list[tuple[int, int]]) -> None:
+    async def send_batch(self, batch: list[tuple[int, int, float]]) -> None:
         assert self.session is not None
         async with self.sem:
-            t0 = time.perf_counter()
-            t = now_ms()
-            items = []
-            for v, n in batch:
-                name = self.videos[v]
-                frame = f"id: 1-{n}\nevent: comment\ndata: {payload(name, n, t)}\n\n"
-                items.append({"channel": name, "formats": {"http-stream": {"content": frame}}})
             try:
+                t0 = time.perf_counter()
+                t = self._send_time([d for _, _, d in batch])
+                items = []
+                for v, n, _ in batch:
+                    name = self.videos[v]
+                    frame = f"id: 1-{n}\nevent: comment\ndata: {payload(name, n, t)}\n\n"
+                    items.append({"channel": name, "formats": {"http-stream": {"content": frame}}})
                 async with self.session.post(
                     self.url, data=orjson.dumps({"items": items}),
                     headers={"Content-Type": "application/json"},
                 ) as r:  # fmt: skip
                     await r.read()
                     if r.status == 200:
-                        for v, _ in batch:
+                        for v, _, _ in batch[1:]:
                             self.accepted[v] += 1
-                        self.rtts.append((time.perf_counter() - t0) * 1000)
+                        self._accepted(batch[0][0], t0)  # one round trip a POST
                     else:
                         self._failed(f"{r.status}")
                         self.errors += len(batch) - 1
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self._failed(repr(exc))
                 self.errors += len(batch) - 1
+            finally:
+                self.unanswered -= len(batch)
 
-    async def send_one(self, video: int, n: int) -> None:  # pragma: no cover - batched
-        await self.send_batch([(video, n)])
+    async def send_one(self, video: int, n: int, due: float) -> None:  # pragma: no cover
+        await self.send_batch([(video, n, due)])
 
 
 # -- targets ---------------------------------------------------------------------

@@ -7,17 +7,26 @@ each with one JSON line on stdout:
 - ``connect``: open every connection (each bound to its own 127.0.0.x source
   address), answer when all have their response head (or failed).
 - ``count``: events received since the last ``window`` (for draining).
-- ``window``: start a measured window (zero the counters and the histogram).
-- ``collect``: the window's results: a 1-ms latency histogram, per-video
-  counts of new, duplicated and reordered events, disconnects, this process's CPU.
+- ``window``: start a measured window (zero the counters and the histograms).
+- ``collect``: the window's results: two 1-ms latency histograms (from the
+  commenter's send, and from the server's accept where the event says it), the
+  bytes of the events' SSE frames, per-video counts of new, duplicated and
+  reordered events, disconnects, this process's CPU.
 - ``close``: close everything and exit.
 
 The hot path is ``Viewer.data_received``: no JSON decoding, no per-frame
-objects. A received chunk is cut at its last ``\\n\\n``; inside it each event
-is found by a bytes search for ``"seq":`` followed by ``"created_at_ms":``
-(every target's payload carries these two keys in this order, each followed
-by a comma), and the two integers are sliced out. One clock read per chunk: frames
-that arrived together were received at the same moment.
+objects, one clock read per chunk (frames that arrived together were received
+at the same moment). A received chunk is cut at its last ``\\n\\n``; each frame
+in it is searched, by key and so in any field order, for:
+
+- the event's seq: the integer after ``"seq":``, or if the payload has none,
+  the ``N`` of an ``id: EPOCH-N`` line (a frame with neither is not an event:
+  a heartbeat, a ``retry:``);
+- the send time: every poster starts the comment's text with its wall-clock
+  milliseconds, taken just before the request is written (``"text":"<ms> ...``);
+- the accept time, if the payload has one: the integer after
+  ``"created_at_ms":`` (livecomments' comment service; absent, ``null`` or
+  renamed, the server-accept latency is simply not reported).
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ import time
 from typing import Any
 
 SEQ_KEY = b'"seq":'
-TS_KEY = b'"created_at_ms":'
+SENT_KEY = b'"text":"'  # the text starts with the send time (ms)
+ACCEPT_KEY = b'"created_at_ms":'
 HIST_MS = 120_000  # latencies past 120 s land in the last bin
 IP_BIND_ADDRESS_NO_PORT = 24  # pick the port at connect(): source ports per destination
 
@@ -39,11 +49,24 @@ IP_BIND_ADDRESS_NO_PORT = 24  # pick the port at connect(): source ports per des
 class Gen:
     """Counters shared by every connection of this process."""
 
-    __slots__ = ("disconnects", "events", "first_recv", "hist", "last_recv", "parse_errors")
+    __slots__ = (
+        "disconnects",
+        "event_bytes",
+        "events",
+        "first_recv",
+        "hist",
+        "hist_accept",
+        "last_recv",
+        "no_send_time",
+        "parse_errors",
+    )
 
     def __init__(self) -> None:
-        self.hist = [0] * HIST_MS
+        self.hist = [0] * HIST_MS  # send -> receive
+        self.hist_accept = [0] * HIST_MS  # the server's accept -> receive
         self.events = 0
+        self.event_bytes = 0  # the events' SSE frames, "id:" to the blank line
+        self.no_send_time = 0
         self.first_recv = 0.0
         self.last_recv = 0.0
         self.disconnects = 0
@@ -51,7 +74,8 @@ class Gen:
 
     def reset(self) -> None:
         self.hist = [0] * HIST_MS
-        self.events = 0
+        self.hist_accept = [0] * HIST_MS
+        self.events = self.event_bytes = self.no_send_time = 0
         self.first_recv = self.last_recv = 0.0
         self.parse_errors = 0
         self.disconnects = 0
@@ -178,40 +202,49 @@ class Viewer(asyncio.Protocol):
         now = time.time() * 1000.0
         gen = self.gen
         find = data.find
-        hist = gen.hist
+        hist, hist_accept = gen.hist, gen.hist_accept
         last = self.last_seq
+        stop = end + 2
         pos = 0
-        count = 0
-        while True:
-            i = find(SEQ_KEY, pos, end)
-            if i < 0:
-                break
-            i += 6
-            j = find(TS_KEY, i, end)
-            if j < 0:
-                gen.parse_errors += 1
-                if gen.parse_errors <= 3:
-                    print(f"event without a timestamp: {data[i - 80 : i + 300]!r}", file=sys.stderr)
-                break
-            j += 16
-            k = find(b",", j, end)
+        count = nbytes = 0
+        while pos < stop:
+            fe = find(b"\n\n", pos, stop) + 2  # this frame is data[pos:fe]
+            i = find(SEQ_KEY, pos, fe)
             try:
-                seq = int(data[i : find(b",", i, j)])
-                ts = int(data[j:k])
+                if i >= 0:
+                    i += 6
+                    k = find(b",", i, i + 24)
+                    seq = int(data[i : k if k >= 0 else find(b"}", i, i + 24)])
+                else:
+                    seq = self._seq_from_id(data, pos, fe)
             except ValueError:
-                gen.parse_errors += 1
-                if gen.parse_errors <= 3:  # show what confused us, a few times only
-                    print(f"unparsable event: {data[max(0, i - 80) : k + 40]!r}", file=sys.stderr)
-                pos = j
+                self._unparsable(data, pos, fe)
+                seq = -1
+            if seq < 0:  # a heartbeat, a retry, or unparsable: not counted
+                pos = fe
                 continue
-            pos = k
             count += 1
-            lat = int(now - ts)
-            if lat < 0:
-                lat = 0
-            elif lat >= HIST_MS:
-                lat = HIST_MS - 1
-            hist[lat] += 1
+            nbytes += fe - pos
+            t = find(SENT_KEY, pos, fe)
+            if t >= 0:
+                t += 8
+                try:
+                    lat = int(now - int(data[t : find(b" ", t, t + 24)]))
+                    hist[0 if lat < 0 else lat if lat < HIST_MS else HIST_MS - 1] += 1
+                except ValueError:
+                    t = -1
+            if t < 0:
+                gen.no_send_time += 1
+            a = find(ACCEPT_KEY, pos, fe)
+            if a >= 0:
+                a += 16
+                k = find(b",", a, a + 24)
+                try:  # null, or not a number: no accept time, not an error
+                    lat = int(now - int(data[a : k if k >= 0 else find(b"}", a, a + 24)]))
+                    hist_accept[0 if lat < 0 else lat if lat < HIST_MS else HIST_MS - 1] += 1
+                except ValueError:
+                    pass
+            pos = fe
             if seq == last + 1 or last < 0:
                 last = seq
                 self.unique += 1
@@ -221,9 +254,24 @@ class Viewer(asyncio.Protocol):
         if count:
             self.last_seq = last
             gen.events += count
+            gen.event_bytes += nbytes
             if not gen.first_recv:
                 gen.first_recv = now
             gen.last_recv = now
+
+    @staticmethod
+    def _seq_from_id(data: bytes, pos: int, fe: int) -> int:
+        """The N of the frame's ``id: EPOCH-N`` line, -1 without one."""
+        if not data.startswith(b"id: ", pos):
+            return -1
+        line = data[pos + 4 : data.find(b"\n", pos, fe)]
+        return int(line.rpartition(b"-")[2])  # ValueError: the caller reports it
+
+    def _unparsable(self, data: bytes, pos: int, fe: int) -> None:
+        gen = self.gen
+        gen.parse_errors += 1
+        if gen.parse_errors <= 3:  # show what confused us, a few times only
+            print(f"unparsable event: {data[pos : min(fe, pos + 600)]!r}", file=sys.stderr)
 
     def _out_of_line(self, seq: int, last: int) -> None:
         """Not the next seq: a skip (remember the holes), a late one, or a duplicate."""
@@ -344,9 +392,13 @@ class Generator:
             row[2] += viewer.dups
             row[3] += viewer.late
         hist = {str(ms): n for ms, n in enumerate(gen.hist) if n}
+        hist_accept = {str(ms): n for ms, n in enumerate(gen.hist_accept) if n}
         alive = sum(1 for v in self.viewers if not v.lost)
         return {
             "events": gen.events,
+            "event_bytes": gen.event_bytes,
+            "no_send_time": gen.no_send_time,
+            "hist_accept": hist_accept,
             "first_recv": gen.first_recv,
             "last_recv": gen.last_recv,
             "hist": hist,

@@ -12,11 +12,12 @@ so results are ratios on the same machine at the same moment. For each target:
    ~9,000 connections each, over 127.0.0.2..N source addresses) and open the N
    SSE connections, timing the ramp (connect rate);
 3. read the RSS again: (after - before) / N is the RSS per idle connection;
-4. a measured window: post R messages/s for S seconds (open loop, round robin
-   over the videos), then drain until every viewer got every accepted message
-   (or nothing new arrived for a while, or the drain deadline passed); the CPU
-   seconds of every server process (``/proc/PID/stat``) and of the generators
-   (their own ``getrusage``) are read around it;
+4. a measured window: post R messages/s for S seconds (open loop, evenly
+   spaced: message k is due at k/R, round robin over the videos), then drain
+   until every viewer got every accepted message (or nothing new arrived for a
+   while, or the drain deadline passed); the CPU seconds of every server
+   process (``/proc/PID/stat``) and of the generators (their own
+   ``getrusage``) are read around it;
 5. stop everything.
 
 ``--find-max`` repeats step 4 with the rate raised step by step (short steps)
@@ -25,9 +26,16 @@ publisher cannot post at the asked rate), and reports the highest sustained
 deliveries/s. Every run stops by itself: durations, drains, connects and the
 steps are all bounded.
 
-Latency is "published -> SSE event received": for livecomments from the comment
-service's accept time (``created_at_ms`` in the event), for nchan and Pushpin
-from the moment the publish request was sent (its body carries the time).
+Latency is what a user experiences, measured the same way for every target:
+from the moment the commenter's POST is sent (the poster starts the comment's
+text with its wall-clock milliseconds, read just before the request is
+written) to the moment a viewer has the event. Next to it, for livecomments,
+the server-accept latency: from the comment service's accept time
+(``created_at_ms`` in the event, when the payload has it). Reported for each
+window besides: the POST's round trip, the achieved post rate against the
+asked one (and how late and how many in flight the posts were), the bytes of
+an event's SSE frame, and the CPU of every server process per accepted comment
+and per delivery, of the generators per event and of the poster per comment.
 """
 
 from __future__ import annotations
@@ -416,6 +424,12 @@ async def run_target(name: str, sc: Scenario, prefix: str, keep: bool) -> dict[s
             )
             if w["events_without_send_time"]:
                 log(f"[{name}] {w['events_without_send_time']} events without a send time")
+            ps = w["post_schedule"]
+            if ps["late"]:
+                log(
+                    f"[{name}] the poster fell behind its schedule: {ps['late']} posts late,"
+                    f" up to {ps['lag_ms']['max']:.0f} ms, up to {ps['max_per_tick']} in one tick"
+                )
         out["rss"]["after_load_kb"] = procstat.total_rss_kb(target.fanout_pids())
         failed = False
     except Exception as exc:

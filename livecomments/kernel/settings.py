@@ -46,7 +46,8 @@ class BackendSettings:
     zk_auth: str = ""
     redis_url: str = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
     redis_prefix: str = "lc:"
-    mongo_uri: str = f"mongodb://127.0.0.1:{DEFAULT_MONGO_PORT}/"
+    # (`up`'s embedded store; retryWrites=false: see cli/cluster.py embedded_store_uri)
+    mongo_uri: str = f"mongodb://127.0.0.1:{DEFAULT_MONGO_PORT}/?retryWrites=false"
     mongo_db: str = "livecomments"
     mongo_timeout: float = 5.0
     log_level: str = "INFO"

@@ -16,9 +16,9 @@ process that handles the comment logs it, so one ``grep`` shows the whole trip.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 from typing import Any
 
 from pythonjsonlogger.orjson import OrjsonFormatter
@@ -35,8 +35,13 @@ _EXCEPTION_FIELDS = {"exc_info": "exception", "stack_info": "stack"}
 
 
 def new_request_id() -> str:
-    """A fresh request id (32 hex digits)."""
-    return uuid.uuid4().hex
+    """A fresh request id (32 hex digits).
+
+    It names a request in logs; it is no secret, so it comes from the process's
+    pseudo-random generator instead of the kernel's (uuid4 asks the kernel, a
+    system call on every request without an X-Request-ID).
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 def sane_request_id(value: str | None) -> str | None:

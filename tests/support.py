@@ -21,6 +21,7 @@ from livecomments.cli.cluster import Cluster
 from livecomments.cli.main import main
 from livecomments.comment_service.admin import create_admin as make_admin
 from livecomments.kernel import settings as cfg
+from livecomments.kernel.stream import Position
 
 T = TypeVar("T")
 
@@ -34,6 +35,13 @@ class SSEEvent:
 
     def json(self) -> Any:
         return orjson.loads(self.data)
+
+    @property
+    def seq(self) -> int:
+        """The seq in the event's id (``{epoch}-{seq}``): a comment frame's JSON has none."""
+        position = Position.parse(self.id)
+        assert position is not None, f"event {self.event} has no position: {self.id!r}"
+        return position.seq
 
 
 @dataclass
@@ -424,12 +432,14 @@ class Follower:
             self.last_id = ident
         if event == "comment":
             body = orjson.loads(data)
+            position = Position.parse(ident)
+            assert position is not None, f"a comment without a position: {ident!r}"
             if body["id"] in self._reloaded:
                 # Loaded from history after a reset and then sent live too: the page
                 # shows it once (it keys comments by id), so do we.
                 self._reloaded.discard(body["id"])
                 return False
-            self.seqs.append(int(body["seq"]))
+            self.seqs.append(position.seq)
             self.ids.append(body["id"])
             self._seen.set()
         elif event == "moved":

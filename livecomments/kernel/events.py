@@ -3,6 +3,17 @@
 The comment service encodes a frame once; dispatchers and RTMS nodes pass the
 same bytes along. An RTMS node that fills a gap from the store encodes with the
 same functions, so a replayed frame is byte-for-byte the live one.
+
+A comment has two JSON forms. :func:`comment_json` is its public view, what the
+history API answers (every field, nulls included). A frame carries
+:func:`stream_json`, the same comment made compact, because a frame is written
+to every viewer: it leaves out what the stream already says (the video is in
+the URL; a new comment's seq and epoch are the SSE ``id: {epoch}-{seq}``), what
+is at its default (:data:`STREAM_DEFAULTS`), ``created_at`` (``created_at_ms``
+is the same instant) and ``reactions`` (they travel in ``reactions`` events; a
+count frozen into a frame would make the ring's replay differ from the
+store's). A client gets the public view back by filling those in
+(:func:`from_stream`).
 """
 
 from __future__ import annotations
@@ -67,6 +78,68 @@ def comment_json(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# A field a frame leaves out is at this value (the page fills these in again).
+STREAM_DEFAULTS: dict[str, Any] = {
+    "text": None,  # deleted
+    "parent_id": None,  # not a reply
+    "status": STATUS_VISIBLE,
+    "edited_at": None,
+    "rev": 0,
+}
+
+
+def stream_json(view: dict[str, Any], changed: bool = False) -> dict[str, Any]:
+    """The compact form of a comment's public view (:func:`comment_json`) for a frame.
+
+    Keys keep their public names: ``id``, ``user_id``, ``author``,
+    ``created_at_ms``, then ``text``, ``parent_id``, ``status``, ``edited_at``,
+    ``rev`` when not at their :data:`STREAM_DEFAULTS`. Never in a frame:
+    ``video_id`` (the stream's URL says it), ``created_at`` (the same instant as
+    ``created_at_ms``) and ``reactions`` (``reactions`` events carry them);
+    ``seq`` and ``epoch`` only in a ``changed`` frame (``comment.updated``,
+    ``comment.deleted``), whose id may be the change's position rather than the
+    comment's. Built from the view, not the stored document, so that a change
+    marker's snapshot (stored as a view) makes the same bytes as the comment.
+    """
+    out = {"id": view["id"]}
+    if changed:
+        out["seq"] = view["seq"]
+        out["epoch"] = view["epoch"]
+    out["user_id"] = view["user_id"]
+    out["author"] = view["author"]
+    if view.get("created_at_ms") is not None:
+        out["created_at_ms"] = view["created_at_ms"]
+    elif view.get("created_at") is not None:  # data stored before created_at_ms existed
+        out["created_at"] = view["created_at"]
+    for key, default in STREAM_DEFAULTS.items():
+        value = view.get(key, default)
+        if value != default:
+            out[key] = value
+    return out
+
+
+def from_stream(data: dict[str, Any], video_id: str, position: Position) -> dict[str, Any]:
+    """The public view of a comment a frame carries, as a client rebuilds it.
+
+    ``video_id`` from the stream's URL, ``position`` from the frame's ``id:``
+    (a change frame's own ``seq`` and ``epoch`` win). Reactions are not in
+    frames: ``{}`` here, the latest ``reactions`` event's counts on the page.
+    """
+    view = {
+        "video_id": video_id,
+        "seq": position.seq,
+        "epoch": position.epoch,
+        **STREAM_DEFAULTS,
+        "created_at": None,
+        "created_at_ms": None,
+        **data,
+        "reactions": {},
+    }
+    if view["created_at_ms"] is not None:
+        view["created_at"] = iso(dt.datetime.fromtimestamp(view["created_at_ms"] / 1000, dt.UTC))
+    return view
+
+
 def sse_frame(event: str, data: bytes, ident: str | None = None) -> bytes:
     """One SSE frame. ``data`` must not contain newlines (orjson output never does)."""
     head = f"id: {ident}\nevent: {event}\n" if ident is not None else f"event: {event}\n"
@@ -74,7 +147,7 @@ def sse_frame(event: str, data: bytes, ident: str | None = None) -> bytes:
 
 
 def comment_frame(doc: dict[str, Any], kind: int = pb.COMMENT) -> bytes:
-    body = orjson.dumps(comment_json(doc))
+    body = orjson.dumps(stream_json(comment_json(doc), kind != pb.COMMENT))
     return sse_frame(EVENT_NAMES[kind], body, event_id(doc.get("epoch", 0), doc["seq"]))
 
 
@@ -112,7 +185,7 @@ CHANGE_KINDS: dict[str, int] = {
 
 def marker_frame(marker: dict[str, Any]) -> bytes:
     ident = event_id(marker.get("epoch", 0), marker["seq"])
-    return sse_frame(marker["marker"], orjson.dumps(marker["snapshot"]), ident)
+    return sse_frame(marker["marker"], orjson.dumps(stream_json(marker["snapshot"], True)), ident)
 
 
 def change_event(marker: dict[str, Any]) -> pb.Event:
@@ -175,7 +248,8 @@ def retarget(frame: bytes, epoch: int, seq: int) -> bytes | None:
 def reactions_event(video_id: str, counts: dict[str, dict[str, int]]) -> pb.Event:
     """Aggregated reaction totals for some comments of a video: unsequenced, not resumable.
 
-    Totals, not deltas: a lost or repeated event leaves no wrong count behind.
+    Totals, not deltas: a lost or repeated event leaves no wrong count behind. The
+    frame is ``{"comments": {comment id: {name: count}}}``: the video is the stream's.
     """
-    body = orjson.dumps({"video_id": video_id, "comments": counts})
+    body = orjson.dumps({"comments": counts})
     return pb.Event(video_id=video_id, seq=0, kind=pb.REACTIONS, frame=sse_frame("reactions", body))

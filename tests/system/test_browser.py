@@ -155,17 +155,35 @@ async def test_moderator_delete_shows_a_tombstone_live(
         await expect(tombstone).to_have_class(re.compile(r"\bdeleted\b"), timeout=LIVE)
         await expect(tombstone.locator(".text")).to_have_text("comment deleted")
         await expect(tombstone.locator(".reactions, .delete, .author")).to_have_count(0)
+    # A change's frame has the change's seq as its id: the comment keeps its place.
+    await expect(viewer.locator("#comments .comment .text")).to_have_text(
+        ["comment deleted", "this one stays"]
+    )
+    # An edit shows in place too, marked as edited.
+    status, _, _ = await api.request(
+        "PATCH", f"/api/videos/{video}/comments/{kept['id']}",
+        json={"text": "this one was edited"}, token=mod_token,
+    )  # fmt: skip
+    assert status == 200
+    edited = comment(viewer, kept["id"])
+    await expect(edited.locator(".text")).to_have_text("this one was edited", timeout=LIVE)
+    await expect(edited.locator(".author")).to_have_text(author)
+    await expect(edited.locator(".time")).to_have_text(re.compile(r"\(edited\)$"))
     # Later events (a new comment, a reload from history) never bring the text back.
-    await api.post(video, "after the delete", author_token)
+    later = await api.post(video, "after the delete", author_token)
     await expect(comment(viewer, kept["id"])).to_be_visible()
     await expect(viewer.locator("#comments .comment .text")).to_have_text(
-        ["comment deleted", "this one stays", "after the delete"], timeout=LIVE
+        ["comment deleted", "this one was edited", "after the delete"], timeout=LIVE
     )
+    live_time = await comment(viewer, later["id"]).get_attribute("data-ms")
     await viewer.reload()
     await expect(viewer.locator("#status")).to_have_text("live", timeout=15000)
     await expect(viewer.locator("#comments .comment .text")).to_have_text(
-        ["comment deleted", "this one stays", "after the delete"]
+        ["comment deleted", "this one was edited", "after the delete"]
     )
+    # The time a live comment showed (its frame's created_at_ms) is the history's.
+    assert live_time == str(later["created_at_ms"])
+    assert await comment(viewer, later["id"]).get_attribute("data-ms") == live_time
     assert "this text must vanish" not in await viewer.content()
     pages.assert_clean()
 

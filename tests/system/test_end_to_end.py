@@ -11,11 +11,13 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from livecomments.cli.cluster import Cluster
+from livecomments.kernel import events
 from livecomments.kernel.grpcauth import DISPATCHER, RTMS
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.kernel.redis.keys import Keys
-from tests.support import Api, Viewer, unique
+from livecomments.kernel.stream import Position
+from tests.support import Api, Viewer, staff, unique, wait_until
 
 
 def rtms_url(cluster: Cluster, index: int) -> str:
@@ -62,7 +64,7 @@ async def test_comments_arrive_in_seq_order_under_concurrent_posts(
         await asyncio.gather(*(api.post(video, f"c{n}", tokens[n % 4]) for n in range(40)))
         for viewer in viewers:
             got = await viewer.wait_for(40, timeout=20)
-            seqs = [e.json()["seq"] for e in got]
+            seqs = [e.seq for e in got]
             assert seqs == sorted(seqs) and len(set(seqs)) == 40
             assert sorted(e.json()["text"] for e in got) == sorted(f"c{n}" for n in range(40))
     finally:
@@ -249,3 +251,87 @@ async def test_replies_are_delivered_and_listed(
     )
     assert (status, body["error"]["code"]) == (404, "parent_not_found")
     await viewer.close()
+
+
+TEXT_60 = "Did anyone else catch that goal in the 89th minute? Unreal!!"
+
+
+def sequenced_frames(raw: bytes) -> list[bytes]:
+    """The frames with an id, exactly as they came over the wire."""
+    return [block + b"\n\n" for block in raw.split(b"\n\n") if block.startswith(b"id: ")]
+
+
+async def test_a_resumed_viewer_gets_the_same_bytes_from_the_ring_and_from_the_store(
+    cluster: Cluster, api: Api, session: aiohttp.ClientSession
+) -> None:
+    """The compact frames of comments, a reply, a reacted comment, an edit and a delete:
+    replayed from a node's ring and from the store, byte for byte the same; and a
+    client filling in what the stream says gets what the history API says."""
+    video = unique("bytes")
+    token = await api.register(unique("poster"))
+    mod, _ = await staff(api, cluster)
+    live = await Viewer(f"{rtms_url(cluster, 1)}/stream/{video}", session).connect()
+    try:
+        first = await api.post(video, TEXT_60, token)
+        await api.post(video, "a reply", token, parent_id=first["id"])
+        edited = await api.post(video, "to be edited", token)
+        deleted = await api.post(video, "to be deleted", token)
+        comments = f"/api/videos/{video}/comments"
+        status, _, _ = await api.request(
+            "PUT", f"{comments}/{first['id']}/reactions/like", token=token
+        )
+        assert status == 200
+        status, _, _ = await api.request(
+            "PATCH", f"{comments}/{edited['id']}", json={"text": "edited"}, token=mod
+        )
+        assert status == 200
+        status, _, _ = await api.request("DELETE", f"{comments}/{deleted['id']}", token=token)
+        assert status == 200
+        await live.wait_for(1, "comment.deleted")
+        (live_first, *_) = live.of("comment")
+        live_frames = sequenced_frames(bytes(live.raw))
+        assert len(live_frames[0]) <= 250  # a 60-character comment
+
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(cluster.backends.mongo_uri)
+
+        async def reactions_stored() -> bool:
+            doc = await mongo[cluster.namespace]["comments"].find_one({"_id": int(first["id"])})
+            return bool(doc and doc.get("reactions"))
+
+        try:
+            await wait_until(reactions_stored, what="the reaction flushed to the store")
+        finally:
+            await mongo.close()
+    finally:
+        await live.close()
+
+    since = f"{first['epoch']}-0"
+    from_ring = await Viewer(
+        f"{rtms_url(cluster, 1)}/stream/{video}?last_event_id={since}", session
+    ).connect()
+    # rtms-2 has never hosted the video: it replays from the store.
+    from_store = await Viewer(
+        f"{rtms_url(cluster, 2)}/stream/{video}?last_event_id={since}", session
+    ).connect()
+    try:
+        for resumed in (from_ring, from_store):
+            # seqs 3 and 4 replay in their new state, then the edit (5) and the delete (6)
+            await resumed.wait_for(2, "comment.deleted")
+        ring = sequenced_frames(bytes(from_ring.raw))
+        store = sequenced_frames(bytes(from_store.raw))
+        assert [f.split(b"\n")[0] for f in ring] == [
+            f"id: {first['epoch']}-{n}".encode() for n in range(1, 7)
+        ]
+        assert ring == store
+        assert ring[:2] == live_frames[:2]  # the reaction changed no byte
+
+        for event in (*from_store.of("comment"), *from_store.of("comment.updated")):
+            position = Position.parse(event.id)
+            assert position is not None
+            view = events.from_stream(event.json(), video, position)
+            _, stored, _ = await api.request("GET", f"{comments}/{view['id']}")
+            assert view == {**stored, "reactions": {}}
+        assert from_store.of("comment")[0].json() == live_first.json()
+    finally:
+        await from_ring.close()
+        await from_store.close()

@@ -63,13 +63,16 @@ async def test_moderator_edit_and_delete_reach_viewers_live_and_history(
         body = update.json()
         assert (body["id"], body["text"], body["rev"]) == (first["id"], "moderated words", 1)
         assert update.id == f"{first['epoch']}-{second['seq'] + 1}"  # a change has its own seq
+        # ... and names the comment's own (a comment frame's are in its id)
+        assert (body["seq"], body["epoch"]) == (first["seq"], first["epoch"])
 
         status, deleted, _ = await api.request(
             "DELETE", f"/api/videos/{video}/comments/{second['id']}", token=mod[0]
         )
         assert status == 200 and deleted["status"] == "deleted" and deleted["text"] is None
         (gone,) = await viewer.wait_for(1, "comment.deleted")
-        assert gone.json()["id"] == second["id"] and gone.json()["text"] is None
+        assert gone.json()["id"] == second["id"] and gone.json()["status"] == "deleted"
+        assert "text" not in gone.json()  # deleted: a frame leaves out what is null
 
         page = await api.page(video)
         by_id = {item["id"]: item for item in page["items"]}

@@ -165,7 +165,7 @@ def assert_exactly_once_in_order(got: list[Any], posted: list[dict[str, Any]]) -
     ids = [e.json()["id"] for e in got]
     assert len(ids) == len(set(ids)), "a comment arrived twice"
     assert set(ids) == {c["id"] for c in posted}
-    seqs = [e.json()["seq"] for e in got]
+    seqs = [e.seq for e in got]
     assert seqs == sorted(seqs), "out of seq order"
 
 

@@ -173,7 +173,11 @@ class Error(Model):
 
 
 class Comment(Model):
-    """A comment as the API and the live stream show it (``events.comment_json``)."""
+    """A comment as the API shows it (``events.comment_json``).
+
+    The live stream sends the same comment compact (``events.stream_json``): without
+    the fields the stream says or that are at their default (README, "SSE events").
+    """
 
     id: Id
     video_id: VideoId

@@ -62,6 +62,12 @@ ROUTES = (
         notes=(
             "Redirects to the Server-Sent Events stream of the realtime node placed "
             "for the video, carrying the resume point along as `last_event_id`.",
+            "A `comment` event's data is the `Comment` without what the stream says "
+            "(`video_id`; `seq` and `epoch` are its id, `<epoch>-<seq>`), `created_at` "
+            "(see `created_at_ms`) and `reactions` (sent as `reactions` events), and "
+            "without fields at their default: `text` null, `parent_id` null, `status` "
+            "`visible`, `edited_at` null, `rev` 0. `comment.updated` and `comment.deleted` "
+            "carry the comment's own `seq` and `epoch`.",
         ),
         params=(VIDEO, LAST_EVENT_ID, LAST_EVENT_ID_HEADER),
         errors={503: ("no_rtms_node",)},

@@ -38,7 +38,6 @@ COMMENT_PORT = 8443
 DISPATCHER_ADMIN_PORT = 9751  # /metrics, /healthz, /readyz
 
 
-
 def embedded_store_uri(port: int) -> str:
     """The URI of the embedded store `up` and the tests start.
 

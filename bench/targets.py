@@ -47,15 +47,15 @@ DEBIAN_PACKAGES = {
     "livecomments": "zookeeper redis-server",
 }
 
-# The same JSON shape (and about the same size) as our comment events, so every
-# target moves about the same bytes and the generator parses every target the same
-# way. A peer has no accept time of its own: ``created_at_ms`` is null (the viewers
-# then report the latency from the send only).
+# The same JSON shape (and about the same size) as our compact comment events
+# (kernel/events.py: id, user_id, author, created_at_ms, text), so every target
+# moves about the same bytes and the generator parses every target the same way.
+# The peers' SSE ids do not carry our seq, so their payload says it ("seq", which
+# ours leaves to the `id:` line). A peer has no accept time of its own:
+# ``created_at_ms`` is null (the viewers then report the latency from the send only).
 PAYLOAD = (
-    '{{"id":"{id}","video_id":"{video}","seq":{n},"epoch":1,"user_id":"1",'
-    '"author":"bench-poster","text":"{text}","parent_id":null,'
-    '"status":"visible","created_at":"{iso}","created_at_ms":null,"edited_at":null,'
-    '"rev":0,"reactions":{{}}}}'
+    '{{"id":"{id}","seq":{n},"user_id":"1","author":"bench-poster",'
+    '"created_at_ms":null,"text":"{text}"}}'
 )
 TEXT_CHARS = 60  # a realistic comment
 FILLER = " lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod"
@@ -67,9 +67,8 @@ def comment_text(n: int, sent_ms: int) -> str:
 
 
 def payload(video: str, n: int, t_ms: int) -> str:
-    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t_ms / 1000)) + f".{t_ms % 1000:03d}Z"
     text = comment_text(n, t_ms)
-    return PAYLOAD.format(id=7_000_000_000_000_000_000 + n, video=video, n=n, iso=iso, text=text)
+    return PAYLOAD.format(id=7_000_000_000_000_000_000 + n, n=n, text=text)
 
 
 def missing_packages(target: str) -> list[str]:

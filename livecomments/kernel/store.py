@@ -57,6 +57,7 @@ class Store:
         self._database = database
         self._timeout_ms = int(timeout * 1000)
         self._client: AsyncMongoClient[Doc] | None = None
+        self._collections: dict[str, AsyncCollection[Doc]] = {}
         self._listeners = [_Timing(latency)] if latency is not None else []
 
     async def start(self, *, create_indexes: bool = True) -> None:
@@ -77,6 +78,7 @@ class Store:
         if self._client is not None:
             await self._client.close()
             self._client = None
+            self._collections.clear()
 
     async def ping(self) -> None:
         """One round trip to the store (readiness probes); raises when it does not answer."""
@@ -86,9 +88,14 @@ class Store:
             await self._client.admin.command("ping")
 
     def _col(self, name: str) -> AsyncCollection[Doc]:
-        if self._client is None:
-            raise Unavailable("store not started")
-        return self._client[self._database][name]
+        # Made once per client: a pymongo collection object costs a database and a
+        # collection constructor (options, codecs), and every store call asks for one.
+        collection = self._collections.get(name)
+        if collection is None:
+            if self._client is None:
+                raise Unavailable("store not started")
+            collection = self._collections[name] = self._client[self._database][name]
+        return collection
 
     @property
     def comments(self) -> AsyncCollection[Doc]:

@@ -31,7 +31,7 @@ from livecomments.coord import ZK, NodeDirectory, Placement, Policy
 from livecomments.coord.membership import WorkerLease
 from livecomments.coord.records import RtmsNode
 from livecomments.kernel import metrics as m
-from livecomments.kernel.admin import AdminListener, metrics_url
+from livecomments.kernel.admin import admin_listener, metrics_url
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.ids import Snowflake
 from livecomments.kernel.rates import Rate
@@ -143,17 +143,8 @@ class CommentServer:
         # /metrics: on the public listener, unless an admin listener serves it.
         self.served_metrics = ServiceMetrics(self.metrics, public=not settings.admin_port)
         self.metrics.add(self._collect)
-        self.metrics.add(lambda: m.readiness(self.readiness.state()))
-        self.admin = (
-            AdminListener(
-                settings.admin_host,
-                settings.admin_port,
-                self.metrics,
-                self.health,
-                self.readiness.answer,
-            )
-            if settings.admin_port
-            else None
+        self.admin = admin_listener(
+            settings.admin_host, settings.admin_port, self.metrics, self.health, self.readiness
         )
         # Both need the Snowflake worker id leased in start().
         self.ids: Snowflake = None  # type: ignore[assignment]

@@ -14,7 +14,7 @@ from livecomments.coord.records import Dispatcher
 from livecomments.dispatcher.router import Router
 from livecomments.dispatcher.service import DispatcherService
 from livecomments.kernel import metrics as m
-from livecomments.kernel.admin import AdminListener, metrics_url
+from livecomments.kernel.admin import admin_listener, metrics_url
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.grpchealth import GrpcHealth
 from livecomments.kernel.pb import livecomments_pb2 as pb
@@ -56,17 +56,8 @@ class DispatcherServer:
         )
         self.metrics = m.Metrics(m.DISPATCHER, self.node_id)
         self.metrics.add(self._collect)
-        self.metrics.add(lambda: m.readiness(self.readiness.state()))
-        self.admin = (
-            AdminListener(
-                settings.admin_host,
-                settings.admin_port,
-                self.metrics,
-                self.health,
-                self.readiness.answer,
-            )
-            if settings.admin_port
-            else None
+        self.admin = admin_listener(
+            settings.admin_host, settings.admin_port, self.metrics, self.health, self.readiness
         )
         self._grpc: grpc.aio.Server | None = None
         self._started = False

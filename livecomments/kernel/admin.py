@@ -18,8 +18,23 @@ import orjson
 from aiohttp import web
 
 from livecomments.kernel.metrics import CONTENT_TYPE, Metrics
+from livecomments.kernel.metrics import readiness as readiness_metrics
+from livecomments.kernel.readiness import Readiness
 
 log = logging.getLogger(__name__)
+
+
+def admin_listener(
+    host: str,
+    port: int,
+    metrics: Metrics,
+    health: Callable[[], dict[str, Any]],
+    readiness: Readiness,
+) -> AdminListener | None:
+    """What every process does for operators: its readiness in its metrics, and its
+    admin listener (None when ``port`` is 0: then the public listener serves them)."""
+    metrics.add(lambda: readiness_metrics(readiness.state()))
+    return AdminListener(host, port, metrics, health, readiness.answer) if port else None
 
 
 def metrics_url(admin_host: str, admin_port: int, public_url: str = "") -> str:

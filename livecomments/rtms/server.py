@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from livecomments.coord import ZK, HostedRegistry, Membership, Placement, Policy
 from livecomments.coord.records import RtmsNode
 from livecomments.kernel import metrics as m
-from livecomments.kernel.admin import AdminListener, metrics_url
+from livecomments.kernel.admin import admin_listener, metrics_url
 from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.grpchealth import GrpcHealth
 from livecomments.kernel.logs import about
@@ -151,17 +151,8 @@ class RTMSServer:
         )
         self.metrics.add(collector(self.hub, self.listener, lambda: self.draining))
         self.metrics.add(self._collect)
-        self.metrics.add(lambda: m.readiness(self.readiness.state()))
-        self.admin = (
-            AdminListener(
-                settings.admin_host,
-                settings.admin_port,
-                self.metrics,
-                self.health,
-                self.readiness.answer,
-            )
-            if settings.admin_port
-            else None
+        self.admin = admin_listener(
+            settings.admin_host, settings.admin_port, self.metrics, self.health, self.readiness
         )
         self._rebalances_seen: set[str] = set()
         self._tasks: set[asyncio.Future[None]] = set()

@@ -27,6 +27,7 @@ from livecomments.comment_service.limits import Limiter, PostLimits
 from livecomments.kernel.batching import Batcher
 from livecomments.kernel.errors import Unavailable
 from livecomments.kernel.redis import scripts
+from livecomments.kernel.redis.direct import DirectScripts
 from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.stream import Position
 
@@ -59,9 +60,19 @@ class Verdict:
 
 class Admission:
     def __init__(
-        self, redis: Redis, limiter: Limiter, sequencer: Sequencer, limits: PostLimits
+        self,
+        redis: Redis,
+        limiter: Limiter,
+        sequencer: Sequencer,
+        limits: PostLimits,
+        direct: DirectScripts | None = None,
     ) -> None:
-        self._script = scripts.register(redis, "admission_admit_many")
+        # Every post runs this script: on a connection of its own (see direct.py) when given.
+        self._script = (
+            direct("admission_admit_many")
+            if direct
+            else scripts.register(redis, "admission_admit_many")
+        )
         self._limiter = limiter
         self._sequencer = sequencer
         # The limits are fixed for the process: their arguments, for both kinds of poster.

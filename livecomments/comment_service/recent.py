@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 
 from livecomments.kernel import events
 from livecomments.kernel.redis import scripts
+from livecomments.kernel.redis.direct import DirectScripts
 from livecomments.kernel.redis.keys import Keys, outbox_member, reply_member
 from livecomments.kernel.sequencer import Sequencer
 
@@ -63,12 +64,23 @@ class Window:
 
 
 class RecentCache:
-    def __init__(self, redis: Redis, sequencer: Sequencer, prefix: str, size: int, ttl: float):
+    def __init__(
+        self,
+        redis: Redis,
+        sequencer: Sequencer,
+        prefix: str,
+        size: int,
+        ttl: float,
+        direct: DirectScripts | None = None,
+    ):
         self._keys = Keys(prefix)
         self._sequencer = sequencer
         self._size = size
         self._ttl_ms = int(ttl * 1000)
-        self._settle = scripts.register(redis, "recent_settle")
+        # Every published post is settled: on a connection of its own when given.
+        self._settle = (
+            direct("recent_settle") if direct else scripts.register(redis, "recent_settle")
+        )
         self._range = scripts.register(redis, "recent_range")
         self.enabled = size > 0
         # Entries read from Redis by history pages (range and previews): what a

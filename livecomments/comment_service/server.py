@@ -36,6 +36,7 @@ from livecomments.kernel.grpcauth import GrpcSecurity
 from livecomments.kernel.ids import Snowflake
 from livecomments.kernel.rates import Rate
 from livecomments.kernel.readiness import REDIS, STORE, Readiness
+from livecomments.kernel.redis.direct import DirectScripts
 from livecomments.kernel.redis.timed import TimedRedis
 from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.settings import CommentServiceSettings, default_node_id
@@ -84,12 +85,15 @@ class CommentServer:
         self.dispatch = DispatchClient(
             self.dispatchers, settings.dispatch_timeout, GrpcSecurity.from_settings(settings)
         )
+        # The scripts every post runs, each on a connection of its own (see direct.py).
+        self.direct = DirectScripts(self.redis)
         self.recent = RecentCache(
             self.redis,
             self.sequencer,
             settings.redis_prefix,
             settings.recent_cache_size,
             settings.recent_cache_ttl,
+            direct=self.direct,
         )
         self.outbox = Outbox(
             self.redis,
@@ -224,7 +228,9 @@ class CommentServer:
             content_filter=self.content_filter,
             limiter=self.limiter,
             policies=self.policies,
-            admission=Admission(self.redis, self.limiter, self.sequencer, self.post_limits),
+            admission=Admission(
+                self.redis, self.limiter, self.sequencer, self.post_limits, direct=self.direct
+            ),
             recent=self.recent,
             revoked_key=self.accounts.revoked_key,
             idempotency=Idempotency(self.redis, s.redis_prefix, s.idempotency_window),
@@ -286,6 +292,7 @@ class CommentServer:
             log.warning("releasing the worker id failed: %s", exc)
         await self.dispatch.close()
         await self.zk.stop()
+        await self.direct.close()
         await self.redis.aclose()
         await self.store.stop()
         if self.admin is not None:

@@ -13,7 +13,7 @@ import hashlib
 import time
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from livecomments.kernel.metrics import Histograms
 from livecomments.kernel.redis import scripts
@@ -43,9 +43,23 @@ class TimedRedis(Redis):
     latency: Histograms | None = None
 
     @classmethod
-    def connect(cls, url: str, latency: Histograms, **options: Any) -> TimedRedis:
-        """``from_url``, timing every command into ``latency``."""
-        client = cls.from_url(url, **options)
+    def connect(
+        cls, url: str, latency: Histograms, *, max_connections: int = 100, **options: Any
+    ) -> TimedRedis:
+        """``from_url``, timing every command into ``latency``.
+
+        The pool waits for a free connection (up to the socket timeout) when all
+        ``max_connections`` are busy: a burst of concurrent calls (the first posts
+        of many new videos each seed their counter) queues for a moment instead of
+        failing with redis-py's "Too many connections".
+        """
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=options.get("socket_timeout") or 5.0,
+            **options,
+        )
+        client = cls.from_pool(pool)
         assert isinstance(client, TimedRedis)
         client.latency = latency
         return client

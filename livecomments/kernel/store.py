@@ -26,6 +26,15 @@ from livecomments.kernel.metrics import Histograms
 
 Doc = dict[str, Any]
 
+REPLIES_INDEX = "replies"  # a comment's replies by seq (history previews)
+# Indexes of earlier versions that no query needs, dropped at start-up: each cost
+# every insert an index entry. (video_id, _id): a lookup by id uses ``_id``;
+# (user_id, _id): nothing reads comments by user; (parent_id, _id): replaced by
+# REPLIES_INDEX, which also serves their order by seq.
+OBSOLETE_COMMENT_INDEXES = frozenset(
+    {"video_id_1__id_-1", "user_id_1__id_-1", "parent_id_1__id_-1"}
+)
+
 
 class _Timing(CommandListener):
     """Each command's duration, by command name (find, insert, update, ...): pymongo's
@@ -112,17 +121,22 @@ class Store:
 
     async def ensure_indexes(self) -> None:
         with _guard("cannot create indexes"):
+            # What a comment's insert touches: ``_id`` and (video_id, seq), and a reply
+            # also (video_id, parent_id, seq). Every query names video_id and either
+            # _id (served by ``_id``; video_id routes it to one shard) or a seq range.
             await self.comments.create_indexes(
                 [
                     IndexModel([("video_id", ASCENDING), ("seq", DESCENDING)], unique=True),
-                    IndexModel([("video_id", ASCENDING), ("_id", DESCENDING)]),
                     IndexModel(
-                        [("parent_id", ASCENDING), ("_id", DESCENDING)],
+                        [("video_id", ASCENDING), ("parent_id", ASCENDING), ("seq", ASCENDING)],
                         partialFilterExpression={"parent_id": {"$type": "long"}},
+                        name=REPLIES_INDEX,
                     ),
-                    IndexModel([("user_id", ASCENDING), ("_id", DESCENDING)]),
                 ]
             )
+            existing = await self.comments.index_information()
+            for name in OBSOLETE_COMMENT_INDEXES & existing.keys():
+                await self.comments.drop_index(name)
             await self.users.create_indexes(
                 [
                     IndexModel([("username_key", ASCENDING)], unique=True),

@@ -41,11 +41,12 @@ DISPATCHER_ADMIN_PORT = 9751  # /metrics, /healthz, /readyz
 def embedded_store_uri(port: int) -> str:
     """The URI of the embedded store `up` and the tests start.
 
-    It is one server, like a standalone mongod, with which a driver does not use
-    retryable writes. The embedded store advertises sessions, though, so pymongo
-    would send a transaction number with every write, and the store's handling of
-    those made each comment insert about 20 times slower (18 ms instead of 0.8 ms
-    here) and cost both sides CPU. A comment's insert needs no retry from the
+    It is one standalone server (``launcher.start_store``), with which a driver does
+    not use retryable writes. Before it was started as one, it advertised a
+    one-member replica set, so pymongo sent a transaction number with every write,
+    and the store's handling of those made each comment insert about 20 times
+    slower (18 ms instead of 0.8 ms here) and cost both sides CPU. The parameter
+    stays, for a store that still advertises a set. A comment's insert needs no retry from the
     driver: its id is made before the insert, so a repeat is a duplicate key.
     """
     return f"mongodb://127.0.0.1:{port}/?retryWrites=false"

@@ -15,7 +15,6 @@ import collections
 import functools
 import logging
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,13 +214,17 @@ class Router:
         )
         return sender
 
-    def submit(self, events: list[pb.Event]) -> Awaitable[pb.DispatchReply]:
+    def submit(self, events: list[pb.Event]) -> asyncio.Future[pb.DispatchReply]:
         """Queue each event once for each node hosting its video; await the answers.
 
         The queueing happens here, before the first await, so calls submitted in
         order reach every node in that order. The reply lists the events some
         hosting node did not take (skipped as suspect or unknown, or failed): the
         caller keeps those in its outbox instead of counting them delivered.
+
+        The answers are collected by callbacks (``_Collect``), not by a task and
+        a gather per request: at 200 spaced comments/s those were ~10 % of the
+        dispatcher's CPU.
         """
         started = time.perf_counter()
         now = time.monotonic()
@@ -248,39 +251,23 @@ class Router:
             waits.append((node_id, indexes, sender.send(batch)))
         if log.isEnabledFor(logging.INFO):
             _log_dispatched(events, per_node, {node_id for node_id, _, _ in waits})
-        return self._collect(len(per_node), waits, dropped, undelivered, started)
+        reply: asyncio.Future[pb.DispatchReply] = asyncio.get_running_loop().create_future()
+        _Collect(self, reply, len(per_node), waits, dropped, undelivered, started)
+        return reply
 
     async def dispatch(self, events: list[pb.Event]) -> pb.DispatchReply:
         """Send each event once to each node hosting its video; wait for their answers."""
         return await self.submit(events)
 
-    async def _collect(
-        self,
-        nodes: int,
-        waits: list[tuple[str, list[int], asyncio.Future[None]]],
-        dropped: int,
-        undelivered: set[int],
-        started: float,
-    ) -> pb.DispatchReply:
-        delivered = 0
-        if waits:
-            results = await asyncio.gather(*(w for _, _, w in waits), return_exceptions=True)
-            for (node_id, indexes, _), result in zip(waits, results, strict=True):
-                if result is None:
-                    delivered += 1
-                    self._suspects.pop(node_id, None)
-                    self.delivered[node_id] += len(indexes)
-                else:
-                    dropped += 1
-                    undelivered.update(indexes)
-                    self.dropped[node_id, "failed"] += len(indexes)
-                    log.warning("delivery failed, suspecting node: %s", result)
-                    self._suspects[node_id] = time.monotonic() + SUSPECT_FOR
-        self.undelivered += len(undelivered)
-        self.latency.observe(time.perf_counter() - started)
-        return pb.DispatchReply(
-            nodes=nodes, delivered=delivered, dropped=dropped, undelivered=sorted(undelivered)
-        )
+    def _answered(self, node_id: str, indexes: list[int], error: BaseException | None) -> None:
+        """One node's answer to its part of a request (None: it took them all)."""
+        if error is None:
+            self._suspects.pop(node_id, None)
+            self.delivered[node_id] += len(indexes)
+        else:
+            self.dropped[node_id, "failed"] += len(indexes)
+            log.warning("delivery failed, suspecting node: %s", error)
+            self._suspects[node_id] = time.monotonic() + SUSPECT_FOR
 
     def suspects(self) -> int:
         """Nodes skipped now after a failed delivery."""
@@ -290,3 +277,59 @@ class Router:
     async def close(self) -> None:
         senders, self._senders = list(self._senders.values()), {}
         await asyncio.gather(*(s.close() for s in senders), return_exceptions=True)
+
+
+class _Collect:
+    """Builds a request's reply as its nodes answer, then resolves ``reply``."""
+
+    __slots__ = ("_delivered", "_dropped", "_left", "_nodes", "_reply", "_router", "_started",
+                 "_undelivered")  # fmt: skip
+
+    def __init__(
+        self,
+        router: Router,
+        reply: asyncio.Future[pb.DispatchReply],
+        nodes: int,
+        waits: list[tuple[str, list[int], asyncio.Future[None]]],
+        dropped: int,
+        undelivered: set[int],
+        started: float,
+    ) -> None:
+        self._router, self._reply, self._nodes = router, reply, nodes
+        self._delivered, self._dropped, self._undelivered = 0, dropped, undelivered
+        self._started = started
+        self._left = len(waits)
+        if not waits:
+            self._finish()
+        for node_id, indexes, done in waits:
+            done.add_done_callback(functools.partial(self._answer, node_id, indexes))
+
+    def _answer(self, node_id: str, indexes: list[int], done: asyncio.Future[None]) -> None:
+        try:
+            error = NodeGone(f"{node_id}: cancelled") if done.cancelled() else done.exception()
+            self._router._answered(node_id, indexes, error)
+            if error is None:
+                self._delivered += 1
+            else:
+                self._dropped += 1
+                self._undelivered.update(indexes)
+            self._left -= 1
+            if self._left == 0:
+                self._finish()
+        except Exception as exc:  # a bug here fails this request, as a raising task would
+            if not self._reply.done():
+                self._reply.set_exception(exc)
+
+    def _finish(self) -> None:
+        router = self._router
+        router.undelivered += len(self._undelivered)
+        router.latency.observe(time.perf_counter() - self._started)
+        if not self._reply.done():  # the caller may have given up (cancelled)
+            self._reply.set_result(
+                pb.DispatchReply(
+                    nodes=self._nodes,
+                    delivered=self._delivered,
+                    dropped=self._dropped,
+                    undelivered=sorted(self._undelivered),
+                )
+            )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -54,29 +55,33 @@ class DispatcherService(pb_grpc.DispatcherServicer):  # type: ignore[misc]
         requests: AsyncIterator[pb.DispatchRequest],
         replies: asyncio.Queue[pb.DispatchReply | BaseException | None],
     ) -> None:
-        answering: set[asyncio.Task[None]] = set()
+        # Each request's reply future puts its answer in the queue when it resolves
+        # (a callback: no task per request).
+        answering: set[asyncio.Future[pb.DispatchReply]] = set()
 
-        async def answer(request_id: int, routed: Awaitable[pb.DispatchReply]) -> None:
-            try:
-                reply = await routed
-            except Exception as exc:  # the stream fails; the caller retries elsewhere
-                log.exception("dispatch failed")
-                replies.put_nowait(exc)
+        def answer(request_id: int, routed: asyncio.Future[pb.DispatchReply]) -> None:
+            answering.discard(routed)
+            if routed.cancelled():
                 return
+            error = routed.exception()
+            if error is not None:  # the stream fails; the caller retries elsewhere
+                log.error("dispatch failed", exc_info=error)
+                replies.put_nowait(error)
+                return
+            reply = routed.result()
             reply.id = request_id
             replies.put_nowait(reply)
 
         try:
             async for request in requests:
                 routed = self._router.submit(list(request.events))
-                task = asyncio.create_task(answer(request.id, routed))
-                answering.add(task)
-                task.add_done_callback(answering.discard)
-            while answering:  # the caller is done sending: answer what is in flight
+                answering.add(routed)
+                routed.add_done_callback(functools.partial(answer, request.id))
+            if answering:  # the caller is done sending: answer what is in flight
                 await asyncio.wait(set(answering))
         finally:
-            for task in answering:
-                task.cancel()
+            for routed in list(answering):
+                routed.cancel()
             replies.put_nowait(None)
 
     async def Routes(self, request: pb.RoutesRequest, context: Any) -> pb.RoutesReply:

@@ -82,13 +82,16 @@ if (sharded === null) {
 
 // The application's indexes (livecomments/kernel/store.py), spec for spec.
 comments.createIndex({ video_id: 1, seq: -1 }, { unique: true });
-comments.createIndex({ video_id: 1, _id: -1 });
 comments.createIndex(
-  { parent_id: 1, _id: -1 },
+  { video_id: 1, parent_id: 1, seq: 1 },
   // Only replies carry an int64 parent_id; top-level comments have null.
-  { partialFilterExpression: { parent_id: { $type: "long" } } }
+  { name: "replies", partialFilterExpression: { parent_id: { $type: "long" } } }
 );
-comments.createIndex({ user_id: 1, _id: -1 });
+// Indexes of earlier versions that no query needs (each cost every insert an
+// entry); the comment service drops them too when it starts.
+for (const name of ["video_id_1__id_-1", "user_id_1__id_-1", "parent_id_1__id_-1"]) {
+  if (comments.getIndexes().some((ix) => ix.name === name)) comments.dropIndex(name);
+}
 
 // users stays unsharded (small, looked up by username_key), on the primary shard.
 lc.getCollection("users").createIndex({ username_key: 1 }, { unique: true });

@@ -7,12 +7,6 @@ latency); under load, the round trip of one call is the window in which the
 next batch fills. ``run`` returns one result per item (an exception instance
 for an item that failed on its own); if it raises, every item of the batch
 gets that exception.
-
-When nothing is in flight, ``submit`` makes the call itself, in the caller's
-task: a lone item costs no task and no future (four batchers on a post's path,
-~3 % of its CPU at 200 spaced posts/s). What arrives during that call queues
-for the worker, which starts when it returns. Cancelling such a caller cancels
-its call, as cancelling any awaited call does.
 """
 
 from __future__ import annotations
@@ -33,31 +27,15 @@ class Batcher(Generic[T, R]):
         self._max = max_batch
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._worker: asyncio.Task[None] | None = None
-        self._inline = False  # a caller is making a call itself
         self.calls = 0
         self.items = 0
 
     async def submit(self, item: T) -> R:
-        if self._worker is None and not self._inline:
-            return await self._call_inline(item)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))  # the worker runs it, or starts when the call returns
+        self._queue.append((item, future))
+        if self._worker is None:
+            self._worker = asyncio.ensure_future(self._drain())
         return await future
-
-    async def _call_inline(self, item: T) -> R:
-        self._inline = True
-        self.calls += 1
-        self.items += 1
-        try:
-            results = await self._run([item])
-        finally:
-            self._inline = False
-            if self._queue and self._worker is None:
-                self._worker = asyncio.ensure_future(self._drain())
-        (result,) = results
-        if isinstance(result, BaseException):
-            raise result
-        return result
 
     async def _drain(self) -> None:
         try:

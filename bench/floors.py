@@ -7,8 +7,9 @@ settle), one store insert and one gRPC request on each hop. This measures the
 CPU the calling process spends per call, with each library and with the bare wire
 protocol on the same socket kind, against a Redis and an embedded store it starts
 (and a gRPC echo server in a child process). Calls go one after another, each
-waiting for its answer, at ``--rate`` calls/s (0: back to back): spaced calls pay
-the wake-up from idle every time, as 200 spaced comments/s do.
+waiting for its answer, at ``--rate`` calls/s (0: back to back). Spaced calls pay
+a wake-up from idle every time, as 200 spaced comments/s do, and on a shared VM
+that is not free: the first row is the pace alone, a timer wake-up with no call.
 
 It answers one question: how much of a comment's CPU is the libraries' own per-call
 work, which no change of ours removes (docs/benchmarks.md, issue 13).
@@ -52,7 +53,7 @@ async def _per_call(
 ) -> tuple[float, float]:
     """CPU µs per call of this process (and of ``other``), ``n`` calls at ``rate``/s."""
     for i in range(min(200, n)):  # warm up
-        await call(-1 - i)
+        await call(10**8 + i)
     cpu, start = _cpu(), time.perf_counter()
     other_cpu = sum(other.cpu_times()[:2]) if other else 0.0
     for i in range(n):
@@ -72,8 +73,7 @@ class _RawRedis(asyncio.Protocol):
         self._reader = hiredis.Reader()
         self._waiting: list[asyncio.Future[Any]] = []
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, transport: Any) -> None:  # uvloop's is no asyncio.Transport
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -96,8 +96,7 @@ class _RawMongo(asyncio.Protocol):
         self._waiting: asyncio.Future[dict[str, Any]] | None = None
         self._request = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, transport: Any) -> None:  # uvloop's is no asyncio.Transport
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -132,13 +131,19 @@ async def _echo_server(port: int) -> None:
 
 
 def _doc(i: int, tag: int) -> dict[str, Any]:
-    return {"_id": tag * 10**9 + i + 1000, "video_id": "v", "seq": i, "text": "x" * 60}
+    return {"_id": tag * 10**10 + i, "video_id": "v", "seq": i, "text": "x" * 60}
 
 
 async def _measure(redis_url: str, mongo_port: int, grpc_port: int, echo_pid: int,
                    n: int, rate: float) -> list[tuple[str, float, float]]:  # fmt: skip
     loop = asyncio.get_running_loop()
     rows: list[tuple[str, float, float]] = []
+
+    async def nothing(i: int) -> None:
+        pass
+
+    # The pace alone: at a rate, each call starts after an idle wait (a cold wake-up).
+    rows.append(("no call (the pace alone)", *await _per_call(nothing, n, rate)))
     redis = Redis.from_url(redis_url)
     sha = await redis.script_load(SCRIPT)
     conn = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]

@@ -112,3 +112,15 @@ class Placement:
     def url(self, node_id: str) -> str | None:
         node = self._reports.get(node_id)
         return node.sse_url if node is not None else None
+
+    def viewers(self, video_id: str, exclude: str | None = None) -> int:
+        """The video's viewers on every live RTMS node (but ``exclude``), from their
+        load reports (each lists its busiest videos, ``RtmsNode.viewers_by_video``).
+
+        A node's report is its ephemeral znode: when its session ends (it died), it
+        stops counting. As fresh as the reports (``load_report_interval``).
+        """
+        total = viewers_of(video_id, self._reports)
+        if exclude is not None and exclude in self._reports:
+            total -= self._reports[exclude].viewers_of(video_id)
+        return total

@@ -167,6 +167,9 @@ class RTMSSettings(BackendSettings):
     channel_limit_node: str = "200/2"
     max_channels: int = 10000
     load_report_interval: float = 5.0  # how often connections and viewers go to ZooKeeper
+    # How often each video's viewers are told its viewer total over all nodes, when it
+    # changed (a `viewers` event); 0: never. As fresh as the load reports above.
+    viewer_count_interval: float = 3.0
 
 
 @dataclasses.dataclass(frozen=True)

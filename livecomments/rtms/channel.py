@@ -92,6 +92,11 @@ def reset_frame(reason: str, epoch: int | None) -> bytes:
     return events.sse_frame("reset", orjson.dumps({"reason": reason, "epoch": epoch}))
 
 
+def viewers_frame(count: int) -> bytes:
+    """``event: viewers``: the video's viewers on every node (no id: an aggregate)."""
+    return events.sse_frame("viewers", orjson.dumps({"count": count}))
+
+
 def write_all(viewers: Iterable[Viewer], data: bytes, limit: int, slow: list[Viewer]) -> None:
     """Write ``data`` to each viewer within ``limit``; the others go to ``slow``."""
     for viewer in viewers:
@@ -122,6 +127,7 @@ class Channel:
         "stamps",
         "video_id",
         "viewers",
+        "viewers_told",
         "viral",
         "window",
     )
@@ -136,6 +142,7 @@ class Channel:
     ) -> None:
         self.video_id = video_id
         self.viewers: set[Viewer] = set()
+        self.viewers_told = -1  # the viewer total last sent to them (-1: none yet)
         self.ring: deque[tuple[int, bytes]] = deque(maxlen=ring_size)
         self.last_seq = last_seq
         self.epoch = epoch

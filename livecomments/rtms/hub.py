@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import orjson
@@ -56,6 +56,7 @@ from livecomments.rtms.channel import (
     Channel,
     Transport,
     Viewer,
+    viewers_frame,
     write_all,
 )
 from livecomments.rtms.limits import Bucket, Refused
@@ -322,6 +323,8 @@ class Hub:
             # write it to the others now, so this viewer does not get it twice.
             self.flush(channel)
             viewer.transport.write(b"".join(f for _, f in frames))
+        if channel.viewers_told >= 0:  # the total the others have; the next one counts this one
+            viewer.transport.write(viewers_frame(channel.viewers_told))
         viewer.channel = channel
         channel.viewers.add(viewer)
         self.viewer_count += 1
@@ -459,6 +462,30 @@ class Hub:
             write_all(channel.viewers, HEARTBEAT, limit, slow)
         for viewer in slow:
             self._drop(viewer, "its buffer is full at a heartbeat")
+
+    def announce_viewers(self, total: Callable[[str, int], int]) -> int:
+        """Tell each video's viewers its viewer total, where it changed since the last time.
+
+        ``total(video_id, here)`` is the video's viewers on every node, given the
+        ``here`` on this one. Called by one timer (``viewer_count_interval``), so a
+        video's viewers get at most one ``viewers`` event per interval, and none
+        while the total stays the same. Returns how many videos were told.
+        """
+        slow: list[Viewer] = []
+        told = 0
+        for video_id, channel in self.channels.items():
+            if not channel.viewers:
+                continue
+            count = total(video_id, len(channel.viewers))
+            if count == channel.viewers_told:
+                continue
+            channel.viewers_told = count
+            frame = viewers_frame(count)
+            write_all(channel.viewers, frame, self._max_buffer - len(frame), slow)
+            told += 1
+        for viewer in slow:
+            self._drop(viewer, "its buffer is full at a viewer count")
+        return told
 
     def move(self, video_id: str, base_url: str | None, reason: str) -> int:
         """Send the video's viewers elsewhere with a ``moved`` event, and close them.

@@ -315,6 +315,11 @@ class RTMSServer:
         self._timers = [
             asyncio.create_task(self._every(s.heartbeat_interval, self._heartbeat)),
             asyncio.create_task(self._every(s.load_report_interval, self._report_load)),
+            *(
+                [asyncio.create_task(self._every(s.viewer_count_interval, self._tell_viewers))]
+                if s.viewer_count_interval > 0
+                else []
+            ),
             asyncio.create_task(self._every(s.reconcile_interval, self._reconcile)),
         ]
         self._placement_changed()  # a node that restarts while drained stays drained
@@ -345,6 +350,15 @@ class RTMSServer:
             await self._report_load()
         except Exception as exc:  # the periodic report tries again
             log.warning("publishing the draining flag failed: %s", exc)
+
+    async def _tell_viewers(self) -> None:
+        node_id = self.node_id
+
+        def total(video_id: str, here: int) -> int:
+            # Exact here; the other live nodes' load reports for the rest.
+            return here + self.placement.viewers(video_id, exclude=node_id)
+
+        self.hub.announce_viewers(total)
 
     async def _report_load(self) -> None:
         info = self._info()

@@ -13,6 +13,7 @@ from livecomments.comment_service.api.context import (
     ACCOUNTS,
     COMMENTS,
     METRICS,
+    PLACEMENT,
     REACTIONS,
     REQUEST_ID,
     SETTINGS,
@@ -114,6 +115,20 @@ class Page(Model):
                     "Oldest-first pages: every seq up to this one is settled; a"
                     " short-polling client sends it as after= on its next poll."
                     " Pages stop before a seq that is still being written."
+                ),
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    viewers: (
+        Annotated[
+            int,
+            Meta(
+                ge=0,
+                description=(
+                    "The first page only (neither before= nor after=): the video's viewers"
+                    " on every realtime node, from their load reports (a few seconds old)."
+                    " The stream's `viewers` events keep it current."
                 ),
             ),
         ]
@@ -233,6 +248,8 @@ async def list_comments(request: web.Request) -> web.Response:
         raise ValidationError("use either before or after, not both", code="invalid_query")
     page = await request.app[COMMENTS].page(video_id, before=before, after=after, limit=limit_)
     await _fresh_reactions(request, page["items"])
+    if before is None and after is None:  # the first page: how many watch now
+        page["viewers"] = request.app[PLACEMENT].viewers(video_id)
     head = page.get("head") or 0
     if after is not None:
         closed = page.get("next_after") is not None

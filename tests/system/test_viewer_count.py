@@ -1,0 +1,86 @@
+"""The live viewer count (issue 14): every viewer of a video is told how many watch it,
+on every node together, and the first history page says it too.
+
+Viewers are spread over two nodes, join and leave, and one node is killed: its
+viewers stop counting when its ZooKeeper session ends.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from livecomments.cli.cluster import Cluster
+from tests.support import Api, Viewer, unique, wait_until
+from tests.system.test_stream_protocol import check, documented
+
+SESSION_TIMEOUT = 4.0
+CLUSTER_ENV = {
+    "LIVECOMMENTS_LOAD_REPORT_INTERVAL": "0.3",
+    "LIVECOMMENTS_VIEWER_COUNT_INTERVAL": "0.3",
+    "LIVECOMMENTS_ZK_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
+}
+
+
+def told(viewer: Viewer) -> list[int]:
+    """The totals ``viewer`` was told, in order (each checked against the document)."""
+    schemas = documented()
+    return [check(e, schemas)["count"] for e in viewer.of("viewers")]
+
+
+async def on(cluster: Cluster, session: aiohttp.ClientSession, node: str, video: str) -> Viewer:
+    """A viewer on ``node`` whatever the placement (``redirected`` stops the 307)."""
+    url = f"{cluster.services[node].url}/stream/{video}?redirected=1"
+    return await Viewer(url, session).connect()
+
+
+async def first_page_says(api: Api, video: str, count: int) -> bool:
+    status, page, _ = await api.request("GET", f"/api/videos/{video}/comments")
+    assert status == 200, page
+    return bool(page.get("viewers") == count)
+
+
+async def test_viewers_are_counted_over_nodes_as_they_join_leave_and_die(
+    cluster: Cluster, api: Api, session: aiohttp.ClientSession
+) -> None:
+    video = unique("audience")
+    here = [await on(cluster, session, "rtms-1", video) for _ in range(2)]
+    there = await on(cluster, session, "rtms-2", video)
+    late: Viewer | None = None
+    everyone = [*here, there]
+    try:
+
+        def all_told(viewers: list[Viewer], count: int) -> bool:
+            return all(told(v)[-1:] == [count] for v in viewers)
+
+        # Three viewers on two nodes: each of them is told 3, and so is a reader.
+        await wait_until(lambda: all_told(everyone, 3), what="3 viewers on both nodes")
+        await wait_until(lambda: first_page_says(api, video, 3), what="the first page says 3")
+        # Told when it changes only.
+        assert all(t[i] != t[i + 1] for v in everyone for t in [told(v)] for i in range(len(t) - 1))
+
+        # One leaves: the others are told 2.
+        await here.pop().close()
+        everyone = [*here, there]
+        await wait_until(lambda: all_told(everyone, 2), what="2 after one left")
+
+        # A newcomer is told the last total at once, then the new one.
+        late = await on(cluster, session, "rtms-1", video)
+        await wait_until(lambda: told(late)[:1] == [2], timeout=2, what="the last total on join")
+        await wait_until(lambda: all_told([*here, late, there], 3), what="3 with the newcomer")
+
+        # rtms-2 dies (kill -9, no goodbye): its viewer stops counting when its session
+        # ends, and the viewers left on rtms-1 are told so.
+        there.expect_end()
+        cluster.services["rtms-2"].proc.kill()
+        await wait_until(
+            lambda: all_told([*here, late], 2),
+            timeout=3 * SESSION_TIMEOUT + 10,
+            what="2 once the dead node's session ended",
+        )
+        await wait_until(lambda: first_page_says(api, video, 2), what="the first page says 2")
+        # An older page (before=) does not carry the count: only the first page does.
+        status, page, _ = await api.request("GET", f"/api/videos/{video}/comments?before=1")
+        assert status == 200 and "viewers" not in page
+    finally:
+        for viewer in [*here, there, *([late] if late else [])]:
+            await viewer.close()

@@ -229,6 +229,21 @@ async def test_replies_nest_under_their_parent_live_and_from_history(
 
 
 @pytest.mark.timeout(90)
+async def test_the_page_shows_how_many_watch_as_viewers_come_and_go(pages: Pages) -> None:
+    """The count comes from the first page, then from the stream's ``viewers`` events
+    (load reports every 5 s, a count at most every 3 s: within 15 s)."""
+    video = unique("audience")
+    first = await pages.open(video)
+    await expect(first.locator("#watching")).to_have_text("1 watching", timeout=15000)
+    second = await pages.open(video)
+    await expect(first.locator("#watching")).to_have_text("2 watching", timeout=15000)
+    await expect(second.locator("#watching")).to_have_text("2 watching", timeout=15000)
+    await second.context.close()
+    await expect(first.locator("#watching")).to_have_text("1 watching", timeout=15000)
+    pages.assert_clean()
+
+
+@pytest.mark.timeout(90)
 async def test_a_reaction_in_one_page_updates_the_count_in_another(api: Api, pages: Pages) -> None:
     video = unique("react")
     token = await api.register(unique("poster"))

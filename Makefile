@@ -8,13 +8,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := zookeeper redis-server
 
-.PHONY: run test test-fast bootstrap system-deps _apt venv proto lint typecheck clean
+.PHONY: run test test-fast bootstrap system-deps _apt venv proto lint typecheck clean a11y-deps
 
 run: bootstrap
 	$(BIN)/livecomments up
 
-test: bootstrap
+test: bootstrap a11y-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# axe-core from npm (pinned in tests/a11y/package-lock.json), which the browser
+# tests run inside Chromium.
+AXE := tests/a11y/node_modules/axe-core/axe.min.js
+a11y-deps: $(AXE)
+$(AXE): tests/a11y/package-lock.json
+	npm ci --prefix tests/a11y --no-audit --no-fund --silent
+	touch $(AXE)
 
 # The unit tests alone: no servers, a few seconds.
 test-fast: venv
@@ -32,6 +40,7 @@ _apt:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	{ command -v java >/dev/null && [ -f /usr/share/java/zookeeper.jar ]; } || missing="$$missing zookeeper"; \
 	if [ "$(NEED)" = with-browser ] && [ ! -x /usr/lib/chromium/chromium ]; then missing="$$missing chromium"; fi; \
+	if [ "$(NEED)" = with-browser ] && ! command -v npm >/dev/null; then missing="$$missing npm"; fi; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \

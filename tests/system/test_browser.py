@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 
 import pytest
 from playwright.async_api import (
@@ -38,8 +39,12 @@ class Pages:
         self.errors: list[str] = []
         self.failed: list[str] = []
 
-    async def open(self, video: str, username: str | None = None) -> Page:
-        context = await self.browser.new_context(ignore_https_errors=True)
+    async def open(
+        self, video: str, username: str | None = None, *, bypass_csp: bool = False
+    ) -> Page:
+        # bypass_csp: only to inject the accessibility engine (an inline script the
+        # page's Content-Security-Policy rightly refuses).
+        context = await self.browser.new_context(ignore_https_errors=True, bypass_csp=bypass_csp)
         page = await context.new_page()
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         page.on("console", self._console)
@@ -225,6 +230,49 @@ async def test_replies_nest_under_their_parent_live_and_from_history(
     await expect(viewer.locator("#comments > .comment")).to_have_count(2)
     await expect(nested.locator(".text")).to_have_text(["an answer"])
     await expect(second_replies).to_have_text(["answered in the page"])
+    pages.assert_clean()
+
+
+AXE = Path(__file__).resolve().parents[1] / "a11y" / "node_modules" / "axe-core" / "axe.min.js"
+AXE_RULES = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"]
+
+
+@pytest.mark.timeout(90)
+async def test_the_page_passes_an_accessibility_scan(
+    api: Api, pages: Pages, moderator: tuple[str, str]
+) -> None:
+    """axe-core (npm, run inside Chromium) finds nothing at WCAG 2.2 AA and best
+    practice on the page of a moderator watching comments, a reply and a right-to-left
+    comment; and what a scan cannot judge is checked by hand."""
+    if not AXE.exists():
+        pytest.fail(f"{AXE} is missing: `make test` installs it (npm ci in tests/a11y)")
+    video = unique("a11y")
+    token = await api.register(unique("poster"))
+    top = await api.post(video, "a comment to scan", token)
+    await api.post(video, "a reply to it", token, parent_id=top["id"])
+    rtl = await api.post(video, "مرحبا بالعالم، تعليق من اليمين إلى اليسار", token)
+    page = await pages.open(video, await username(api, moderator[0]), bypass_csp=True)
+    await expect(comment(page, rtl["id"])).to_be_visible()
+    # A log that announces additions, not every time or count that changes in place.
+    log = page.locator("#comments")
+    await expect(log).to_have_attribute("role", "log")
+    await expect(log).to_have_attribute("aria-relevant", "additions")
+    # Right-to-left text reads in its own direction; the absolute time on hover.
+    await expect(comment(page, rtl["id"]).locator(":scope > .head > .text")).to_have_attribute(
+        "dir", "auto"
+    )
+    time = comment(page, top["id"]).locator(":scope > .head > time")
+    await expect(time).to_have_attribute("datetime", re.compile(r"^\d{4}-\d\d-\d\dT"))
+    await expect(time).to_have_attribute("title", re.compile(r"\d"))
+
+    await page.add_script_tag(path=str(AXE))
+    violations = await page.evaluate(
+        """async (tags) => (await axe.run(document, {runOnly: {type: "tag", values: tags}}))
+            .violations.map((v) => ({id: v.id, help: v.help,
+                                     nodes: v.nodes.map((n) => n.target.join(" "))}))""",
+        AXE_RULES,
+    )
+    assert violations == [], violations
     pages.assert_clean()
 
 

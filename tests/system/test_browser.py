@@ -277,6 +277,45 @@ async def test_the_page_passes_an_accessibility_scan(
 
 
 @pytest.mark.timeout(90)
+async def test_the_page_takes_its_limits_from_the_server_and_says_when_a_session_ends(
+    api: Api, pages: Pages, moderator: tuple[str, str]
+) -> None:
+    """The length limit and the video's slow mode come from the server; a session
+    about to expire is announced, and an expired one logs out with a message
+    (the expiry is moved forward in the page: the token's own expiry is the server's,
+    tested with the API)."""
+    video = unique("limits")
+    status, body, _ = await api.request(
+        "PATCH", f"/api/videos/{video}/settings", json={"slow_mode_seconds": 30},
+        token=moderator[0],
+    )  # fmt: skip
+    assert status == 200, body
+    status, settings, _ = await api.request("GET", f"/api/videos/{video}/settings")
+    assert status == 200 and settings["slow_mode_seconds"] == 30
+    name = unique("writer")
+    await api.register(name)
+    page = await pages.open(video, name)
+    await expect(page.locator("#limits")).to_have_text("Slow mode: one comment every 30 s")
+    await expect(page.locator("#comment-text")).to_have_attribute(
+        "maxlength", str(settings["max_comment_chars"])
+    )
+    shift = """(ms) => {
+        const a = JSON.parse(sessionStorage.getItem("lc_auth"));
+        a.exp = Date.now() + ms;
+        sessionStorage.setItem("lc_auth", JSON.stringify(a));
+    }"""
+    await page.evaluate(shift, 120_000)
+    await expect(page.locator("#error")).to_have_text(
+        re.compile(r"session ends in 2 min"), timeout=10000
+    )
+    await page.evaluate(shift, -1)
+    await expect(page.locator("#error")).to_have_text(re.compile(r"session expired"), timeout=10000)
+    await expect(page.locator("#login")).to_be_visible()
+    await expect(page.locator("#status")).to_have_text("live")  # watching goes on
+    pages.assert_clean()
+
+
+@pytest.mark.timeout(90)
 async def test_the_page_shows_how_many_watch_as_viewers_come_and_go(pages: Pages) -> None:
     """The count comes from the first page, then from the stream's ``viewers`` events
     (load reports every 5 s, a count at most every 3 s: within 15 s)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 from aiohttp import web
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from livecomments.comment_service.api.body import JsonBody
 from livecomments.comment_service.api.context import (
@@ -245,6 +245,10 @@ class VideoSettings(Model):
 
     video_id: VideoId
     slow_mode_seconds: Count
+    max_comment_chars: (
+        Annotated[int, Meta(ge=1, description="The longest comment accepted, in characters.")]
+        | UnsetType
+    ) = UNSET
 
 
 NEW_REPORT = JsonBody(NewReport, SMALL_BODY)
@@ -395,7 +399,9 @@ async def list_bans(request: web.Request) -> web.Response:
 
 
 async def get_settings(request: web.Request) -> web.Response:
-    return json_response(await request.app[POLICIES].video_settings(VIDEO(request)))
+    settings = await request.app[POLICIES].video_settings(VIDEO(request))
+    # What a client needs to write a comment that passes (the viewer page's limits).
+    return json_response({**settings, "max_comment_chars": request.app[SETTINGS].max_comment_chars})
 
 
 async def patch_settings(request: web.Request) -> web.Response:

@@ -44,7 +44,7 @@ class TooManyRequests(LiveCommentsError):
 # How many keys and arguments the admission check of one post takes (``admit`` in
 # livecomments/kernel/redis/scripts/lib_admit.lua, which says the same and names
 # each): ``Limiter.admission_keys`` and ``Limiter.admission_args`` build them.
-ADMIT_KEYS = 10
+ADMIT_KEYS = 11
 ADMIT_ARGS = 6
 
 _LOGIN_REFUSALS: dict[str, tuple[str, str]] = {
@@ -189,6 +189,7 @@ class Limiter:
             self.duplicate_key(user_id, video_id, text),
             revoked_key,
             self.keys.settings_loaded(),
+            self.keys.warning(user_id),
         ]
 
     @staticmethod
@@ -219,6 +220,12 @@ class Limiter:
             if ms > 0:
                 message += f" for another {details['retry_after']} s"
             return Forbidden(message, code="banned", details=details)
+        if verdict == "warned":
+            return Forbidden(
+                "a moderator warned you: read and acknowledge the warning before you post"
+                " again (GET /api/auth/me/warning, then POST /api/auth/me/warning/ack)",
+                code="warning_unacknowledged",
+            )
         code, message = _REFUSALS[verdict]
         return TooManyRequests(message, ms, code=code)
 

@@ -138,12 +138,53 @@ class Policies:
         return await self._store.active_bans(scope)
 
     async def load_bans(self) -> None:
-        """Copy every active ban into Redis, then mark the copy complete."""
+        """Copy every active ban and unacknowledged warning into Redis, then mark the
+        copy complete (the admission script asks for it while the mark is missing)."""
         docs = await self._store.active_bans()
         for doc in docs:
             await self._redis_call(self._set_ban_key(doc))
+        warnings = await self._store.pending_warnings()
+        for warning in warnings:
+            key = self._keys.warning(warning["user_id"])
+            await self._redis_call(self._redis.set(key, str(warning["_id"])))
         await self._redis_call(self._redis.set(self._keys.bans_loaded(), b"1"))
-        log.info("loaded %d active bans into Redis", len(docs))
+        log.info("loaded %d active bans and %d warnings into Redis", len(docs), len(warnings))
+
+    # -- warnings -------------------------------------------------------------------
+
+    async def warn(
+        self, user: dict[str, Any], reason: str, by: int, warning_id: int
+    ) -> dict[str, Any]:
+        """Warn ``user``: their next post is refused until they acknowledge it.
+
+        Stored first (the record, and what a Redis that lost the key reloads), then
+        the key the admission script checks.
+        """
+        doc = {
+            "_id": warning_id,
+            "user_id": user["_id"],
+            "reason": reason,
+            "by": by,
+            "created_at": utcnow(),
+            "acknowledged_at": None,
+        }
+        await self._store.insert_warning(doc)
+        await self._redis_call(self._redis.set(self._keys.warning(user["_id"]), str(warning_id)))
+        return doc
+
+    async def pending_warning(self, user_id: int) -> dict[str, Any] | None:
+        return await self._store.pending_warning(user_id)
+
+    async def acknowledge(self, user_id: int) -> dict[str, Any] | None:
+        """The user read their warning: recorded, and their posts go through again.
+        The warning acknowledged, or None if there was none."""
+        doc = await self._store.pending_warning(user_id)
+        if doc is None:
+            return None
+        at = utcnow()
+        await self._store.acknowledge_warnings(user_id, at)
+        await self._redis_call(self._redis.delete(self._keys.warning(user_id)))
+        return {**doc, "acknowledged_at": at}
 
     async def _set_ban_key(self, doc: dict[str, Any]) -> None:
         key = self._keys.ban(doc["scope"], doc["user_id"])

@@ -155,6 +155,13 @@ class Store:
                 ]
             )
             await self._col("bans").create_indexes([IndexModel([("scope", ASCENDING)])])
+            # A user's warnings, newest first; the unacknowledged ones are loaded with the bans.
+            await self._col("warnings").create_indexes(
+                [
+                    IndexModel([("user_id", ASCENDING), ("_id", DESCENDING)]),
+                    IndexModel([("acknowledged_at", ASCENDING)]),
+                ]
+            )
 
     # -- comments ---------------------------------------------------------------
 
@@ -399,6 +406,32 @@ class Store:
             query["scope"] = scope
         with _guard():
             return await self._col("bans").find(query).to_list(length=None)
+
+    # -- warnings -----------------------------------------------------------------
+
+    async def insert_warning(self, doc: Doc) -> None:
+        with _guard():
+            await self._col("warnings").insert_one(doc)
+
+    async def pending_warning(self, user_id: int) -> Doc | None:
+        """The user's newest warning not acknowledged yet, if any."""
+        with _guard():
+            return await self._col("warnings").find_one(
+                {"user_id": user_id, "acknowledged_at": None}, sort=[("_id", DESCENDING)]
+            )
+
+    async def acknowledge_warnings(self, user_id: int, at: dt.datetime) -> int:
+        """Record the acknowledgement of every pending warning of the user; how many."""
+        with _guard():
+            result = await self._col("warnings").update_many(
+                {"user_id": user_id, "acknowledged_at": None}, {"$set": {"acknowledged_at": at}}
+            )
+        return int(result.modified_count)
+
+    async def pending_warnings(self) -> list[Doc]:
+        """Every warning not acknowledged yet (copied into Redis with the bans)."""
+        with _guard():
+            return await self._col("warnings").find({"acknowledged_at": None}).to_list(length=None)
 
     # -- videos -------------------------------------------------------------------
 

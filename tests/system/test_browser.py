@@ -316,6 +316,34 @@ async def test_the_page_takes_its_limits_from_the_server_and_says_when_a_session
 
 
 @pytest.mark.timeout(90)
+async def test_a_warned_user_reads_the_warning_and_acknowledges_it_in_the_page(
+    api: Api, pages: Pages, moderator: tuple[str, str]
+) -> None:
+    video = unique("warned")
+    name = unique("warned")
+    token = await api.register(name)
+    user_id = await api.user_id(token)
+    page = await pages.open(video, name)
+    status, body, _ = await api.request(
+        "POST", f"/api/users/{user_id}/warnings", json={"reason": "keep it civil"},
+        token=moderator[0],
+    )  # fmt: skip
+    assert status == 201, body
+    await page.fill("#comment-text", "am I still welcome?")
+    await page.click("#send")
+    await expect(page.locator("#error")).to_contain_text("a moderator warned you")
+    warning = page.locator("#warning")
+    await expect(warning).to_be_visible()
+    await expect(warning).to_contain_text("keep it civil")
+    await page.click("#warning-ack")
+    await expect(warning).to_be_hidden()
+    await page.click("#send")  # the draft is still there
+    await expect(page.locator("#comments")).to_contain_text("am I still welcome?", timeout=LIVE)
+    pages.failed = [f for f in pages.failed if not f.startswith("403 ")]  # the refusal above
+    pages.assert_clean()
+
+
+@pytest.mark.timeout(90)
 async def test_the_page_shows_how_many_watch_as_viewers_come_and_go(pages: Pages) -> None:
     """The count comes from the first page, then from the stream's ``viewers`` events
     (load reports every 5 s, a count at most every 3 s: within 15 s)."""

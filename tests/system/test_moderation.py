@@ -348,6 +348,62 @@ async def test_bans_and_timeouts(cluster: Cluster, api: Api, mod: tuple[str, str
     assert (status, body["error"]["code"]) == (404, "user_not_found")
 
 
+async def test_a_warned_user_posts_again_only_after_acknowledging(
+    cluster: Cluster, api: Api, mod: tuple[str, str]
+) -> None:
+    """A moderator warns with a reason; the user's next post is refused until they
+    acknowledge it, the acknowledgement is recorded, and a Redis that lost the
+    warning gets it back from the store."""
+    video = unique("warn")
+    name = unique("warned")
+    user = await api.register(name)
+    user_id = await api.user_id(user)
+    await api.post(video, "before the warning", user)
+
+    warn = f"/api/users/{user_id}/warnings"
+    status, body, _ = await api.request("POST", warn, json={"reason": "no spoilers"}, token=user)
+    assert (status, body["error"]["code"]) == (403, "forbidden")  # not a moderator
+    status, body, _ = await api.request("POST", warn, json={"reason": ""}, token=mod[0])
+    assert (status, body["error"]["code"]) == (400, "invalid_field")
+    status, body, _ = await api.request("POST", f"/api/users/{mod[1]}/warnings",
+                                        json={"reason": "x"}, token=mod[0])  # fmt: skip
+    assert (status, body["error"]["code"]) == (400, "own_account")
+    status, warning, _ = await api.request(
+        "POST", warn, json={"reason": "no spoilers, please"}, token=mod[0]
+    )
+    assert status == 201 and warning["reason"] == "no spoilers, please"
+    assert warning["user_id"] == user_id and warning["acknowledged_at"] is None
+
+    async def refused() -> None:
+        status, body, _ = await api.request(
+            "POST", f"/api/videos/{video}/comments", json={"text": "can I?"}, token=user
+        )
+        assert (status, body["error"]["code"]) == (403, "warning_unacknowledged"), body
+
+    await refused()
+    status, mine, _ = await api.request("GET", "/api/auth/me/warning", token=user)
+    assert status == 200 and mine["warning"]["id"] == warning["id"]
+
+    # Redis loses the warning (and the mark that its copy is complete): still refused.
+    redis = Redis.from_url(cluster.backends.redis_url)
+    try:
+        named = Keys(f"{cluster.namespace}:")
+        assert await redis.delete(named.warning(user_id), named.bans_loaded()) == 2
+    finally:
+        await redis.aclose()
+    await refused()
+
+    status, acked, _ = await api.request("POST", "/api/auth/me/warning/ack", token=user)
+    assert status == 200 and acked["id"] == warning["id"] and acked["acknowledged_at"]
+    (doc,) = await stored(cluster, "warnings", {"user_id": int(user_id)})
+    assert doc["reason"] == "no spoilers, please" and doc["acknowledged_at"] is not None
+    await api.post(video, "after the warning", user)
+    status, mine, _ = await api.request("GET", "/api/auth/me/warning", token=user)
+    assert status == 200 and mine["warning"] is None
+    status, body, _ = await api.request("POST", "/api/auth/me/warning/ack", token=user)
+    assert (status, body["error"]["code"]) == (404, "warning_not_found")
+
+
 async def test_slow_mode(cluster: Cluster, api: Api, mod: tuple[str, str]) -> None:
     video = unique("slow")
     user = await api.register(unique("chatty"))

@@ -42,6 +42,7 @@ KEYS: dict[str, tuple[tuple[str | int, ...], str]] = {
     "slow": (("vid", 7), "lc:slow:vid:7"),
     "ban": (("*", 7), "lc:ban:*:7"),
     "bans_loaded": ((), "lc:bans-loaded"),
+    "warning": ((7,), "lc:warning:7"),
     "video_settings": (("vid",), "lc:vs:vid"),
     "video_settings_index": ((), "lc:vs-index"),
     "settings_loaded": ((), "lc:settings-loaded"),

@@ -12,6 +12,7 @@ from livecomments.comment_service.api.context import (
     ACCOUNTS,
     COMMENTS,
     HELD,
+    IDS,
     MODERATION,
     POLICIES,
     SETTINGS,
@@ -100,6 +101,18 @@ class BanRequest(Model):
         ),
     ] = None
     reason: Reason = None
+
+
+class WarningRequest(Model):
+    reason: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=REASON_CHARS,
+            description="What the user is warned about; they read it before they post again.",
+            extra={"code": "invalid_field", "message": f"1 to {REASON_CHARS} characters"},
+        ),
+    ]
 
 
 class VideoSettingsChange(Model):
@@ -206,6 +219,35 @@ class UserList(Model):
     items: list[UserDetails]
 
 
+class UserWarning(Model):
+    """A moderator's warning (``Policies.warn``): the user's posts are refused with 403
+    ``warning_unacknowledged`` until they acknowledge it."""
+
+    id: Id
+    user_id: Id
+    reason: str
+    warned_by: Id
+    created_at: Timestamp
+    acknowledged_at: Annotated[Timestamp | None, Meta(description="Null until acknowledged.")]
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> UserWarning:
+        return cls(
+            id=str(doc["_id"]),
+            user_id=str(doc["user_id"]),
+            reason=doc.get("reason") or "",
+            warned_by=str(doc["by"]),
+            created_at=iso(doc["created_at"], "seconds") or "",
+            acknowledged_at=iso(doc.get("acknowledged_at"), "seconds"),
+        )
+
+
+class PendingWarning(Model):
+    warning: Annotated[
+        UserWarning | None, Meta(description="The warning to acknowledge; null when none.")
+    ]
+
+
 class Ban(Model):
     user_id: Id
     username: str | None
@@ -255,6 +297,7 @@ NEW_REPORT = JsonBody(NewReport, SMALL_BODY)
 REPORT_RESOLUTION = JsonBody(ReportResolution, TINY_BODY)
 BAN_REQUEST = JsonBody(BanRequest, SMALL_BODY)
 SETTINGS_CHANGE = JsonBody(VideoSettingsChange, TINY_BODY)
+WARNING_REQUEST = JsonBody(WarningRequest, SMALL_BODY)
 ROLE_CHANGE = JsonBody(RoleChange, TINY_BODY)
 REPORT = IdPath("report_id", "The report.")
 STATUS = QueryChoice("status", REPORT_STATES, "Which reports.")
@@ -382,6 +425,42 @@ async def put_ban(request: web.Request) -> web.Response:
     return json_response(Ban.of(doc))
 
 
+async def post_warning(request: web.Request) -> web.Response:
+    """Warn a user: their next post is refused until they acknowledge the warning."""
+    principal = await _moderator(request)
+    user_id = USER(request)
+    body = await WARNING_REQUEST.read(request)
+    reason = plain_text(body.reason, "reason", REASON_CHARS)
+    if not reason:
+        raise ValidationError("a warning needs a reason", code="invalid_field")
+    if user_id == principal.user_id:
+        raise ValidationError("you cannot warn yourself", code="own_account")
+    target = await request.app[USERS].get_user(user_id)
+    if target is None:
+        raise NotFound("no such user", code="user_not_found")
+    actor_role = await _role_of(request, principal.user_id)
+    if RANK[target.get("role", "viewer")] >= min(RANK[actor_role], RANK["admin"]):
+        raise Forbidden("you cannot warn a user with this role", code="forbidden")
+    doc = await request.app[POLICIES].warn(
+        target, reason, principal.user_id, request.app[IDS].next_id()
+    )
+    return json_response(UserWarning.of(doc), 201)
+
+
+async def my_warning(request: web.Request) -> web.Response:
+    principal = await caller(request)
+    doc = await request.app[POLICIES].pending_warning(principal.user_id)
+    return json_response({"warning": UserWarning.of(doc) if doc else None})
+
+
+async def acknowledge_warning(request: web.Request) -> web.Response:
+    principal = await caller(request)
+    doc = await request.app[POLICIES].acknowledge(principal.user_id)
+    if doc is None:
+        raise NotFound("there is no warning to acknowledge", code="warning_not_found")
+    return json_response(UserWarning.of(doc))
+
+
 async def delete_ban(request: web.Request) -> web.Response:
     """Lift a ban; a moderator cannot lift one an admin set (403 ``ban_set_by_admin``)."""
     principal = await _moderator(request)
@@ -486,6 +565,41 @@ def _bans(prefix: str, scope: str) -> tuple[Route, ...]:
 
 
 ROUTES = (
+    _route(
+        "POST",
+        "/api/users/{user_id}/warnings",
+        post_warning,
+        "Warn a user",
+        Ok(201, "The warning.", UserWarning),
+        notes=(
+            "The user's next post is refused (403 `warning_unacknowledged`) until they "
+            "acknowledge the warning (`POST /api/auth/me/warning/ack`). Moderators cannot "
+            "warn moderators or admins, nobody can warn admins or themselves.",
+        ),
+        params=(USER,),
+        body=WARNING_REQUEST,
+        errors={400: ("invalid_field", *TEXT_ERRORS, "own_account"), 404: ("user_not_found",)},
+    ),
+    _route(
+        "GET",
+        "/api/auth/me/warning",
+        my_warning,
+        "The caller's warning to acknowledge",
+        Ok(200, "The warning, or null.", PendingWarning),
+        role="viewer",
+        rates=(),
+    ),
+    _route(
+        "POST",
+        "/api/auth/me/warning/ack",
+        acknowledge_warning,
+        "Acknowledge a warning",
+        Ok(200, "The warning, with the time it was acknowledged.", UserWarning),
+        notes=("Recorded with the warning; the caller's posts go through again.",),
+        role="viewer",
+        rates=(),
+        errors={404: ("warning_not_found",)},
+    ),
     _route(
         "POST",
         "/api/comments/{comment_id}/reports",

@@ -66,7 +66,9 @@ reads these):
 
 - ``ban:<scope>:<user>`` string; policy. Until the ban expires (none for a permanent
   ban). A copy of an active ban; the scope is a video id or ``*`` (every video).
-- ``bans-loaded`` string; policy. No TTL. The copy of the bans is complete.
+- ``bans-loaded`` string; policy. No TTL. The copy of the bans (and warnings) is complete.
+- ``warning:<user>`` string (the warning's id); policy. No TTL: deleted when the user
+  acknowledges it. A copy of a user's unacknowledged warning; their posts are refused.
 - ``vs:<video>`` hash (``slow_mode``, ``at``); policy. No TTL (rewritten by every
   reload). A copy of a video's settings, only for videos that have some.
 - ``vs-index`` set of video ids; policy. No TTL. The videos with a ``vs:`` hash.
@@ -175,6 +177,10 @@ class Keys:
 
     def ban(self, scope: str, user: int | str) -> str:
         return _key(self.prefix, "ban", scope, user)
+
+    def warning(self, user: int | str) -> str:
+        """A user's unacknowledged warning (its id): their posts wait for the acknowledgement."""
+        return _key(self.prefix, "warning", user)
 
     def bans_loaded(self) -> str:
         return _key(self.prefix, "bans-loaded")

@@ -3,15 +3,16 @@
 -- its keys and arguments, livecomments/comment_service/admission.py makes the call).
 -- K: 1 global ban, 2 video ban, 3 bans-loaded marker, 4 video settings (a hash,
 -- only for videos with settings), 5 user bucket, 6 ip bucket, 7 slow-mode mark,
--- 8 duplicate mark, 9 the token's logout mark, 10 settings-loaded marker. A: user
+-- 8 duplicate mark, 9 the token's logout mark, 10 settings-loaded marker, 11 the
+-- user's unacknowledged warning (loaded with the bans). A: user
 -- cap, user rate, ip cap, ip rate, duplicate window ms, exempt (1/0). Returns
 -- verdict, ms: ok, load_bans, load_settings, revoked, banned_global, banned_video,
--- slow_mode, duplicate, rate_user, rate_ip. Nothing is written unless the verdict
+-- warned, slow_mode, duplicate, rate_user, rate_ip. Nothing is written unless the verdict
 -- is ok.
 --
 -- How many keys and arguments admit() takes (limits.ADMIT_KEYS and
 -- limits.ADMIT_ARGS say the same; tests/unit checks that they agree).
-local ADMIT_KEYS, ADMIT_ARGS = 10, 6
+local ADMIT_KEYS, ADMIT_ARGS = 11, 6
 local function admit(K, A)
   if redis.call('EXISTS', K[9]) == 1 then return 'revoked', 0 end
   if redis.call('EXISTS', K[3]) == 0 then return 'load_bans', 0 end
@@ -19,6 +20,7 @@ local function admit(K, A)
   if ban ~= -2 then return 'banned_global', ban end
   ban = redis.call('PTTL', K[2])
   if ban ~= -2 then return 'banned_video', ban end
+  if redis.call('EXISTS', K[11]) == 1 then return 'warned', 0 end
   if redis.call('EXISTS', K[10]) == 0 then return 'load_settings', 0 end
   local exempt = A[6] == '1'
   local slow = tonumber(redis.call('HGET', K[4], 'slow_mode') or '0') or 0

@@ -343,6 +343,73 @@ async def test_a_warned_user_reads_the_warning_and_acknowledges_it_in_the_page(
     pages.assert_clean()
 
 
+@pytest.mark.timeout(120)
+async def test_a_moderator_works_from_the_page(
+    api: Api, pages: Pages, moderator: tuple[str, str]
+) -> None:
+    """From a comment's menu: edit, time out (then lift it in the panel), warn; in the
+    panel: slow mode, and an open report dismissed. Every step goes through the API."""
+    video = unique("modpage")
+    author_name = unique("author")
+    author = await api.register(author_name)
+    author_id = await api.user_id(author)
+    target = await api.post(video, "a comment to moderate", author)
+    reporter = await api.register(unique("reporter"))
+    status, body, _ = await api.request(
+        "POST", f"/api/comments/{target['id']}/reports", json={"reason": "spam"}, token=reporter
+    )
+    assert status in (200, 201), body
+
+    page = await pages.open(video, await username(api, moderator[0]))
+    panel = page.locator("#mod")
+    await expect(panel).to_be_visible()
+    menu = comment(page, target["id"]).locator("select.moderate")
+    answers: list[str] = []
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept(answers.pop(0))))
+
+    # Edit: the new text reaches this page (and every viewer) live.
+    answers.append("an edited comment")
+    await menu.select_option("edit")
+    await expect(comment(page, target["id"])).to_contain_text("an edited comment", timeout=LIVE)
+
+    # Time out for 10 minutes: the panel lists it; Lift ends it.
+    answers.append("cool down")
+    await menu.select_option("timeout:600")
+    ban = panel.locator("#bans-list li.ban-item", has_text=author_name)
+    await expect(ban).to_contain_text("cool down", timeout=LIVE)
+    status, body, _ = await api.request(
+        "POST", f"/api/videos/{video}/comments", json={"text": "let me in"}, token=author
+    )
+    assert (status, body["error"]["code"]) == (403, "banned")
+    await ban.locator("button.lift").click()
+    await expect(ban).to_have_count(0, timeout=LIVE)
+    await api.post(video, "back again", author)
+
+    # Warn: the author's next post waits for the acknowledgement.
+    answers.append("mind the language")
+    await menu.select_option("warn")
+    await expect(page.locator("#error")).to_contain_text("is warned")
+    status, mine, _ = await api.request("GET", "/api/auth/me/warning", token=author)
+    assert status == 200 and mine["warning"]["reason"] == "mind the language"
+    assert mine["warning"]["user_id"] == author_id
+
+    # Slow mode from the panel: the video's settings change, and the hint follows.
+    await page.fill("#slow-mode", "15")
+    await page.click("#slow-set")
+    await expect(page.locator("#limits")).to_have_text("Slow mode: one comment every 15 s")
+    status, settings, _ = await api.request("GET", f"/api/videos/{video}/settings")
+    assert settings["slow_mode_seconds"] == 15
+
+    # The open report: dismissed from the panel.
+    await page.click("#mod-refresh")
+    report = panel.locator("#reports-list li.report-item", has_text=author_name)
+    await expect(report).to_have_count(1)
+    await report.locator("button.dismiss").click()
+    await expect(report).to_have_count(0, timeout=LIVE)
+    assert answers == []
+    pages.assert_clean()
+
+
 @pytest.mark.timeout(90)
 async def test_the_page_shows_how_many_watch_as_viewers_come_and_go(pages: Pages) -> None:
     """The count comes from the first page, then from the stream's ``viewers`` events

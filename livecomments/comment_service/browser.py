@@ -7,9 +7,10 @@ route's methods and the request headers the API reads; every /api answer,
 errors included, names the origin back (exactly one value) so a page can read
 error codes and ``Retry-After``. Other origins get no CORS headers at all.
 
-The viewer page has one inline script and one inline style: its
-Content-Security-Policy allows exactly those, by their SHA-256 (computed once,
-when the page is loaded at start-up), and ``connect-src`` allows the API and
+The viewer page has one inline script and one inline style, and loads the client
+library (``static/livecomments.js``) from this service: its Content-Security-Policy
+allows exactly those, the inline ones by their SHA-256 (computed once, when the
+page is loaded at start-up) and the library as ``'self'``, and ``connect-src`` allows the API and
 the RTMS nodes' origins (the page opens its EventSource there after the
 stream endpoint's 307). The page reads the same origins from a ``<meta>`` tag
 and follows a ``moved`` event only to one of them.
@@ -42,6 +43,9 @@ _SOURCES = re.compile(
     r"^('none'|'self'|https?://[A-Za-z0-9.*:\[\]-]+)( +('self'|https?://[A-Za-z0-9.*:\[\]-]+))*$"
 )
 _META = '<meta name="livecomments-rtms-origins" content="">'
+# The client library (static/livecomments.js), the one script the page loads by URL.
+LIBRARY_PATH = "/livecomments.js"
+LIBRARY_TAG = f'<script src="{LIBRARY_PATH}"></script>'
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -129,14 +133,16 @@ class ViewerPage:
         text = path.read_text(encoding="utf-8")
         scripts = re.findall(r"<script>(.*?)</script>", text, re.S)
         styles = re.findall(r"<style>(.*?)</style>", text, re.S)
-        markup = re.sub(r"<(script|style)>.*?</\1>", "", text, flags=re.S)
+        markup = re.sub(r"<(script|style)>.*?</\1>", "", text, flags=re.S).replace(LIBRARY_TAG, "")
         if re.search(r"<script\b|\son[a-z]+\s*=|\sstyle\s*=", markup, re.I):
             # Anything else inline would be refused by the policy built here.
             raise ValueError(f"{path}: only one inline <script> and <style> are allowed")
         if _META not in text:
             raise ValueError(f"{path}: the page lacks {_META}")
         self._head, self._tail = text.split(_META, 1)
-        self._script_src = " ".join(_digest(s) for s in scripts) or "'none'"
+        # The client library (LIBRARY_PATH, served by us) and the inline script.
+        library = "'self' " if LIBRARY_TAG in text else ""
+        self._script_src = (library + " ".join(_digest(s) for s in scripts)).strip() or "'none'"
         self._style_src = " ".join(_digest(s) for s in styles) or "'none'"
         self._frame_ancestors = check_frame_ancestors(frame_ancestors)
 

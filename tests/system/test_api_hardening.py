@@ -281,7 +281,12 @@ async def test_the_page_and_the_api_send_the_security_headers(cluster: Cluster, 
     (script,) = re.findall(r"<script>(.*?)</script>", html, re.S)
     (style,) = re.findall(r"<style>(.*?)</style>", html, re.S)
     assert csp["default-src"] == "'none'"
-    assert csp["script-src"] == _hash(script)
+    # The inline script by its hash, and the client library from this service.
+    assert csp["script-src"] == "'self' " + _hash(script)
+    assert re.findall(r"<script src=[^>]*>", html) == ['<script src="/livecomments.js">']
+    status, library, answer = await api.request("GET", "/livecomments.js")
+    assert status == 200 and answer.content_type == "text/javascript"
+    assert b"LiveComments" in library
     assert csp["style-src"] == _hash(style)
     streams = ["https://*.rtms.example", *rtms_origins(cluster)]
     assert csp["connect-src"] == " ".join(["'self'", *streams])
@@ -460,14 +465,16 @@ async def test_the_page_follows_moved_only_to_origins_it_trusts(
         "//evil.test/stream/x": False,
     }
     seen = await page.evaluate(
-        "(urls) => urls.map((u) => trustedStreamUrl(u) !== null)", list(checks)
+        "(urls) => urls.map((u) => "
+        "LiveComments.trustedStreamUrl(u, location.href, STREAM_ORIGINS) !== null)",
+        list(checks),
     )
     assert dict(zip(checks, seen, strict=True)) == checks
 
     # An untrusted `moved` reaches the page's handler: it reconnects through the
     # stream endpoint with its last event id, and never opens the URL it was given.
     await page.evaluate(
-        "(v) => es.dispatchEvent(new MessageEvent('moved', {data: JSON.stringify("
+        "(v) => stream._es.dispatchEvent(new MessageEvent('moved', {data: JSON.stringify("
         "{url: 'https://evil.test/stream/' + v, last_event_id: '1-1'})}))",
         video,
     )

@@ -558,11 +558,11 @@ async def test_while_its_stream_is_down_the_page_keeps_up_by_polling(
     await expect(texts).to_have_text(["before the outage"])
     stream = re.compile(r".*/stream(/|\?|$).*")
     await page.route(stream, lambda route: route.abort())
-    await page.evaluate("es.dispatchEvent(new Event('error'))")  # the open stream breaks
+    await page.evaluate("stream._es.dispatchEvent(new Event('error'))")  # the open stream breaks
     await expect(page.locator("#status")).to_have_text("reconnecting")
     await api.post(video, "during the outage", token)
     await expect(texts).to_have_text(["before the outage", "during the outage"], timeout=LIVE)
-    assert await page.evaluate("es === null || es.readyState !== EventSource.OPEN")
+    assert await page.evaluate("stream._es === null || stream._es.readyState !== EventSource.OPEN")
     await page.unroute(stream)
     await expect(page.locator("#status")).to_have_text("live", timeout=20000)
     await api.post(video, "after the outage", token)

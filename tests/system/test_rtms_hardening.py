@@ -712,7 +712,7 @@ async def test_the_viewer_page_reloads_history_when_too_far_behind(
     await expect(texts).to_have_text(["first"])
     # The network goes away; 120 comments are posted before it is back.
     await context.set_offline(True)
-    await page.evaluate("es && es.onerror()")
+    await page.evaluate("stream && stream._es && stream._es.onerror()")
     await expect(page.locator("#status")).to_have_text("reconnecting")
     await asyncio.gather(*(api.post(video, f"c{n}", token) for n in range(120)))
     await context.set_offline(False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from aiohttp import web
@@ -82,6 +84,19 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
 
 
+@functools.cache
+def _library() -> bytes:
+    return (Path(__file__).parents[1] / "static" / "livecomments.js").read_bytes()
+
+
+async def client_library(request: web.Request) -> web.Response:
+    """livecomments.js: the stream's client, for the viewer page and for integrators."""
+    headers = {"Cache-Control": "public, max-age=300"}
+    return web.Response(
+        body=_library(), content_type="text/javascript", charset="utf-8", headers=headers
+    )
+
+
 async def health(request: web.Request) -> web.Response:
     return json_response(request.app[HEALTH]())
 
@@ -111,6 +126,21 @@ ROUTES = (
         "The viewer page",
         "misc",
         (Ok(200, "The HTML page.", str, media_type="text/html"),),
+    ),
+    Route(
+        "GET",
+        "/livecomments.js",
+        client_library,
+        "The client library",
+        "misc",
+        (
+            Ok(
+                200,
+                "livecomments.js (docs/stream-protocol.md, 'Rules for a client').",
+                str,
+                media_type="text/javascript",
+            ),
+        ),
     ),
     Route(
         "GET",

@@ -28,6 +28,12 @@ _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _worker.startswith("gw"):
     _first = 20000 + 1500 * int(_worker[2:])
     os.environ.setdefault("LIVECOMMENTS_PORT_RANGE", f"{_first}-{_first + 1499}")
+else:
+    # One process: a range below the ephemeral ports all the same. A port the kernel
+    # picks (bind to 0) can be taken by an outgoing connection between the choice and
+    # the server's bind ("address already in use"), and the browser and load tests
+    # open many.
+    os.environ.setdefault("LIVECOMMENTS_PORT_RANGE", "23000-24999")
 
 # Limits high enough that tests about something else never meet them; the
 # tests of the limits set their own through their module's CLUSTER_ENV.

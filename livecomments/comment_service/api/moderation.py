@@ -405,20 +405,31 @@ async def _role_of(request: web.Request, user_id: int) -> str:
     return str((user or {}).get("role", "viewer"))
 
 
+async def _below(
+    request: web.Request, principal: Principal, user_id: int, verb: str
+) -> tuple[dict[str, Any], str]:
+    """The user ``principal`` may ``verb`` (ban, warn), and the principal's role now.
+
+    Not themselves; moderators act on viewers only, admins on anyone but admins.
+    """
+    if user_id == principal.user_id:
+        raise ValidationError(f"you cannot {verb} yourself", code="own_account")
+    target = await request.app[USERS].get_user(user_id)
+    if target is None:
+        raise NotFound("no such user", code="user_not_found")
+    actor_role = await _role_of(request, principal.user_id)
+    if RANK[target.get("role", "viewer")] >= min(RANK[actor_role], RANK["admin"]):
+        raise Forbidden(f"you cannot {verb} a user with this role", code="forbidden")
+    return target, actor_role
+
+
 async def put_ban(request: web.Request) -> web.Response:
     """Ban (no duration) or time out (``duration_seconds``) a user, on one video or all."""
     principal = await _moderator(request)
     scope, user_id = _scope(request), USER(request)
     body = await BAN_REQUEST.read(request)
     reason = plain_text(body.reason, "reason", REASON_CHARS)
-    if user_id == principal.user_id:
-        raise ValidationError("you cannot ban yourself", code="own_account")
-    target = await request.app[USERS].get_user(user_id)
-    if target is None:
-        raise NotFound("no such user", code="user_not_found")
-    actor_role = await _role_of(request, principal.user_id)
-    if RANK[target.get("role", "viewer")] >= min(RANK[actor_role], RANK["admin"]):
-        raise Forbidden("you cannot ban a user with this role", code="forbidden")
+    target, actor_role = await _below(request, principal, user_id, "ban")
     doc = await request.app[POLICIES].ban(
         scope, target, body.duration_seconds, reason, principal.user_id, by_role=actor_role
     )
@@ -433,14 +444,7 @@ async def post_warning(request: web.Request) -> web.Response:
     reason = plain_text(body.reason, "reason", REASON_CHARS)
     if not reason:
         raise ValidationError("a warning needs a reason", code="invalid_field")
-    if user_id == principal.user_id:
-        raise ValidationError("you cannot warn yourself", code="own_account")
-    target = await request.app[USERS].get_user(user_id)
-    if target is None:
-        raise NotFound("no such user", code="user_not_found")
-    actor_role = await _role_of(request, principal.user_id)
-    if RANK[target.get("role", "viewer")] >= min(RANK[actor_role], RANK["admin"]):
-        raise Forbidden("you cannot warn a user with this role", code="forbidden")
+    target, _ = await _below(request, principal, user_id, "warn")
     doc = await request.app[POLICIES].warn(
         target, reason, principal.user_id, request.app[IDS].next_id()
     )

@@ -425,7 +425,59 @@ class Comments:
         if updated is None:
             return await self.get(doc["video_id"], doc["_id"])  # someone else deleted it
         await self._announce(actor, updated, "comment.deleted", request_id)
+        # A deleted comment is unpinned (after the tombstone: a pin racing this
+        # delete checks the comment after it pinned, see ``pin``).
+        if await self._store.clear_pin(doc["video_id"], doc["_id"]) is not None:
+            await self._announce(actor, updated, "unpinned", request_id)
         return updated
+
+    # -- the pinned comment ---------------------------------------------------------
+    #
+    # One per video, kept in its ``videos`` document (the truth a first page reads)
+    # and announced as a sequenced marker (what viewers see, in order, resumable).
+    # The document is written before the marker takes its seq, and a first page
+    # reads it after it took its ``resume``: so a page never says less than the
+    # markers up to its resume did, and the stream replays the later ones.
+
+    async def pinned(self, video_id: str) -> dict[str, Any] | None:
+        """The pinned comment of ``video_id`` (its current state), or None."""
+        pin = (await self._store.video_settings(video_id)).get("pinned")
+        if not pin:
+            return None
+        doc = await self._store.get_comment(video_id, pin["comment_id"])
+        if doc is None or doc.get("status") == events.STATUS_DELETED:
+            return None  # deleted meanwhile: its delete unpins it
+        return doc
+
+    async def pin(
+        self, actor: Principal, video_id: str, comment_id: int, *, request_id: str = ""
+    ) -> dict[str, Any]:
+        """Pin a visible comment (replacing the video's pin); viewers get ``pinned``."""
+        doc = await self.get(video_id, comment_id)
+        if doc.get("status") == events.STATUS_DELETED:
+            raise Conflict("a deleted comment cannot be pinned", code="comment_deleted")
+        now = utcnow()
+        await self._store.set_pin(
+            video_id, {"comment_id": comment_id, "by": actor.user_id, "at": now}
+        )
+        # A delete that tombstoned it meanwhile may have looked for the pin before
+        # it was set: look again, now that the pin is written.
+        doc = await self.get(video_id, comment_id)
+        if doc.get("status") == events.STATUS_DELETED:
+            await self._store.clear_pin(video_id, comment_id)
+            raise Conflict("a deleted comment cannot be pinned", code="comment_deleted")
+        await self._announce(actor, doc, "pinned", request_id)
+        return doc
+
+    async def unpin(self, actor: Principal, video_id: str, *, request_id: str = "") -> bool:
+        """Unpin the video's comment; False if none was pinned. Viewers get ``unpinned``."""
+        pin = await self._store.clear_pin(video_id)
+        if pin is None:
+            return False
+        doc = await self._store.get_comment(video_id, pin["comment_id"])
+        if doc is not None:
+            await self._announce(actor, doc, "unpinned", request_id)
+        return True
 
     async def _announce(
         self, actor: Principal, doc: dict[str, Any], change: str, request_id: str = ""
@@ -436,12 +488,13 @@ class Comments:
             "video_id": doc["video_id"],
             "marker": change,
             "target_id": doc["_id"],
-            "target_seq": doc["seq"],
             "snapshot": events.comment_json(doc),
             "by": actor.user_id,
             "created_at": now,
             "created_at_ms": int(now.timestamp() * 1000),
         }
+        if change not in events.PIN_MARKERS:  # a change of the comment itself
+            marker["target_seq"] = doc["seq"]
         if request_id:
             marker["request_id"] = request_id
         await self._sequence(marker)

@@ -112,8 +112,8 @@ class RecentCache:
             if doc.get("marker"):
                 stub = orjson.dumps({"marker": doc["marker"], "seq": seq})  # members differ
                 snapshot = doc.get("snapshot") or {}
-                target, parent = doc["target_seq"], snapshot.get("parent_id")
-                member = reply_member(parent, target) if parent is not None else ""
+                target, parent = doc.get("target_seq") or 0, snapshot.get("parent_id")
+                member = reply_member(parent, target) if target and parent is not None else ""
                 args += [seq, stub, 0, "", target, orjson.dumps(snapshot), member]
             else:
                 parent = doc.get("parent_id")

@@ -31,6 +31,8 @@ EVENT_NAMES: dict[int, str] = {
     pb.COMMENT_UPDATED: "comment.updated",
     pb.COMMENT_DELETED: "comment.deleted",
     pb.REACTIONS: "reactions",
+    pb.COMMENT_PINNED: "pinned",
+    pb.COMMENT_UNPINNED: "unpinned",
 }
 
 STATUS_VISIBLE = "visible"
@@ -176,11 +178,18 @@ def comment_event(doc: dict[str, Any], kind: int = pb.COMMENT) -> pb.Event:
 # change is ordered with the comments around it, reaches a viewer that was
 # away when it happened (resume replays it), and a lost one is filled from the
 # store like any other gap.
+#
+# A pin and an unpin are markers the same way (``pinned``, ``unpinned``, holding
+# the pinned comment's JSON), but they change no comment: they have no
+# ``target_seq``, so no node's ring and no cached page is patched with them.
 
 CHANGE_KINDS: dict[str, int] = {
     "comment.updated": pb.COMMENT_UPDATED,
     "comment.deleted": pb.COMMENT_DELETED,
+    "pinned": pb.COMMENT_PINNED,
+    "unpinned": pb.COMMENT_UNPINNED,
 }
+PIN_MARKERS = ("pinned", "unpinned")
 
 
 def marker_frame(marker: dict[str, Any]) -> bytes:
@@ -197,7 +206,7 @@ def change_event(marker: dict[str, Any]) -> pb.Event:
         kind=CHANGE_KINDS[marker["marker"]],  # type: ignore[arg-type]
         frame=marker_frame(marker),
         created_at_ms=marker.get("created_at_ms") or 0,
-        target_seq=marker["target_seq"],
+        target_seq=marker.get("target_seq") or 0,
         request_id=marker.get("request_id") or "",
     )
 

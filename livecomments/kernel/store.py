@@ -455,6 +455,24 @@ class Store:
             )
         return doc or {"_id": video_id, **changes}
 
+    async def set_pin(self, video_id: str, pin: Doc) -> None:
+        """Pin a comment of ``video_id`` (``pin``: its id, who, when), replacing any pin."""
+        with _guard():
+            await self._col("videos").update_one(
+                {"_id": video_id}, {"$set": {"pinned": pin}}, upsert=True
+            )
+
+    async def clear_pin(self, video_id: str, comment_id: int | None = None) -> Doc | None:
+        """Unpin (only ``comment_id``, if given); the pin that was cleared, or None."""
+        query: Doc = {"_id": video_id, "pinned": {"$type": "object"}}
+        if comment_id is not None:
+            query["pinned.comment_id"] = comment_id
+        with _guard():
+            before = await self._col("videos").find_one_and_update(
+                query, {"$unset": {"pinned": ""}}, return_document=ReturnDocument.BEFORE
+            )
+        return (before or {}).get("pinned")
+
     # -- users ----------------------------------------------------------------
 
     async def create_user(self, doc: Doc) -> None:

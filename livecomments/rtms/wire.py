@@ -9,7 +9,8 @@ stream. A frame passes only if it is exactly the shape
 
 - sequenced (seq > 0): ``id: {epoch}-{seq}\\nevent: {kind}\\ndata: {...}\\n\\n``
   with the event's own epoch and seq and a kind among ``comment``,
-  ``comment.updated``, ``comment.deleted`` matching the event's ``kind``;
+  ``comment.updated``, ``comment.deleted``, ``pinned``, ``unpinned`` matching
+  the event's ``kind``;
 - aggregate (seq == 0): ``event: reactions\\ndata: {...}\\n\\n``;
 - one ``data:`` line (no other line feed, no carriage return: SSE splits lines
   on either) and at most ``max_frame_bytes``.
@@ -34,6 +35,8 @@ SEQUENCED: dict[int, bytes] = {
     pb.COMMENT: b"\nevent: comment\ndata: {",
     pb.COMMENT_UPDATED: b"\nevent: comment.updated\ndata: {",
     pb.COMMENT_DELETED: b"\nevent: comment.deleted\ndata: {",
+    pb.COMMENT_PINNED: b"\nevent: pinned\ndata: {",
+    pb.COMMENT_UNPINNED: b"\nevent: unpinned\ndata: {",
 }
 AGGREGATE: dict[int, bytes] = {pb.REACTIONS: b"event: reactions\ndata: {"}
 REASONS = ("kind", "id", "size", "shape", "epoch", "seq")

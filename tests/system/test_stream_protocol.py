@@ -21,7 +21,7 @@ from tests.support import Api, SSEEvent, Viewer, cli, staff, unique
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "stream-protocol.md"
-SEQUENCED = ("comment", "comment.updated", "comment.deleted")
+SEQUENCED = ("comment", "comment.updated", "comment.deleted", "pinned", "unpinned")
 EVENT_ID = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")
 _SCHEMA = re.compile(r"<!-- schema: ([\w.]+) -->\n```json\n(.*?)\n```", re.DOTALL)
 

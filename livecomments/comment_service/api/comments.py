@@ -46,10 +46,11 @@ from livecomments.comment_service.idempotency import parse_key
 from livecomments.comment_service.recent import REPLY_PREVIEW
 from livecomments.comment_service.validation import comment_text, optional_id
 from livecomments.kernel import events
-from livecomments.kernel.errors import LiveCommentsError, ValidationError
+from livecomments.kernel.errors import LiveCommentsError, NotFound, ValidationError
 
 COMMENTS_PATH = "/api/videos/{video_id}/comments"
 ONE_PATH = COMMENTS_PATH + "/{comment_id}"
+PINNED_PATH = "/api/videos/{video_id}/pinned"
 
 if TYPE_CHECKING:
     CommentText = str
@@ -134,10 +135,33 @@ class Page(Model):
         ]
         | UnsetType
     ) = UNSET
+    pinned: (
+        Annotated[
+            Comment | None,
+            Meta(
+                description=(
+                    "The first page only: the comment a moderator pinned, or null. The"
+                    " stream's `pinned` and `unpinned` events after `resume` keep it current."
+                ),
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
     # Newest-first pages carry next_before, oldest-first (after=) ones next_after.
     json_schema: ClassVar[dict[str, Any]] = {
         "oneOf": [{"required": ["next_before"]}, {"required": ["next_after"]}]
     }
+
+
+class Pinned(Model):
+    """A video's pinned comment."""
+
+    video_id: VideoId
+    pinned: Comment | None
+
+
+class PinRequest(Model):
+    comment_id: Id
 
 
 class Replies(Model):
@@ -151,6 +175,7 @@ class Replies(Model):
 
 NEW_COMMENT = JsonBody(NewComment, Setting("max_body_bytes"))
 COMMENT_EDIT = JsonBody(CommentEdit, Setting("max_body_bytes"))
+PIN_REQUEST = JsonBody(PinRequest, 1024)
 LIMIT = PageSize(Setting("history_page_max"))
 BEFORE = QueryInt("before", "Only comments with a smaller seq (newest first).", lo=1, hi=MAX_CURSOR)
 AFTER = QueryInt("after", "Only comments with a larger seq (oldest first).", lo=0, hi=MAX_CURSOR)
@@ -248,8 +273,11 @@ async def list_comments(request: web.Request) -> web.Response:
         raise ValidationError("use either before or after, not both", code="invalid_query")
     page = await request.app[COMMENTS].page(video_id, before=before, after=after, limit=limit_)
     await _fresh_reactions(request, page["items"])
-    if before is None and after is None:  # the first page: how many watch now
+    if before is None and after is None:  # the first page: how many watch now, the pin
         page["viewers"] = request.app[PLACEMENT].viewers(video_id)
+        # Read after the page took its resume (see ``Comments.pinned``).
+        pinned = await request.app[COMMENTS].pinned(video_id)
+        page["pinned"] = events.comment_json(pinned) if pinned else None
     head = page.get("head") or 0
     if after is not None:
         closed = page.get("next_after") is not None
@@ -309,6 +337,37 @@ async def delete_comment(request: web.Request) -> web.Response:
         await request.app[ACCOUNTS].require(principal, "moderator")
     doc = await comments.delete(principal, doc, request_id=request[REQUEST_ID])
     return json_response(events.comment_json(doc))
+
+
+async def get_pinned(request: web.Request) -> web.Response:
+    video_id = VIDEO(request)
+    await history_limit(request)
+    doc = await request.app[COMMENTS].pinned(video_id)
+    view = events.comment_json(doc) if doc else None
+    return json_response({"video_id": video_id, "pinned": view})
+
+
+async def put_pinned(request: web.Request) -> web.Response:
+    """Moderators pin one comment per video (replacing the pin); viewers see it live."""
+    video_id = VIDEO(request)
+    principal = await caller(request)
+    await request.app[ACCOUNTS].require(principal, "moderator")
+    body = await PIN_REQUEST.read(request)
+    comment_id = optional_id(body.comment_id, "comment_id")
+    assert comment_id is not None  # the model requires it
+    doc = await request.app[COMMENTS].pin(
+        principal, video_id, comment_id, request_id=request[REQUEST_ID]
+    )
+    return json_response({"video_id": video_id, "pinned": events.comment_json(doc)})
+
+
+async def delete_pinned(request: web.Request) -> web.Response:
+    video_id = VIDEO(request)
+    principal = await caller(request)
+    await request.app[ACCOUNTS].require(principal, "moderator")
+    if not await request.app[COMMENTS].unpin(principal, video_id, request_id=request[REQUEST_ID]):
+        raise NotFound("no comment is pinned on this video", code="not_pinned")
+    return web.Response(status=204)
 
 
 TEXT_ERRORS = ("invalid_type", "empty_text", "text_too_long", "invalid_characters")
@@ -412,6 +471,49 @@ ROUTES = (
         role="viewer",
         params=(VIDEO, COMMENT),
         errors={403: ("forbidden",), 404: ("comment_not_found",)},
+    ),
+    Route(
+        "GET",
+        PINNED_PATH,
+        get_pinned,
+        "The pinned comment",
+        "comments",
+        (Ok(200, "The pinned comment, or null.", Pinned),),
+        rates=HISTORY_RATES,
+        params=(VIDEO,),
+        errors={503: BACKEND_ERRORS},
+    ),
+    Route(
+        "PUT",
+        PINNED_PATH,
+        put_pinned,
+        "Pin a comment",
+        "moderation",
+        (Ok(200, "The pinned comment.", Pinned),),
+        notes=(
+            "One pinned comment per video: pinning another replaces it. Viewers receive a "
+            "`pinned` event in order with the comments; deleting the pinned comment unpins it "
+            "(an `unpinned` event).",
+        ),
+        role="moderator",
+        params=(VIDEO,),
+        body=PIN_REQUEST,
+        errors={
+            400: ("invalid_field", "invalid_id"),
+            404: ("comment_not_found",),
+            409: ("comment_deleted",),
+        },
+    ),
+    Route(
+        "DELETE",
+        PINNED_PATH,
+        delete_pinned,
+        "Unpin the pinned comment",
+        "moderation",
+        (Ok(204, "Unpinned: viewers receive an `unpinned` event."),),
+        role="moderator",
+        params=(VIDEO,),
+        errors={404: ("not_pinned",)},
     ),
     Route(
         "GET",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12livecomments.proto\x12\x0flivecomments.v1\"\xbc\x01\n\x05\x45vent\x12\x12\n\ncomment_id\x18\x01 \x01(\x04\x12\x10\n\x08video_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12#\n\x04kind\x18\x05 \x01(\x0e\x32\x15.livecomments.v1.Kind\x12\r\n\x05\x66rame\x18\x06 \x01(\x0c\x12\x15\n\rcreated_at_ms\x18\x07 \x01(\x03\x12\x12\n\ntarget_seq\x18\x08 \x01(\x04\x12\x12\n\nrequest_id\x18\t \x01(\t\"E\n\x0f\x44ispatchRequest\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.livecomments.v1.Event\x12\n\n\x02id\x18\x02 \x01(\x04\"c\n\rDispatchReply\x12\r\n\x05nodes\x18\x01 \x01(\r\x12\x11\n\tdelivered\x18\x02 \x01(\r\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\r\x12\n\n\x02id\x18\x04 \x01(\x04\x12\x13\n\x0bundelivered\x18\x05 \x03(\r\"\"\n\rRoutesRequest\x12\x11\n\tvideo_ids\x18\x01 \x03(\t\"\x1c\n\x08NodeList\x12\x10\n\x08node_ids\x18\x01 \x03(\t\"\xa5\x01\n\x0bRoutesReply\x12\x38\n\x06videos\x18\x01 \x03(\x0b\x32(.livecomments.v1.RoutesReply.VideosEntry\x12\x12\n\nlive_nodes\x18\x02 \x03(\t\x1aH\n\x0bVideosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.livecomments.v1.NodeList:\x02\x38\x01\"D\n\x0e\x44\x65liverRequest\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.livecomments.v1.Event\x12\n\n\x02id\x18\x02 \x01(\x04\"R\n\x0c\x44\x65liverReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x12\n\nduplicates\x18\x02 \x01(\r\x12\x10\n\x08unhosted\x18\x03 \x01(\r\x12\n\n\x02id\x18\x04 \x01(\x04*b\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43OMMENT\x10\x01\x12\x13\n\x0f\x43OMMENT_UPDATED\x10\x02\x12\x13\n\x0f\x43OMMENT_DELETED\x10\x03\x12\r\n\tREACTIONS\x10\x04\x32\xfa\x01\n\nDispatcher\x12L\n\x08\x44ispatch\x12 .livecomments.v1.DispatchRequest\x1a\x1e.livecomments.v1.DispatchReply\x12V\n\x0e\x44ispatchStream\x12 .livecomments.v1.DispatchRequest\x1a\x1e.livecomments.v1.DispatchReply(\x01\x30\x01\x12\x46\n\x06Routes\x12\x1e.livecomments.v1.RoutesRequest\x1a\x1c.livecomments.v1.RoutesReply2\xaa\x01\n\x08\x44\x65livery\x12I\n\x07\x44\x65liver\x12\x1f.livecomments.v1.DeliverRequest\x1a\x1d.livecomments.v1.DeliverReply\x12S\n\rDeliverStream\x12\x1f.livecomments.v1.DeliverRequest\x1a\x1d.livecomments.v1.DeliverReply(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12livecomments.proto\x12\x0flivecomments.v1\"\xbc\x01\n\x05\x45vent\x12\x12\n\ncomment_id\x18\x01 \x01(\x04\x12\x10\n\x08video_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12#\n\x04kind\x18\x05 \x01(\x0e\x32\x15.livecomments.v1.Kind\x12\r\n\x05\x66rame\x18\x06 \x01(\x0c\x12\x15\n\rcreated_at_ms\x18\x07 \x01(\x03\x12\x12\n\ntarget_seq\x18\x08 \x01(\x04\x12\x12\n\nrequest_id\x18\t \x01(\t\"E\n\x0f\x44ispatchRequest\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.livecomments.v1.Event\x12\n\n\x02id\x18\x02 \x01(\x04\"c\n\rDispatchReply\x12\r\n\x05nodes\x18\x01 \x01(\r\x12\x11\n\tdelivered\x18\x02 \x01(\r\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\r\x12\n\n\x02id\x18\x04 \x01(\x04\x12\x13\n\x0bundelivered\x18\x05 \x03(\r\"\"\n\rRoutesRequest\x12\x11\n\tvideo_ids\x18\x01 \x03(\t\"\x1c\n\x08NodeList\x12\x10\n\x08node_ids\x18\x01 \x03(\t\"\xa5\x01\n\x0bRoutesReply\x12\x38\n\x06videos\x18\x01 \x03(\x0b\x32(.livecomments.v1.RoutesReply.VideosEntry\x12\x12\n\nlive_nodes\x18\x02 \x03(\t\x1aH\n\x0bVideosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.livecomments.v1.NodeList:\x02\x38\x01\"D\n\x0e\x44\x65liverRequest\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.livecomments.v1.Event\x12\n\n\x02id\x18\x02 \x01(\x04\"R\n\x0c\x44\x65liverReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x12\n\nduplicates\x18\x02 \x01(\r\x12\x10\n\x08unhosted\x18\x03 \x01(\r\x12\n\n\x02id\x18\x04 \x01(\x04*\x8c\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43OMMENT\x10\x01\x12\x13\n\x0f\x43OMMENT_UPDATED\x10\x02\x12\x13\n\x0f\x43OMMENT_DELETED\x10\x03\x12\r\n\tREACTIONS\x10\x04\x12\x12\n\x0e\x43OMMENT_PINNED\x10\x05\x12\x14\n\x10\x43OMMENT_UNPINNED\x10\x06\x32\xfa\x01\n\nDispatcher\x12L\n\x08\x44ispatch\x12 .livecomments.v1.DispatchRequest\x1a\x1e.livecomments.v1.DispatchReply\x12V\n\x0e\x44ispatchStream\x12 .livecomments.v1.DispatchRequest\x1a\x1e.livecomments.v1.DispatchReply(\x01\x30\x01\x12\x46\n\x06Routes\x12\x1e.livecomments.v1.RoutesRequest\x1a\x1c.livecomments.v1.RoutesReply2\xaa\x01\n\x08\x44\x65livery\x12I\n\x07\x44\x65liver\x12\x1f.livecomments.v1.DeliverRequest\x1a\x1d.livecomments.v1.DeliverReply\x12S\n\rDeliverStream\x12\x1f.livecomments.v1.DeliverRequest\x1a\x1d.livecomments.v1.DeliverReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROUTESREPLY_VIDEOSENTRY']._loaded_options = None
   _globals['_ROUTESREPLY_VIDEOSENTRY']._serialized_options = b'8\001'
-  _globals['_KIND']._serialized_start=790
-  _globals['_KIND']._serialized_end=888
+  _globals['_KIND']._serialized_start=791
+  _globals['_KIND']._serialized_end=931
   _globals['_EVENT']._serialized_start=40
   _globals['_EVENT']._serialized_end=228
   _globals['_DISPATCHREQUEST']._serialized_start=230
@@ -53,8 +53,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELIVERREQUEST']._serialized_end=704
   _globals['_DELIVERREPLY']._serialized_start=706
   _globals['_DELIVERREPLY']._serialized_end=788
-  _globals['_DISPATCHER']._serialized_start=891
-  _globals['_DISPATCHER']._serialized_end=1141
-  _globals['_DELIVERY']._serialized_start=1144
-  _globals['_DELIVERY']._serialized_end=1314
+  _globals['_DISPATCHER']._serialized_start=934
+  _globals['_DISPATCHER']._serialized_end=1184
+  _globals['_DELIVERY']._serialized_start=1187
+  _globals['_DELIVERY']._serialized_end=1357
 # @@protoc_insertion_point(module_scope)

@@ -14,11 +14,15 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMMENT_UPDATED: _ClassVar[Kind]
     COMMENT_DELETED: _ClassVar[Kind]
     REACTIONS: _ClassVar[Kind]
+    COMMENT_PINNED: _ClassVar[Kind]
+    COMMENT_UNPINNED: _ClassVar[Kind]
 KIND_UNSPECIFIED: Kind
 COMMENT: Kind
 COMMENT_UPDATED: Kind
 COMMENT_DELETED: Kind
 REACTIONS: Kind
+COMMENT_PINNED: Kind
+COMMENT_UNPINNED: Kind
 
 class Event(_message.Message):
     __slots__ = ("comment_id", "video_id", "seq", "epoch", "kind", "frame", "created_at_ms", "target_seq", "request_id")

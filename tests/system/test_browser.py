@@ -251,8 +251,13 @@ async def test_the_page_passes_an_accessibility_scan(
     top = await api.post(video, "a comment to scan", token)
     await api.post(video, "a reply to it", token, parent_id=top["id"])
     rtl = await api.post(video, "مرحبا بالعالم، تعليق من اليمين إلى اليسار", token)
+    status, body, _ = await api.request(
+        "PUT", f"/api/videos/{video}/pinned", json={"comment_id": top["id"]}, token=moderator[0]
+    )
+    assert status == 200, body
     page = await pages.open(video, await username(api, moderator[0]), bypass_csp=True)
     await expect(comment(page, rtl["id"])).to_be_visible()
+    await expect(page.locator("#pinned")).to_contain_text("a comment to scan")
     # A log that announces additions, not every time or count that changes in place.
     log = page.locator("#comments")
     await expect(log).to_have_attribute("role", "log")
@@ -407,6 +412,47 @@ async def test_a_moderator_works_from_the_page(
     await report.locator("button.dismiss").click()
     await expect(report).to_have_count(0, timeout=LIVE)
     assert answers == []
+    pages.assert_clean()
+
+
+@pytest.mark.timeout(90)
+async def test_a_moderator_pins_from_the_page_and_every_viewer_sees_it(
+    api: Api, pages: Pages, moderator: tuple[str, str]
+) -> None:
+    """Pin from a comment's button: a viewer's page shows it live, a page opened later
+    on load; Unpin hides it everywhere; deleting a pinned comment unpins it."""
+    video = unique("pinpage")
+    author = await api.register(unique("author"))
+    first = await api.post(video, "welcome, read the rules", author)
+    second = await api.post(video, "a second comment", author)
+    mod_page = await pages.open(video, await username(api, moderator[0]))
+    viewer = await pages.open(video)
+    await expect(comment(viewer, second["id"])).to_be_visible()
+    await expect(viewer.locator("#pinned")).to_be_hidden()
+
+    await comment(mod_page, first["id"]).locator("button.pin").click()
+    for page in (mod_page, viewer):
+        await expect(page.locator("#pinned")).to_be_visible(timeout=LIVE)
+        await expect(page.locator("#pinned .text")).to_have_text("welcome, read the rules")
+    await expect(viewer.locator("#unpin")).to_be_hidden()  # viewers cannot unpin
+    # The pinned comment has no Pin button; the others do.
+    await expect(comment(mod_page, first["id"]).locator("button.pin")).to_have_count(0)
+    late = await pages.open(video)
+    await expect(late.locator("#pinned .text")).to_have_text("welcome, read the rules")
+
+    await mod_page.locator("#unpin").click()
+    for page in (mod_page, viewer, late):
+        await expect(page.locator("#pinned")).to_be_hidden(timeout=LIVE)
+
+    # Pin the second, then delete it: it is unpinned for everyone.
+    await comment(mod_page, second["id"]).locator("button.pin").click()
+    await expect(viewer.locator("#pinned .text")).to_have_text("a second comment", timeout=LIVE)
+    status, _, _ = await api.request(
+        "DELETE", f"/api/videos/{video}/comments/{second['id']}", token=author
+    )
+    assert status == 200
+    for page in (mod_page, viewer, late):
+        await expect(page.locator("#pinned")).to_be_hidden(timeout=LIVE)
     pages.assert_clean()
 
 

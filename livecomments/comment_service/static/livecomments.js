@@ -22,8 +22,10 @@
  *   comments keep coming; it goes back to the stream as soon as it reconnects.
  *
  * Events (CustomEvent, the payload in `detail`): `comment` (a comment, reply, edit or
- * tombstone), `reactions` ({comments: {id: {name: count}}}), `viewers` ({count}),
- * `reset` ({reason, epoch}), `state` (the connection state).
+ * tombstone), `pinned` (the comment now pinned), `unpinned` (the comment no longer
+ * pinned), `reactions` ({comments: {id: {name: count}}}), `viewers` ({count}),
+ * `reset` ({reason, epoch}), `state` (the connection state). A history page's
+ * `pinned` says what was pinned up to its `resume`; `pinned`/`unpinned` events follow.
  */
 (function (global) {
   "use strict";
@@ -150,6 +152,9 @@
       on("comment", comment, true);
       on("comment.updated", comment, true);
       on("comment.deleted", comment, true);
+      const pin = (type) => (d, ev) => this._emit(type, fromStream(d, this.videoId, ev.lastEventId));
+      on("pinned", pin("pinned"), true);
+      on("unpinned", pin("unpinned"), true);
       on("reactions", (d) => this._emit("reactions", d));
       on("viewers", (d) => this._emit("viewers", d));
       on("moved", (d) => {

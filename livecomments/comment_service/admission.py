@@ -43,6 +43,11 @@ class Ticket:
     exempt: bool
     revoked_key: str
     sequence: bool  # take the video's next seq too (the post will be published)
+    # The content filter's score in thousandths (-1: none), for the video's own hold
+    # threshold (shield mode); the account's creation time in ms (0: not known),
+    # for its minimum account age.
+    score: int = -1
+    created_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +103,7 @@ class Admission:
             )
             keys += self._sequencer.keys(t.video_id)
             args += self._args[t.exempt]
-            args += [1 if t.sequence else 0, t.video_id]
+            args += [t.score, t.created_ms, 1 if t.sequence else 0, t.video_id]
         try:
             flat = await self._script(keys=keys, args=args)
         except RedisError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import secrets
 import time
@@ -62,6 +63,7 @@ class Principal:
     role: str
     token_id: str = ""
     expires: int = 0
+    joined_ms: int = 0  # when the account was made (ms); 0: the token does not say
 
     def at_least(self, role: str) -> bool:
         return RANK[self.role] >= RANK[role]
@@ -148,6 +150,11 @@ class Accounts:
             "exp": now + self._ttl,
             "jti": secrets.token_urlsafe(12),
         }
+        created = user.get("created_at")
+        if isinstance(created, dt.datetime):  # for shield mode's account age, without a read
+            if created.tzinfo is None:
+                created = created.replace(tzinfo=dt.UTC)
+            claims["joined"] = int(created.timestamp() * 1000)
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     @property
@@ -197,7 +204,9 @@ class Accounts:
             or not isinstance(jti, str)
         ):
             raise Unauthorized("the token is not valid", code="invalid_token")
-        return Principal(user_id, name, role, jti, int(claims["exp"]))
+        joined = claims.get("joined")
+        joined_ms = joined if isinstance(joined, int) and joined > 0 else 0
+        return Principal(user_id, name, role, jti, int(claims["exp"]), joined_ms)
 
     def revoked_key(self, token_id: str) -> str:
         return self._keys.revoked(token_id)

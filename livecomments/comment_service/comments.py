@@ -9,11 +9,13 @@ the store, so an RTMS node that misses its dispatch fills it from there.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import enum
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from livecomments.comment_service.admission import Admission, Ticket
@@ -45,6 +47,20 @@ log = logging.getLogger(__name__)
 
 def _ignore(stage: str, seconds: float) -> None:
     pass
+
+
+class Held(enum.Enum):
+    HELD = "held"
+
+
+HELD = Held.HELD  # admitted, to be held for review (the video's own hold threshold)
+SHIELD_REASON = "shield_mode"  # the reason a comment held by the video's threshold gives
+
+
+def _ms(value: dt.datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return int(value.timestamp() * 1000)
 
 
 class ContentRefused(LiveCommentsError):
@@ -265,9 +281,16 @@ class Comments:
                 exempt=exempt,
                 revoked_key=self._revoked_key(author.token_id),
                 sequence=verdict is Verdict.PUBLISH,
+                score=round(score.value * 1000) if score is not None else -1,
+                created_ms=author.joined_ms,
             )
         )
         self._stage("admission", time.perf_counter() - started)
+        if position is HELD:  # under the video's stricter threshold (shield mode)
+            verdict = Verdict.HOLD
+            assert score is not None
+            score = replace(score, reasons=(*score.reasons, SHIELD_REASON))
+            position = None
         doc: dict[str, Any] = {
             "_id": comment_id,
             "video_id": video_id,
@@ -306,9 +329,10 @@ class Comments:
         if parent.get("status") == events.STATUS_DELETED:
             raise Conflict("the parent comment was deleted", code="parent_deleted")
 
-    async def _admit(self, ticket: Ticket) -> Position | None:
-        """Admit the post or raise its refusal; its position if one was asked for."""
-        for _ in range(3):
+    async def _admit(self, ticket: Ticket) -> Position | Held | None:
+        """Admit the post or raise its refusal; its position if one was asked for, or
+        ``HELD`` when the video's own hold threshold (shield mode) holds it."""
+        for _ in range(4):
             admitted = await self._admission.admit(ticket)
             if admitted.verdict == "ok":
                 if not ticket.sequence:
@@ -316,10 +340,16 @@ class Comments:
                 if admitted.position is not None:
                     return admitted.position
                 return await self._sequencer.next(ticket.video_id)  # seeds the counter
+            if admitted.verdict == "held":
+                return HELD
             if admitted.verdict == "load_bans":
                 await self._policies.load_bans()
             elif admitted.verdict == "load_settings":
                 await self._policies.load_video_settings()
+            elif admitted.verdict == "load_account":  # a token from before the claim
+                user = await self._store.get_user(ticket.user_id)
+                created = (user or {}).get("created_at")
+                ticket = replace(ticket, created_ms=_ms(created) if created else 1)
             else:
                 raise self._limiter.refusal(admitted.verdict, admitted.ms)
         raise Unavailable("could not load the video's settings into Redis")

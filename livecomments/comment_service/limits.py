@@ -45,7 +45,7 @@ class TooManyRequests(LiveCommentsError):
 # livecomments/kernel/redis/scripts/lib_admit.lua, which says the same and names
 # each): ``Limiter.admission_keys`` and ``Limiter.admission_args`` build them.
 ADMIT_KEYS = 11
-ADMIT_ARGS = 6
+ADMIT_ARGS = 8
 
 _LOGIN_REFUSALS: dict[str, tuple[str, str]] = {
     "locked": (
@@ -194,7 +194,8 @@ class Limiter:
 
     @staticmethod
     def admission_args(limits: PostLimits, exempt: bool) -> list[Any]:
-        """The ``ADMIT_ARGS`` arguments of ``admit`` (``lib_admit.lua``)."""
+        """The first ``ADMIT_ARGS`` - 2 arguments of ``admit`` (``lib_admit.lua``): those
+        fixed for the process; the post's score and the account's age follow."""
         return [
             limits.user.capacity,
             repr(limits.user.per_ms),
@@ -220,6 +221,14 @@ class Limiter:
             if ms > 0:
                 message += f" for another {details['retry_after']} s"
             return Forbidden(message, code="banned", details=details)
+        if verdict == "too_new":
+            wait = max(1, math.ceil(ms / 1000))
+            return Forbidden(
+                "shield mode is on: accounts this new cannot comment on this video yet"
+                f" (in {wait} s)",
+                code="account_too_new",
+                details={"retry_after": wait},
+            )
         if verdict == "warned":
             return Forbidden(
                 "a moderator warned you: read and acknowledge the warning before you post"

@@ -7,7 +7,8 @@ marker goes with it, and the next post reloads the copy before it is admitted.
 
 - Bans: one key per ban, expiring with the ban.
 - Video settings: a hash per video whose settings differ from the defaults
-  (slow mode on; every other video has none, and the check reads that as the
+  (slow mode on, a hold threshold or a minimum account age of its own, as shield
+  mode sets them; every other video has none, and the check reads that as the
   defaults). Written on every change. The copy is also reloaded every
   ``SETTINGS_RESYNC`` seconds (its marker expires), which bounds how long a
   change whose Redis write failed can go unenforced. (Until this copy, settings
@@ -21,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -28,6 +30,7 @@ from redis.exceptions import RedisError
 
 from livecomments.comment_service.limits import Limiter
 from livecomments.kernel.errors import Forbidden, Unavailable
+from livecomments.kernel.events import iso
 from livecomments.kernel.redis import scripts
 from livecomments.kernel.store import Store, utcnow
 
@@ -38,7 +41,38 @@ SETTINGS_RESYNC = 300  # seconds between full reloads of the settings copy
 
 
 def _settings_json(video_id: str, doc: dict[str, Any]) -> dict[str, Any]:
-    return {"video_id": video_id, "slow_mode_seconds": int(doc.get("slow_mode", 0))}
+    shield = doc.get("shield")
+    hold = doc.get("hold_threshold")
+    return {
+        "video_id": video_id,
+        "slow_mode_seconds": int(doc.get("slow_mode", 0)),
+        "hold_threshold": float(hold) if hold is not None else None,
+        "min_account_age_seconds": int(doc.get("min_account_age", 0)),
+        "shield": bool(shield),
+        "shield_since": iso(shield.get("at")) if shield else None,
+    }
+
+
+def _redis_fields(doc: dict[str, Any]) -> dict[str, int]:
+    """What the admission check reads of a video's settings: only what is not at
+    its default (an empty result: the video has no hash at all)."""
+    fields: dict[str, int] = {}
+    if int(doc.get("slow_mode", 0)) > 0:
+        fields["slow_mode"] = int(doc["slow_mode"])
+    if doc.get("hold_threshold") is not None:
+        fields["hold"] = round(float(doc["hold_threshold"]) * 1000)
+    if int(doc.get("min_account_age", 0)) > 0:
+        fields["min_age"] = int(doc["min_account_age"]) * 1000
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class ShieldPreset:
+    """What shield mode applies at once (settings ``shield_*``)."""
+
+    slow_mode: int  # at least this (seconds)
+    hold_threshold: float  # at most this
+    min_account_age: int  # at least this (seconds)
 
 
 def _protected_from(role: str) -> str | None:
@@ -65,21 +99,69 @@ class Policies:
         return _settings_json(video_id, await self._store.video_settings(video_id))
 
     async def set_video_settings(self, video_id: str, slow_mode: int, by: int) -> dict[str, Any]:
-        started = time.time_ns() // 1_000_000
         doc = await self._store.set_video_settings(
             video_id, {"slow_mode": slow_mode, "updated_by": by, "updated_at": utcnow()}
         )
+        await self._copy_settings(video_id, doc)
+        return _settings_json(video_id, doc)  # the stored document, as the update returned it
+
+    async def set_shield(
+        self, video_id: str, on: bool, by: int, preset: ShieldPreset
+    ) -> dict[str, Any]:
+        """Shield mode on (the preset, at once) or off (the settings from before it).
+
+        On saves the video's settings as they are, then makes each stricter: slow
+        mode at least, the hold threshold at most, the minimum account age at
+        least the preset's. Off puts the saved ones back (a change made while the
+        shield was up goes with it). Turning it on or off twice changes nothing.
+        """
+        now = utcnow()
+        doc = await self._store.video_settings(video_id)
+        if on and not doc.get("shield"):
+            slow, age = int(doc.get("slow_mode", 0)), int(doc.get("min_account_age", 0))
+            hold = doc.get("hold_threshold")
+            saved = {"slow_mode": slow, "hold_threshold": hold, "min_account_age": age}
+            changes = {
+                "slow_mode": max(slow, preset.slow_mode),
+                "hold_threshold": preset.hold_threshold
+                if hold is None
+                else min(float(hold), preset.hold_threshold),
+                "min_account_age": max(age, preset.min_account_age),
+                "shield": {"by": by, "at": now, "saved": saved},
+                "updated_by": by,
+                "updated_at": now,
+            }
+            doc = await self._store.switch_shield(video_id, True, changes, {})
+        elif not on and doc.get("shield"):
+            saved = doc["shield"].get("saved") or {}
+            changes = {"slow_mode": int(saved.get("slow_mode", 0))}
+            changes.update(updated_by=by, updated_at=now)
+            removed = {"shield": ""}
+            for key in ("hold_threshold", "min_account_age"):
+                if saved.get(key):
+                    changes[key] = saved[key]
+                else:
+                    removed[key] = ""
+            doc = await self._store.switch_shield(video_id, False, changes, removed)
+        await self._copy_settings(video_id, doc)
+        return _settings_json(video_id, doc)
+
+    async def _copy_settings(self, video_id: str, doc: dict[str, Any]) -> None:
+        """Write a video's settings where the admission check reads them (see the module)."""
+        started = time.time_ns() // 1_000_000
+        fields = _redis_fields(doc)
         key = self._keys.video_settings(video_id)
         index = self._keys.video_settings_index()
         pipe = self._redis.pipeline(transaction=True)
-        if slow_mode > 0:
-            pipe.hset(key, mapping={"slow_mode": slow_mode, "at": started})
+        pipe.delete(key)
+        if fields:
+            pipe.hset(
+                key, mapping={name: value for name, value in (*fields.items(), ("at", started))}
+            )
             pipe.sadd(index, video_id)
         else:
-            pipe.delete(key)
             pipe.srem(index, video_id)
         await self._redis_call(pipe.execute())
-        return _settings_json(video_id, doc)  # the stored document, as the update returned it
 
     async def load_video_settings(self) -> None:
         """Copy the settings of every video that has some into Redis; mark the copy complete."""
@@ -87,7 +169,9 @@ class Policies:
         docs = await self._store.videos_with_settings()
         args: list[Any] = [self._keys.video_settings(""), started, SETTINGS_RESYNC * 1000]
         for doc in docs:
-            args += [doc["_id"], int(doc.get("slow_mode", 0))]
+            fields = _redis_fields(doc)
+            if fields:
+                args += [doc["_id"], *(fields.get(f, "") for f in ("slow_mode", "hold", "min_age"))]
         keys = [self._keys.video_settings_index(), self._keys.settings_loaded()]
         await self._redis_call(self._resync(keys=keys, args=args))
         log.info("loaded the settings of %d videos into Redis", len(docs))

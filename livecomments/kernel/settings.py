@@ -266,6 +266,12 @@ class CommentServiceSettings(BackendSettings):
     filter_hold_threshold: float = 0.5  # at or above: held for a moderator
     filter_refuse_threshold: float = 0.9  # at or above: refused
     flag_threshold: int = 5  # reports against a user's comments before the user is flagged
+    # Shield mode, the switch a moderator throws when a video is raided: at once
+    # at least this slow mode, at most this hold threshold for the content filter,
+    # and accounts younger than this cannot post; off restores what was before.
+    shield_slow_mode: int = 30  # seconds
+    shield_hold_threshold: float = 0.2
+    shield_min_account_age: int = 600  # seconds
     reaction_push_interval: float = 1.0  # at most one reactions event per video this often
     reaction_flush_interval: float = 5.0  # reaction counts written to the store this often
     # Events whose dispatch is not confirmed after outbox_age seconds are sent again
@@ -280,6 +286,24 @@ class CommentServiceSettings(BackendSettings):
     # short-polling clients (?after=) near the head are served from it.
     recent_cache_size: int = 500  # newest events kept per video (0 = off)
     recent_cache_ttl: float = 86400.0  # seconds a video's cache outlives its last write
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.shield_slow_mode <= self.max_slow_mode:
+            raise ConfigError(
+                f"{ENV_PREFIX}SHIELD_SLOW_MODE: expected 0 to max_slow_mode"
+                f" ({self.max_slow_mode}) seconds, got {self.shield_slow_mode}"
+            )
+        if not 0.0 <= self.shield_hold_threshold <= 1.0:
+            raise ConfigError(
+                f"{ENV_PREFIX}SHIELD_HOLD_THRESHOLD: expected 0 to 1,"
+                f" got {self.shield_hold_threshold}"
+            )
+        if self.shield_min_account_age < 0:
+            raise ConfigError(
+                f"{ENV_PREFIX}SHIELD_MIN_ACCOUNT_AGE: expected seconds >= 0,"
+                f" got {self.shield_min_account_age}"
+            )
 
 
 S = TypeVar("S", bound=BackendSettings)

@@ -441,9 +441,33 @@ class Store:
         return doc or {"_id": video_id}
 
     async def videos_with_settings(self) -> list[Doc]:
-        """Every video whose settings differ from the defaults (slow mode on)."""
+        """Every video whose settings differ from the defaults (see ``policy.py``)."""
+        query = {
+            "$or": [
+                {"slow_mode": {"$gt": 0}},
+                {"hold_threshold": {"$type": "number"}},
+                {"min_account_age": {"$gt": 0}},
+            ]
+        }
         with _guard():
-            return await self._col("videos").find({"slow_mode": {"$gt": 0}}).to_list(length=None)
+            return await self._col("videos").find(query).to_list(length=None)
+
+    async def switch_shield(self, video_id: str, on: bool, changes: Doc, removed: Doc) -> Doc:
+        """Turn shield mode on or off, only if it is not already: the document after."""
+        update: Doc = {"$set": changes}
+        if removed:
+            update["$unset"] = removed
+        query: Doc = {"_id": video_id, "shield": {"$exists": not on}}
+        with _guard():
+            try:
+                doc = await self._col("videos").find_one_and_update(
+                    query, update, upsert=on, return_document=ReturnDocument.AFTER
+                )
+            except DuplicateKeyError:
+                doc = None  # turned on meanwhile (the upsert met the existing document)
+            if doc is None:
+                doc = await self._col("videos").find_one({"_id": video_id})
+        return doc or {"_id": video_id}
 
     async def set_video_settings(self, video_id: str, changes: Doc) -> Doc:
         with _guard():

@@ -512,7 +512,7 @@ def stored_problems(
     chars = settings.max_comment_chars
     checks: list[str | None] = []
     if collection == "videos":
-        slow = doc.get("slow_mode")
+        slow = doc.get("slow_mode", 0)
         checks += [
             None if is_video(doc["_id"]) else "_id",
             None if isinstance(slow, int) and 0 <= slow <= settings.max_slow_mode else "slow_mode",

@@ -409,7 +409,7 @@ ROUTES = (
         body=NEW_COMMENT,
         errors={
             400: (*TEXT_ERRORS, "invalid_id", "nested_reply", "invalid_idempotency_key"),
-            403: ("banned", "warning_unacknowledged"),
+            403: ("banned", "warning_unacknowledged", "account_too_new"),
             404: ("parent_not_found", "comment_not_found"),
             409: ("parent_deleted", "idempotency_in_flight"),
             422: ("content_refused", "idempotency_key_reused"),

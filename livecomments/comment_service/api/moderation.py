@@ -47,7 +47,7 @@ from livecomments.comment_service.api.schema import (
 )
 from livecomments.comment_service.auth import RANK, Principal
 from livecomments.comment_service.moderation import REPORT_REASONS, REPORT_STATES
-from livecomments.comment_service.policy import GLOBAL
+from livecomments.comment_service.policy import GLOBAL, ShieldPreset
 from livecomments.comment_service.validation import plain_text
 from livecomments.kernel import events
 from livecomments.kernel.errors import Forbidden, NotFound, ValidationError
@@ -123,6 +123,16 @@ class VideoSettingsChange(Model):
             description=f"Seconds a viewer waits between comments; 0 turns it off. {WHOLE}",
             extra_json_schema={"maximum": Setting("max_slow_mode").json()},
             extra={"code": "invalid_field", "message": "must be an integer (seconds)"},
+        ),
+    ]
+
+
+class ShieldSwitch(Model):
+    on: Annotated[
+        bool,
+        Meta(
+            description=("true: the shield preset at once; false: the settings from before it."),
+            extra={"code": "invalid_field", "message": "must be true or false"},
         ),
     ]
 
@@ -287,6 +297,22 @@ class VideoSettings(Model):
 
     video_id: VideoId
     slow_mode_seconds: Count
+    hold_threshold: Annotated[
+        Annotated[float, Meta(ge=0, le=1)] | None,
+        Meta(
+            description=(
+                "The content filter's score from which this video's comments are held"
+                " for review; null: the service's own (`filter_hold_threshold`)."
+            ),
+        ),
+    ] = None
+    min_account_age_seconds: Annotated[
+        int, Meta(ge=0, description="Accounts younger than this cannot comment here.")
+    ] = 0
+    shield: Annotated[bool, Meta(description="Shield mode is on.")] = False
+    shield_since: Annotated[
+        str | None, Meta(description="When shield mode was turned on (ISO 8601).")
+    ] = None
     max_comment_chars: (
         Annotated[int, Meta(ge=1, description="The longest comment accepted, in characters.")]
         | UnsetType
@@ -299,6 +325,7 @@ BAN_REQUEST = JsonBody(BanRequest, SMALL_BODY)
 SETTINGS_CHANGE = JsonBody(VideoSettingsChange, TINY_BODY)
 WARNING_REQUEST = JsonBody(WarningRequest, SMALL_BODY)
 ROLE_CHANGE = JsonBody(RoleChange, TINY_BODY)
+SHIELD_SWITCH = JsonBody(ShieldSwitch, TINY_BODY)
 REPORT = IdPath("report_id", "The report.")
 STATUS = QueryChoice("status", REPORT_STATES, "Which reports.")
 BEFORE = QueryId("before", "Only items older than this id (the cursor).")
@@ -499,6 +526,17 @@ async def patch_settings(request: web.Request) -> web.Response:
             details={"field": "slow_mode_seconds"},
         )
     settings = await request.app[POLICIES].set_video_settings(video_id, seconds, principal.user_id)
+    return json_response(settings)
+
+
+async def put_shield(request: web.Request) -> web.Response:
+    """Shield mode on (a stricter preset at once) or off (the settings from before)."""
+    video_id = VIDEO(request)
+    principal = await _moderator(request)
+    body = await SHIELD_SWITCH.read(request)
+    s = request.app[SETTINGS]
+    preset = ShieldPreset(s.shield_slow_mode, s.shield_hold_threshold, s.shield_min_account_age)
+    settings = await request.app[POLICIES].set_shield(video_id, body.on, principal.user_id, preset)
     return json_response(settings)
 
 
@@ -713,6 +751,24 @@ ROUTES = (
         notes=("Slow mode is at most `max_slow_mode` = {s.max_slow_mode} s.",),
         params=(VIDEO,),
         body=SETTINGS_CHANGE,
+        errors={400: ("invalid_field",)},
+    ),
+    _route(
+        "PUT",
+        "/api/videos/{video_id}/shield",
+        put_shield,
+        "Shield mode on or off",
+        Ok(200, "The new settings.", VideoSettings),
+        notes=(
+            "On: at once slow mode of at least `shield_slow_mode` = {s.shield_slow_mode} s, "
+            "comments scoring `shield_hold_threshold` = {s.shield_hold_threshold:g} or more "
+            "held for review, and accounts younger than `shield_min_account_age` = "
+            "{s.shield_min_account_age} s refused (403 `account_too_new`); settings already "
+            "stricter stay. Off: the settings from before it come back. Moderators and "
+            "admins are exempt, as from slow mode.",
+        ),
+        params=(VIDEO,),
+        body=SHIELD_SWITCH,
         errors={400: ("invalid_field",)},
     ),
     _route(

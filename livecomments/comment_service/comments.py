@@ -18,12 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from livecomments.comment_service.admission import Admission, Ticket
 from livecomments.comment_service.auth import RANK, Principal
 from livecomments.comment_service.dispatch import DispatchClient
 from livecomments.comment_service.filter import ContentFilter, Verdict
 from livecomments.comment_service.idempotency import Idempotency, fingerprint
 from livecomments.comment_service.limits import Limiter
+from livecomments.comment_service.pinned import PinnedCache
 from livecomments.comment_service.policy import Policies
 from livecomments.comment_service.recent import REPLY_PREVIEW, RecentCache
 from livecomments.kernel import events
@@ -112,6 +115,7 @@ class Comments:
         policies: Policies,
         admission: Admission,
         recent: RecentCache,
+        pins: PinnedCache,
         revoked_key: Callable[[str], str],
         idempotency: Idempotency | None = None,
         stage: Callable[[str, float], None] | None = None,
@@ -126,6 +130,7 @@ class Comments:
         self._revoked_key = revoked_key
         self._admission = admission
         self._recent = recent
+        self._pins = pins
         self._idempotency = idempotency
         # Where the write path's stages report their duration (admission, insert, dispatch).
         self._stage = stage or _ignore
@@ -435,6 +440,7 @@ class Comments:
         if doc is None:
             await self.get(video_id, comment_id)  # 404 when it does not exist at all
             raise Conflict("a deleted comment cannot be edited", code="comment_deleted")
+        await self._pins.edited(doc)
         await self._announce(actor, doc, "comment.updated", request_id)
         return doc
 
@@ -458,6 +464,7 @@ class Comments:
         # A deleted comment is unpinned (after the tombstone: a pin racing this
         # delete checks the comment after it pinned, see ``pin``).
         if await self._store.clear_pin(doc["video_id"], doc["_id"]) is not None:
+            await self._pin_copy(doc["video_id"], None)
             await self._announce(actor, updated, "unpinned", request_id)
         return updated
 
@@ -470,7 +477,11 @@ class Comments:
     # markers up to its resume did, and the stream replays the later ones.
 
     async def pinned(self, video_id: str) -> dict[str, Any] | None:
-        """The pinned comment of ``video_id`` (its current state), or None."""
+        """The public JSON of the pinned comment of ``video_id``, or None (see ``pinned.py``)."""
+        return await self._pins.get(video_id, lambda: self._stored_pin(video_id))
+
+    async def _stored_pin(self, video_id: str) -> dict[str, Any] | None:
+        """The pinned comment of ``video_id`` as the store has it, or None."""
         pin = (await self._store.video_settings(video_id)).get("pinned")
         if not pin:
             return None
@@ -494,14 +505,23 @@ class Comments:
         # it was set: look again, now that the pin is written.
         doc = await self.get(video_id, comment_id)
         if doc.get("status") == events.STATUS_DELETED:
-            await self._store.clear_pin(video_id, comment_id)
+            if await self._store.clear_pin(video_id, comment_id) is not None:
+                await self._pin_copy(video_id, None)
             raise Conflict("a deleted comment cannot be pinned", code="comment_deleted")
+        await self._pin_copy(video_id, doc)
         await self._announce(actor, doc, "pinned", request_id)
         return doc
+
+    async def _pin_copy(self, video_id: str, doc: dict[str, Any] | None) -> None:
+        try:
+            await self._pins.put(video_id, doc)
+        except RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
 
     async def unpin(self, actor: Principal, video_id: str, *, request_id: str = "") -> bool:
         """Unpin the video's comment; False if none was pinned. Viewers get ``unpinned``."""
         pin = await self._store.clear_pin(video_id)
+        await self._pin_copy(video_id, None)  # also after a retry of an unpin that failed here
         if pin is None:
             return False
         doc = await self._store.get_comment(video_id, pin["comment_id"])

@@ -24,6 +24,7 @@ from livecomments.comment_service.limits import Limiter, LoginLimits, PostLimits
 from livecomments.comment_service.metrics import ServiceMetrics
 from livecomments.comment_service.moderation import Moderation
 from livecomments.comment_service.outbox import Outbox
+from livecomments.comment_service.pinned import PinnedCache
 from livecomments.comment_service.policy import Policies
 from livecomments.comment_service.reactions import Reactions
 from livecomments.comment_service.recent import RecentCache
@@ -95,6 +96,7 @@ class CommentServer:
             settings.recent_cache_ttl,
             direct=self.direct,
         )
+        self.pins = PinnedCache(self.redis, settings.redis_prefix)
         self.outbox = Outbox(
             self.redis,
             settings.redis_prefix,
@@ -181,6 +183,7 @@ class CommentServer:
             "outbox_fenced": self.outbox.fenced,
             "history_pages": dict(self.comments.page_reads) if self.comments else {},
             "history_cache_entries_read": self.recent.entries_read,
+            "pinned_store_reads": self.pins.fills,
         }
 
     def _collect(self) -> Iterator[m.Metric]:
@@ -232,6 +235,7 @@ class CommentServer:
                 self.redis, self.limiter, self.sequencer, self.post_limits, direct=self.direct
             ),
             recent=self.recent,
+            pins=self.pins,
             revoked_key=self.accounts.revoked_key,
             idempotency=Idempotency(self.redis, s.redis_prefix, s.idempotency_window),
             stage=self.served_metrics.stage,

@@ -457,6 +457,51 @@ async def test_a_moderator_pins_from_the_page_and_every_viewer_sees_it(
 
 
 @pytest.mark.timeout(90)
+async def test_a_moderator_raises_the_shield_from_the_panel(
+    api: Api, pages: Pages, moderator: tuple[str, str]
+) -> None:
+    """The panel's switch applies the preset (slow mode 30 s, new accounts refused: the
+    defaults); a new account's page shows the server's refusal and the video's rules;
+    off restores the slow mode from before."""
+    video = unique("shieldpage")
+    status, body, _ = await api.request(
+        "PATCH", f"/api/videos/{video}/settings", json={"slow_mode_seconds": 5}, token=moderator[0]
+    )
+    assert status == 200, body
+    mod_page = await pages.open(video, await username(api, moderator[0]))
+    shield = mod_page.locator("#shield-on")
+    await expect(shield).not_to_be_checked()
+    await shield.check()
+    await expect(mod_page.locator("#slow-mode")).to_have_value("30", timeout=LIVE)
+    await expect(mod_page.locator("#limits")).to_have_text(
+        "Shield mode is on · Slow mode: one comment every 30 s"
+        " · accounts younger than 10 min cannot comment"
+    )
+    newbie = unique("newbie")
+    await api.register(newbie)
+    page = await pages.open(video, newbie)
+    await page.fill("#comment-text", "hello, I just joined")
+    await page.click("#send")
+    await expect(page.locator("#error")).to_contain_text(
+        "shield mode is on: accounts this new cannot comment on this video yet"
+    )
+    await expect(page.locator("#limits")).to_contain_text("Shield mode is on")
+    await expect(page.locator("#comment-text")).to_have_value("hello, I just joined")
+    pages.failed.remove(next(f for f in pages.failed if f.startswith("403 ")))  # the refusal
+
+    await shield.uncheck()
+    await expect(mod_page.locator("#slow-mode")).to_have_value("5", timeout=LIVE)
+    await expect(mod_page.locator("#limits")).to_have_text("Slow mode: one comment every 5 s")
+    status, settings, _ = await api.request("GET", f"/api/videos/{video}/settings")
+    assert settings["shield"] is False and settings["min_account_age_seconds"] == 0
+    await page.click("#send")
+    await expect(page.locator("#comments .comment .text")).to_have_text(
+        ["hello, I just joined"], timeout=LIVE
+    )
+    pages.assert_clean()
+
+
+@pytest.mark.timeout(90)
 async def test_the_page_shows_how_many_watch_as_viewers_come_and_go(pages: Pages) -> None:
     """The count comes from the first page, then from the stream's ``viewers`` events
     (load reports every 5 s, a count at most every 3 s: within 15 s)."""

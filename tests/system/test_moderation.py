@@ -414,7 +414,14 @@ async def test_slow_mode(cluster: Cluster, api: Api, mod: tuple[str, str]) -> No
     status, settings, _ = await api.request(
         "PATCH", f"/api/videos/{video}/settings", json={"slow_mode_seconds": 2}, token=mod[0]
     )
-    assert status == 200 and settings == {"video_id": video, "slow_mode_seconds": 2}
+    assert status == 200 and settings == {
+        "video_id": video,
+        "slow_mode_seconds": 2,
+        "hold_threshold": None,
+        "min_account_age_seconds": 0,
+        "shield": False,
+        "shield_since": None,
+    }
     status, settings, _ = await api.request("GET", f"/api/videos/{video}/settings")
     assert settings["slow_mode_seconds"] == 2
     await api.post(video, "one", user)

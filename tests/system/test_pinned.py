@@ -7,9 +7,13 @@ comment unpins it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
+from redis.asyncio import Redis
 
 from livecomments.cli.cluster import Cluster
+from livecomments.kernel.redis.keys import Keys
 from tests.support import Api, Viewer, staff, unique, wait_until
 from tests.system.test_stream_protocol import SEQUENCED, check, documented, stream
 
@@ -23,6 +27,12 @@ async def first_page(api: Api, video: str) -> dict[str, object]:
     status, page, _ = await api.request("GET", f"/api/videos/{video}/comments")
     assert status == 200, page
     return dict(page)
+
+
+async def health(api: Api) -> dict[str, Any]:
+    status, body, _ = await api.request("GET", "/healthz")
+    assert status == 200, body
+    return dict(body)
 
 
 async def pin(api: Api, video: str, comment_id: str, token: str) -> tuple[int, dict[str, object]]:
@@ -164,6 +174,15 @@ async def test_a_pin_survives_restarts_and_a_resumed_viewer_gets_it(
         return status == 200 and (page.get("pinned") or {}).get("id") == top["id"]
 
     await wait_until(says_pinned, what="the first page after the restarts says the pin")
+    # Redis lost its copy of the pin: the next first page reads the store, once.
+    redis = Redis.from_url(cluster.backends.redis_url)
+    try:
+        assert await redis.delete(Keys(f"{cluster.namespace}:").pinned(video)) == 1
+    finally:
+        await redis.aclose()
+    reads = (await health(api))["pinned_store_reads"]
+    assert await says_pinned() and await says_pinned()
+    assert (await health(api))["pinned_store_reads"] == reads + 1
     # The viewer from before the pin resumes from its page's cursor: the stream
     # replays the pin (from the store: every node restarted with an empty ring).
     resumed = await Viewer(

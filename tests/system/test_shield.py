@@ -84,7 +84,8 @@ async def test_shield_mode_applies_a_preset_at_once_and_restores_the_settings(
     await asyncio.sleep(max(0.0, MIN_AGE + 0.5 - (time.monotonic() - registered)))
     status, held = await post(api, video, REPETITIVE_TOO, veteran)
     assert status == 202 and held["status"] == "held", held
-    status, queue, _ = await api.request("GET", f"/api/moderation/held?video_id={video}", token=moderator)
+    held_queue = f"/api/moderation/held?video_id={video}"
+    status, queue, _ = await api.request("GET", held_queue, token=moderator)
     assert status == 200, queue
     (item,) = [i for i in queue["items"] if i["id"] == held["id"]]
     assert "shield_mode" in item["reasons"], item

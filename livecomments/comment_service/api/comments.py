@@ -276,8 +276,7 @@ async def list_comments(request: web.Request) -> web.Response:
     if before is None and after is None:  # the first page: how many watch now, the pin
         page["viewers"] = request.app[PLACEMENT].viewers(video_id)
         # Read after the page took its resume (see ``Comments.pinned``).
-        pinned = await request.app[COMMENTS].pinned(video_id)
-        page["pinned"] = events.comment_json(pinned) if pinned else None
+        page["pinned"] = await request.app[COMMENTS].pinned(video_id)
     head = page.get("head") or 0
     if after is not None:
         closed = page.get("next_after") is not None
@@ -342,8 +341,7 @@ async def delete_comment(request: web.Request) -> web.Response:
 async def get_pinned(request: web.Request) -> web.Response:
     video_id = VIDEO(request)
     await history_limit(request)
-    doc = await request.app[COMMENTS].pinned(video_id)
-    view = events.comment_json(doc) if doc else None
+    view = await request.app[COMMENTS].pinned(video_id)
     return json_response({"video_id": video_id, "pinned": view})
 
 

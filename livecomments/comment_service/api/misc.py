@@ -65,6 +65,14 @@ class Health(Model):
             " (their items and reply previews), since start: what pages cost.",
         ),
     ]
+    pinned_store_reads: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="First pages whose pinned comment was read from the store (the"
+            " Redis copy was missing), since start.",
+        ),
+    ]
 
 
 class Readiness(Model):

@@ -42,6 +42,9 @@ The recent-comments cache (``livecomments/comment_service/recent.py``):
   seq: comment JSON, or a stub for change markers.
 - ``v:{<video>}:recent-replies`` sorted set; recent. As the cache. The reply index:
   :func:`reply_member` ``<parent>|<seq>`` (both zero-padded), every score 0.
+- ``v:{<video>}:pinned`` string; pinned (``livecomments/comment_service/pinned.py``).
+  1 h after its last write. The pinned comment's JSON, or ``none``: what first pages
+  show, copied from the video's document in the store.
 
 Limits (``livecomments/comment_service/limits.py``):
 
@@ -69,7 +72,7 @@ reads these):
 - ``bans-loaded`` string; policy. No TTL. The copy of the bans (and warnings) is complete.
 - ``warning:<user>`` string (the warning's id); policy. No TTL: deleted when the user
   acknowledges it. A copy of a user's unacknowledged warning; their posts are refused.
-- ``vs:<video>`` hash (``slow_mode``, ``at``); policy. No TTL (rewritten by every
+- ``vs:<video>`` hash (``slow_mode``, ``hold``, ``min_age``, ``at``); policy. No TTL (rewritten by every
   reload). A copy of a video's settings, only for videos that have some.
 - ``vs-index`` set of video ids; policy. No TTL. The videos with a ``vs:`` hash.
 - ``settings-loaded`` string; policy. ``SETTINGS_RESYNC`` (300 s). The copy of the
@@ -151,6 +154,10 @@ class Keys:
 
     def recent_replies(self, video: str) -> str:
         return _key(self.prefix, "v", _tag(video), "recent-replies")
+
+    def pinned(self, video: str) -> str:
+        """The video's pinned comment as a first page shows it (``pinned.py``)."""
+        return _key(self.prefix, "v", _tag(video), "pinned")
 
     # -- limits ---------------------------------------------------------------------
 

@@ -72,8 +72,8 @@ reads these):
 - ``bans-loaded`` string; policy. No TTL. The copy of the bans (and warnings) is complete.
 - ``warning:<user>`` string (the warning's id); policy. No TTL: deleted when the user
   acknowledges it. A copy of a user's unacknowledged warning; their posts are refused.
-- ``vs:<video>`` hash (``slow_mode``, ``hold``, ``min_age``, ``at``); policy. No TTL (rewritten by every
-  reload). A copy of a video's settings, only for videos that have some.
+- ``vs:<video>`` hash (``slow_mode``, ``hold``, ``min_age``, ``at``); policy. No TTL
+  (rewritten by every reload). A copy of a video's settings, only for videos that have some.
 - ``vs-index`` set of video ids; policy. No TTL. The videos with a ``vs:`` hash.
 - ``settings-loaded`` string; policy. ``SETTINGS_RESYNC`` (300 s). The copy of the
   settings is complete (its expiry forces a reload).

@@ -21,6 +21,7 @@ from livecomments.comment_service.api.context import (
     client_ip,
     json_response,
     limit,
+    staff_caller,
 )
 from livecomments.comment_service.api.params import (
     COMMENT,
@@ -316,8 +317,7 @@ async def list_replies(request: web.Request) -> web.Response:
 async def edit_comment(request: web.Request) -> web.Response:
     """Moderators and admins edit any comment; the change reaches viewers live."""
     video_id, comment_id = VIDEO(request), COMMENT(request)
-    principal = await caller(request)
-    await request.app[ACCOUNTS].require(principal, "moderator")
+    principal = await staff_caller(request)
     body = await COMMENT_EDIT.read(request)
     text = comment_text(body.text, request.app[SETTINGS].max_comment_chars)
     doc = await request.app[COMMENTS].edit(
@@ -348,8 +348,7 @@ async def get_pinned(request: web.Request) -> web.Response:
 async def put_pinned(request: web.Request) -> web.Response:
     """Moderators pin one comment per video (replacing the pin); viewers see it live."""
     video_id = VIDEO(request)
-    principal = await caller(request)
-    await request.app[ACCOUNTS].require(principal, "moderator")
+    principal = await staff_caller(request)
     body = await PIN_REQUEST.read(request)
     comment_id = optional_id(body.comment_id, "comment_id")
     assert comment_id is not None  # the model requires it
@@ -361,14 +360,14 @@ async def put_pinned(request: web.Request) -> web.Response:
 
 async def delete_pinned(request: web.Request) -> web.Response:
     video_id = VIDEO(request)
-    principal = await caller(request)
-    await request.app[ACCOUNTS].require(principal, "moderator")
+    principal = await staff_caller(request)
     if not await request.app[COMMENTS].unpin(principal, video_id, request_id=request[REQUEST_ID]):
         raise NotFound("no comment is pinned on this video", code="not_pinned")
     return web.Response(status=204)
 
 
 TEXT_ERRORS = ("invalid_type", "empty_text", "text_too_long", "invalid_characters")
+MODERATOR_RATES = (("moderate_limit_user", "user"),)
 HISTORY_RATES = (
     ("history_limit_ip", "client IP (anonymous)"),
     ("history_limit_user", "user (logged in)"),
@@ -451,6 +450,7 @@ ROUTES = (
         (Ok(200, "The edited comment.", Comment),),
         notes=("The edit reaches viewers live as a comment.updated event.",),
         role="moderator",
+        rates=MODERATOR_RATES,
         params=(VIDEO, COMMENT),
         body=COMMENT_EDIT,
         errors={400: TEXT_ERRORS, 404: ("comment_not_found",), 409: ("comment_deleted",)},
@@ -494,6 +494,7 @@ ROUTES = (
             "(an `unpinned` event).",
         ),
         role="moderator",
+        rates=MODERATOR_RATES,
         params=(VIDEO,),
         body=PIN_REQUEST,
         errors={
@@ -510,6 +511,7 @@ ROUTES = (
         "moderation",
         (Ok(204, "Unpinned: viewers receive an `unpinned` event."),),
         role="moderator",
+        rates=MODERATOR_RATES,
         params=(VIDEO,),
         errors={404: ("not_pinned",)},
     ),

@@ -124,3 +124,16 @@ async def limit(request: web.Request, what: str, *buckets: tuple[str, str]) -> N
     """Take a token from each ``(bucket name, "N/S" rate)``, or answer 429."""
     limiter = request.app[LIMITER]
     await limiter.take(what, *((name, Rate.parse(spec)) for name, spec in buckets))
+
+
+async def staff_caller(request: web.Request, role: str = "moderator") -> Principal:
+    """The caller, if their current role (read from the store) is at least ``role``;
+    every call counts against their ``moderate_limit_user`` bucket."""
+    principal = await caller(request)
+    await limit(
+        request,
+        "moderation actions",
+        (f"moderate-user:{principal.user_id}", request.app[SETTINGS].moderate_limit_user),
+    )
+    await request.app[ACCOUNTS].require(principal, role)
+    return principal

@@ -20,6 +20,7 @@ from livecomments.comment_service.api.context import (
     caller,
     json_response,
     limit,
+    staff_caller,
 )
 from livecomments.comment_service.api.params import (
     COMMENT,
@@ -336,18 +337,6 @@ HELD_VIDEO = QueryVideo("Only this video's.")
 # -- handlers ---------------------------------------------------------------------
 
 
-async def _moderator(request: web.Request, role: str = "moderator") -> Principal:
-    """The caller, if their current role (read from the store) is at least ``role``."""
-    principal = await caller(request)
-    await limit(
-        request,
-        "moderation actions",
-        (f"moderate-user:{principal.user_id}", request.app[SETTINGS].moderate_limit_user),
-    )
-    await request.app[ACCOUNTS].require(principal, role)
-    return principal
-
-
 def _page_args(request: web.Request) -> tuple[int | None, int]:
     limit_ = LIMIT(request)
     return BEFORE(request), limit_
@@ -372,7 +361,7 @@ async def report_comment(request: web.Request) -> web.Response:
 
 
 async def list_reports(request: web.Request) -> web.Response:
-    await _moderator(request)
+    await staff_caller(request)
     status = STATUS(request)
     before, limit_ = _page_args(request)
     docs = await request.app[MODERATION].reports(status, before=before, limit=limit_)
@@ -381,7 +370,7 @@ async def list_reports(request: web.Request) -> web.Response:
 
 
 async def resolve_report(request: web.Request) -> web.Response:
-    principal = await _moderator(request)
+    principal = await staff_caller(request)
     report_id = REPORT(request)
     body = await REPORT_RESOLUTION.read(request)
     result = await request.app[MODERATION].resolve(principal, report_id, body.action)
@@ -389,7 +378,7 @@ async def resolve_report(request: web.Request) -> web.Response:
 
 
 async def list_held(request: web.Request) -> web.Response:
-    await _moderator(request)
+    await staff_caller(request)
     video = HELD_VIDEO(request)
     before, limit_ = _page_args(request)
     docs = await request.app[HELD].held(video, before=before, limit=limit_)
@@ -398,26 +387,26 @@ async def list_held(request: web.Request) -> web.Response:
 
 
 async def approve_held(request: web.Request) -> web.Response:
-    principal = await _moderator(request)
+    principal = await staff_caller(request)
     doc = await request.app[COMMENTS].approve(principal, COMMENT(request))
     return json_response(events.comment_json(doc))
 
 
 async def deny_held(request: web.Request) -> web.Response:
-    principal = await _moderator(request)
+    principal = await staff_caller(request)
     doc = await request.app[COMMENTS].deny(principal, COMMENT(request))
     return json_response(HeldComment.of(doc))
 
 
 async def list_flagged(request: web.Request) -> web.Response:
-    await _moderator(request)
+    await staff_caller(request)
     _, limit_ = _page_args(request)
     users = await request.app[MODERATION].flagged(limit_)
     return json_response(UserList(items=[UserDetails.of(u) for u in users]))
 
 
 async def clear_flag(request: web.Request) -> web.Response:
-    principal = await _moderator(request)
+    principal = await staff_caller(request)
     user = await request.app[MODERATION].clear_flag(USER(request), principal.user_id)
     return json_response(UserDetails.of(user))
 
@@ -452,7 +441,7 @@ async def _below(
 
 async def put_ban(request: web.Request) -> web.Response:
     """Ban (no duration) or time out (``duration_seconds``) a user, on one video or all."""
-    principal = await _moderator(request)
+    principal = await staff_caller(request)
     scope, user_id = _scope(request), USER(request)
     body = await BAN_REQUEST.read(request)
     reason = plain_text(body.reason, "reason", REASON_CHARS)
@@ -465,7 +454,7 @@ async def put_ban(request: web.Request) -> web.Response:
 
 async def post_warning(request: web.Request) -> web.Response:
     """Warn a user: their next post is refused until they acknowledge the warning."""
-    principal = await _moderator(request)
+    principal = await staff_caller(request)
     user_id = USER(request)
     body = await WARNING_REQUEST.read(request)
     reason = plain_text(body.reason, "reason", REASON_CHARS)
@@ -494,7 +483,7 @@ async def acknowledge_warning(request: web.Request) -> web.Response:
 
 async def delete_ban(request: web.Request) -> web.Response:
     """Lift a ban; a moderator cannot lift one an admin set (403 ``ban_set_by_admin``)."""
-    principal = await _moderator(request)
+    principal = await staff_caller(request)
     actor_role = await _role_of(request, principal.user_id)
     found = await request.app[POLICIES].unban(_scope(request), USER(request), by_role=actor_role)
     if not found:
@@ -503,7 +492,7 @@ async def delete_ban(request: web.Request) -> web.Response:
 
 
 async def list_bans(request: web.Request) -> web.Response:
-    await _moderator(request)
+    await staff_caller(request)
     docs = await request.app[POLICIES].bans(_scope(request))
     return json_response(BanList(items=[Ban.of(d) for d in docs]))
 
@@ -516,7 +505,7 @@ async def get_settings(request: web.Request) -> web.Response:
 
 async def patch_settings(request: web.Request) -> web.Response:
     video_id = VIDEO(request)
-    principal = await _moderator(request)
+    principal = await staff_caller(request)
     body = await SETTINGS_CHANGE.read(request)
     seconds, most = body.slow_mode_seconds, request.app[SETTINGS].max_slow_mode
     if seconds > most:
@@ -532,7 +521,7 @@ async def patch_settings(request: web.Request) -> web.Response:
 async def put_shield(request: web.Request) -> web.Response:
     """Shield mode on (a stricter preset at once) or off (the settings from before)."""
     video_id = VIDEO(request)
-    principal = await _moderator(request)
+    principal = await staff_caller(request)
     body = await SHIELD_SWITCH.read(request)
     s = request.app[SETTINGS]
     preset = ShieldPreset(s.shield_slow_mode, s.shield_hold_threshold, s.shield_min_account_age)
@@ -542,7 +531,7 @@ async def put_shield(request: web.Request) -> web.Response:
 
 async def put_role(request: web.Request) -> web.Response:
     """Admins make moderators (and admins), or take the role back."""
-    principal = await _moderator(request, "admin")
+    principal = await staff_caller(request, "admin")
     user_id = USER(request)
     body = await ROLE_CHANGE.read(request)
     if user_id == principal.user_id:

@@ -43,10 +43,15 @@ FIRST_COMMENT = "first_comment"
 Doc = dict[str, Any]
 
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+MS = dt.timedelta(milliseconds=1)
+
+
 def _ms(at: dt.datetime) -> int:
+    """``at`` in whole ms since 1970 (in integers: a float timestamp can lose the last ms)."""
     if at.tzinfo is None:
         at = at.replace(tzinfo=dt.UTC)
-    return int(at.timestamp() * 1000)
+    return (at - EPOCH) // MS
 
 
 def event_ms(doc: Doc) -> int | None:
@@ -131,7 +136,7 @@ class Replay:
         at_ms = event_ms(first) if first is not None else None
         if at_ms is None:
             return None
-        at = dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC)
+        at = EPOCH + at_ms * MS
         doc = await self._store.set_live_at(
             video_id, at, {"live_at_source": FIRST_COMMENT}, only_if_absent=True
         )

@@ -28,7 +28,7 @@ Doc = dict[str, Any]
 
 # What says when viewers saw a stored event (replay.event_ms), and its seq.
 EVENT_TIME_FIELDS = {"seq": 1, "created_at_ms": 1, "created_at": 1, "approved_at_ms": 1,
-                     "approved_at": 1}  # fmt: skip
+                     "approved_at": 1, "void": 1, "marker": 1}  # fmt: skip
 REPLIES_INDEX = "replies"  # a comment's replies by seq (history previews)
 # Indexes of earlier versions that no query needs, dropped at start-up: each cost
 # every insert an index entry. (video_id, _id): a lookup by id uses ``_id``;
@@ -229,16 +229,23 @@ class Store:
         ``comments_only``, nor a change marker), ascending by seq; only its times.
 
         The range is bounded on both sides so that every store reads at most
-        ``hi - lo + 1`` entries of the ``(video_id, seq)`` index for it: replay
-        searches probe with a small window, never with an open-ended range.
+        ``hi - lo + 1`` entries of the ``(video_id, seq)`` index for it (replay
+        searches probe with a small window, never an open-ended range). Voids and
+        markers are skipped here rather than in the query: a condition on a field
+        the index lacks can turn the read into a scan on some stores.
         """
-        query: Doc = {"video_id": video_id, "seq": {"$gte": lo, "$lte": hi}, "void": None}
-        if comments_only:
-            query["marker"] = None
+        if hi < lo:
+            return None
         with _guard():
-            return await self.comments.find_one(
-                query, projection=EVENT_TIME_FIELDS, sort=[("seq", ASCENDING)]
-            )
+            cursor = self.comments.find(
+                {"video_id": video_id, "seq": {"$gte": lo, "$lte": hi}},
+                projection=EVENT_TIME_FIELDS,
+            ).sort("seq", ASCENDING)
+            async for doc in cursor:
+                if not doc.get("void") and not (comments_only and doc.get("marker")):
+                    await cursor.close()
+                    return doc
+        return None
 
     async def comments_at(self, video_id: str, seqs: list[int]) -> list[Doc]:
         """The documents (comments, change markers, voids) at these seqs, ascending."""

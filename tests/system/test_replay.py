@@ -116,12 +116,17 @@ def event_ms(doc: Doc) -> int:
     return int(doc.get("approved_at_ms") or doc["created_at_ms"])
 
 
-async def expected(
-    db: AsyncDatabase[Doc], video: str, start_ms: int, from_ms: int = 0, to_ms: int | None = None
+async def stored_docs(db: AsyncDatabase[Doc], video: str) -> list[Doc]:
+    """Every document of the video, by seq."""
+    return await db.comments.find({"video_id": video}).sort("seq", 1).to_list(None)
+
+
+def expected(
+    docs: list[Doc], start_ms: int, from_ms: int = 0, to_ms: int | None = None
 ) -> list[tuple[str, int]]:
-    """(id, offset_ms) of what a replay of the range shows, from every stored document."""
+    """(id, offset_ms) of what a replay of the range shows, from the stored documents."""
     out = []
-    async for doc in db.comments.find({"video_id": video}).sort("seq", 1):
+    for doc in docs:
         if doc.get("marker") or doc.get("void") or doc.get("status") != "visible":
             continue
         offset = event_ms(doc) - start_ms
@@ -207,7 +212,8 @@ async def test_ranges_over_thousands_of_comments(
     began = time.perf_counter()
     items, bodies = await replay_all(api, video, limit=100)
     took = time.perf_counter() - began
-    whole = await expected(db, video, start_ms)
+    now_stored = await stored_docs(db, video)
+    whole = expected(now_stored, start_ms)
     assert pairs(items) == whole
     assert len(whole) > 2500 and len({i for i, _ in whole}) == len(whole)
     assert [item["seq"] for item in items] == sorted(item["seq"] for item in items)
@@ -244,7 +250,7 @@ async def test_ranges_over_thousands_of_comments(
             "GET", f"/api/videos/{video}/replay?from_ms={lo}&to_ms={hi}&limit=100"
         )
         assert status == 200, page
-        want = await expected(db, video, start_ms, lo, hi)
+        want = expected(now_stored, start_ms, lo, hi)
         assert pairs(page["items"]) == want[: len(page["items"])], (lo, hi)
         # One search per range, each probe a few seqs of the index: a binary search.
         cost = await replay_reads(api)
@@ -264,7 +270,7 @@ async def test_ranges_over_thousands_of_comments(
     assert pairs(tiles) == whole
     x = offsets[1234]
     one, _ = await replay_all(api, video, from_ms=x, to_ms=x + 1, limit=1)
-    assert pairs(one) == await expected(db, video, start_ms, x, x + 1) != []
+    assert pairs(one) == expected(now_stored, start_ms, x, x + 1) != []
     none, _ = await replay_all(api, video, from_ms=x - 1, to_ms=x, limit=1)
     assert all(offset < x for _, offset in pairs(none))
     # Past the end: nothing, and nothing more.
@@ -382,7 +388,7 @@ async def test_the_start_set_by_staff_replaces_the_derived_one(
     assert status == 200 and body["started_at_ms"] == second
     items, _ = await replay_all(api, video)
     assert [i["id"] for i in items] == [
-        i for i, offset in await expected(db, video, second) if offset >= 0
+        i for i, offset in expected(await stored_docs(db, video), second) if offset >= 0
     ]
     assert posted[1]["id"] in [i["id"] for i in items]
 
@@ -480,7 +486,7 @@ async def test_the_page_replays_comments_at_their_pace_from_an_offset(
     for n in range(1, 4):
         docs.append(comment_doc(video, len(docs) + 1, start + 72_000 + n * 1000, f"slow {n}"))
     await insert(db, docs)
-    want = [(i, o) for i, o in await expected(db, video, start) if o >= 60_000]
+    want = expected(await stored_docs(db, video), start, 60_000)
     assert len(want) == 144
 
     context = await browser.new_context(ignore_https_errors=True, bypass_csp=True)

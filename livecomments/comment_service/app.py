@@ -16,6 +16,7 @@ from livecomments.comment_service.api import (
     misc,
     moderation,
     reactions,
+    replay,
     streams,
 )
 from livecomments.comment_service.api.context import (
@@ -172,4 +173,5 @@ def build_app(settings: CommentServiceSettings) -> web.Application:
     comments.add_routes(app)
     streams.add_routes(app)
     moderation.add_routes(app)
+    replay.add_routes(app)
     return app

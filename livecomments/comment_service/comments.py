@@ -564,7 +564,13 @@ class Comments:
             raise Conflict(f"the comment was already {held.get('state')}", code="already_settled")
         doc = {k: v for k, v in held.items() if k not in ("state", "score", "reasons")}
         now = utcnow()
-        doc.update(status=events.STATUS_VISIBLE, approved_by=actor.user_id, approved_at=now)
+        # Viewers see it now, at its new seq: a replay shows it at this time too.
+        doc.update(
+            status=events.STATUS_VISIBLE,
+            approved_by=actor.user_id,
+            approved_at=now,
+            approved_at_ms=int(now.timestamp() * 1000),
+        )
         try:
             await self._publish(doc)
         except Conflict as exc:

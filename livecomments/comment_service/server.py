@@ -28,6 +28,7 @@ from livecomments.comment_service.pinned import PinnedCache
 from livecomments.comment_service.policy import Policies
 from livecomments.comment_service.reactions import Reactions
 from livecomments.comment_service.recent import RecentCache
+from livecomments.comment_service.replay import Replay
 from livecomments.coord import ZK, NodeDirectory, Placement, Policy
 from livecomments.coord.membership import WorkerLease
 from livecomments.coord.records import RtmsNode
@@ -75,6 +76,7 @@ class CommentServer:
             settings.redis_url, self.redis_latency, socket_timeout=2.0, socket_connect_timeout=2.0
         )
         self.sequencer = Sequencer(self.redis, settings.redis_prefix, self.store, outbox=True)
+        self.replay = Replay(self.store, self.sequencer)
         # /readyz: ZooKeeper connected, Redis and the store answering, not stopping.
         self.readiness = Readiness()
         self.zk.follow_in(self.readiness)
@@ -184,6 +186,11 @@ class CommentServer:
             "history_pages": dict(self.comments.page_reads) if self.comments else {},
             "history_cache_entries_read": self.recent.entries_read,
             "pinned_store_reads": self.pins.fills,
+            "replay_reads": {
+                "searches": self.replay.searches,
+                "probes": self.replay.probes,
+                "documents": self.replay.documents_read,
+            },
         }
 
     def _collect(self) -> Iterator[m.Metric]:
@@ -271,6 +278,7 @@ class CommentServer:
         app[keys.LIMITER] = self.limiter
         app[keys.LOGIN_LIMITS] = self.login_limits
         app[keys.PLACEMENT] = self.placement
+        app[keys.REPLAY] = self.replay
         app[keys.CORS] = self.cors
         app[keys.PAGE] = self.page
         app[keys.HEALTH] = self.health

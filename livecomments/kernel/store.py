@@ -26,6 +26,9 @@ from livecomments.kernel.metrics import Histograms
 
 Doc = dict[str, Any]
 
+# What says when viewers saw a stored event (replay.event_ms), and its seq.
+EVENT_TIME_FIELDS = {"seq": 1, "created_at_ms": 1, "created_at": 1, "approved_at_ms": 1,
+                     "approved_at": 1, "void": 1, "marker": 1}  # fmt: skip
 REPLIES_INDEX = "replies"  # a comment's replies by seq (history previews)
 # Indexes of earlier versions that no query needs, dropped at start-up: each cost
 # every insert an index entry. (video_id, _id): a lookup by id uses ``_id``;
@@ -218,6 +221,31 @@ class Store:
                 {"video_id": video_id, "seq": {"$gte": lo, "$lte": hi}}
             ).sort("seq", ASCENDING)
             return await cursor.to_list(length=hi - lo + 1)
+
+    async def first_by_seq(
+        self, video_id: str, lo: int, hi: int, *, comments_only: bool = False
+    ) -> Doc | None:
+        """The first document with ``lo <= seq <= hi`` that is not a void (with
+        ``comments_only``, nor a change marker), ascending by seq; only its times.
+
+        The range is bounded on both sides so that every store reads at most
+        ``hi - lo + 1`` entries of the ``(video_id, seq)`` index for it (replay
+        searches probe with a small window, never an open-ended range). Voids and
+        markers are skipped here rather than in the query: a condition on a field
+        the index lacks can turn the read into a scan on some stores.
+        """
+        if hi < lo:
+            return None
+        with _guard():
+            cursor = self.comments.find(
+                {"video_id": video_id, "seq": {"$gte": lo, "$lte": hi}},
+                projection=EVENT_TIME_FIELDS,
+            ).sort("seq", ASCENDING)
+            async for doc in cursor:
+                if not doc.get("void") and not (comments_only and doc.get("marker")):
+                    await cursor.close()
+                    return doc
+        return None
 
     async def comments_at(self, video_id: str, seqs: list[int]) -> list[Doc]:
         """The documents (comments, change markers, voids) at these seqs, ascending."""
@@ -496,6 +524,27 @@ class Store:
                 query, {"$unset": {"pinned": ""}}, return_document=ReturnDocument.BEFORE
             )
         return (before or {}).get("pinned")
+
+    async def set_live_at(
+        self, video_id: str, at: dt.datetime, changes: Doc, *, only_if_absent: bool
+    ) -> Doc:
+        """Record when the video went live (``live_at``, with ``changes``); the videos
+        document after it. ``only_if_absent``: keep a start that is already recorded
+        (a derived start is remembered once, and never replaces the staff's)."""
+        update = {"$set": {"live_at": at, **changes}}
+        query: Doc = {"_id": video_id}
+        if only_if_absent:
+            query["live_at"] = None
+        try:
+            with _guard():
+                doc = await self._col("videos").find_one_and_update(
+                    query, update, upsert=True, return_document=ReturnDocument.AFTER
+                )
+        except DuplicateKeyError:
+            doc = None  # the document exists and has a start: the upsert met its _id
+        if doc is None:
+            doc = await self.video_settings(video_id)
+        return doc
 
     # -- users ----------------------------------------------------------------
 

@@ -349,7 +349,9 @@ async def seed(api: Api, cluster: Cluster, flag_threshold: int) -> Seeds:
                          ("GET", "/api/videos/{video_id}/stream"),
                          ("GET", "/api/videos/{video_id}/settings"),
                          ("PATCH", "/api/videos/{video_id}/settings"),
-                         ("GET", "/api/videos/{video_id}/bans")):  # fmt: skip
+                         ("GET", "/api/videos/{video_id}/bans"),
+                         ("GET", "/api/videos/{video_id}/live"),
+                         ("GET", "/api/videos/{video_id}/replay")):  # fmt: skip
         fixed[method, path] = {"video_id": video}
     for method, path in (("GET", one), ("PATCH", one), ("GET", one + "/replies"),
                          ("PUT", one + "/reactions/{reaction}"),
@@ -512,10 +514,13 @@ def stored_problems(
     chars = settings.max_comment_chars
     checks: list[str | None] = []
     if collection == "videos":
-        slow = doc.get("slow_mode", 0)
+        slow = doc.get("slow_mode", 0)  # absent: a video with only a start (replay)
+        live_at = doc.get("live_at")
         checks += [
             None if is_video(doc["_id"]) else "_id",
             None if isinstance(slow, int) and 0 <= slow <= settings.max_slow_mode else "slow_mode",
+            None if live_at is None or isinstance(live_at, dt.datetime) else "live_at",
+            None if doc.get("live_at_source") in (None, "staff", "first_comment") else "source",
         ]
     elif collection == "bans":
         scope = doc.get("scope")

@@ -21,6 +21,7 @@ from livecomments.comment_service.metrics import ServiceMetrics
 from livecomments.comment_service.moderation import Moderation
 from livecomments.comment_service.policy import Policies
 from livecomments.comment_service.reactions import Reactions
+from livecomments.comment_service.replay import Replay
 from livecomments.coord import Placement
 from livecomments.kernel.errors import LiveCommentsError, Unauthorized
 from livecomments.kernel.ids import Snowflake
@@ -53,6 +54,7 @@ POLICIES = web.AppKey("policies", Policies)
 LIMITER = web.AppKey("limiter", Limiter)
 LOGIN_LIMITS = web.AppKey("login_limits", LoginLimits)
 PLACEMENT = web.AppKey("placement", Placement)
+REPLAY = web.AppKey("replay", Replay)
 CORS = web.AppKey("cors", Cors)
 # The viewer page and its Content-Security-Policy, for the RTMS nodes up now.
 PAGE: web.AppKey[Callable[[], tuple[bytes, str]]] = web.AppKey("page")

@@ -38,6 +38,14 @@ class HistoryPages(Model):
     store: Count | UnsetType = UNSET
 
 
+class ReplayReads(Model):
+    searches: Annotated[int, Meta(ge=0, description="Searches for a range's first seq.")]
+    probes: Annotated[
+        int, Meta(ge=0, description="Their probes, each a read of a few seqs of the index.")
+    ]
+    documents: Annotated[int, Meta(ge=0, description="Documents read to answer ranges.")]
+
+
 class Health(Model):
     """This replica's view of the system (``CommentServer.health``)."""
 
@@ -72,6 +80,10 @@ class Health(Model):
             description="First pages whose pinned comment was read from the store (the"
             " Redis copy was missing), since start.",
         ),
+    ]
+    replay_reads: Annotated[
+        ReplayReads,
+        Meta(description="What replay ranges cost the store, since start."),
     ]
 
 

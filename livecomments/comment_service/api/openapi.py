@@ -23,6 +23,7 @@ from livecomments.comment_service.api import (
     misc,
     moderation,
     reactions,
+    replay,
     streams,
 )
 from livecomments.comment_service.api.body import BODY_ERRORS
@@ -41,6 +42,7 @@ ROUTES: tuple[Route, ...] = (
     *comments.ROUTES,
     *streams.ROUTES,
     *moderation.ROUTES,
+    *replay.ROUTES,
 )
 REF = "#/components/schemas/{name}"
 AUTH_ERRORS = ("unauthorized", "invalid_token", "token_expired", "token_revoked")

@@ -470,6 +470,7 @@ async def test_a_moderator_raises_the_shield_from_the_panel(
     assert status == 200, body
     mod_page = await pages.open(video, await username(api, moderator[0]))
     shield = mod_page.locator("#shield-on")
+    await expect(mod_page.locator("#slow-mode")).to_have_value("5")  # the panel has loaded
     await expect(shield).not_to_be_checked()
     await shield.check()
     await expect(mod_page.locator("#slow-mode")).to_have_value("30", timeout=LIVE)

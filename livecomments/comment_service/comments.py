@@ -447,8 +447,10 @@ class Comments:
     async def delete(
         self, actor: Principal, doc: dict[str, Any], *, request_id: str = ""
     ) -> dict[str, Any]:
-        """Tombstone ``doc`` (permission already checked); deleting twice changes nothing."""
+        """Tombstone ``doc`` (permission already checked); deleting twice changes nothing
+        (but finishes the unpinning of a delete that failed after its tombstone)."""
         if doc.get("status") == events.STATUS_DELETED:
+            await self._unpin_deleted(actor, doc, request_id)
             return doc
         changes = {
             "status": events.STATUS_DELETED,
@@ -461,12 +463,20 @@ class Comments:
         if updated is None:
             return await self.get(doc["video_id"], doc["_id"])  # someone else deleted it
         await self._announce(actor, updated, "comment.deleted", request_id)
-        # A deleted comment is unpinned (after the tombstone: a pin racing this
-        # delete checks the comment after it pinned, see ``pin``).
-        if await self._store.clear_pin(doc["video_id"], doc["_id"]) is not None:
-            await self._pin_copy(doc["video_id"], None)
-            await self._announce(actor, updated, "unpinned", request_id)
+        await self._unpin_deleted(actor, updated, request_id)
         return updated
+
+    async def _unpin_deleted(
+        self, actor: Principal, tombstone: dict[str, Any], request_id: str
+    ) -> None:
+        """A deleted comment is unpinned: after the tombstone, so that a pin racing the
+        delete, which checks the comment after it pinned (``pin``), sees one or the other.
+        The Redis copy first takes the tombstone if it holds this comment: no first page
+        shows the deleted text, even if what follows fails."""
+        await self._pins.edited(tombstone)
+        if await self._store.clear_pin(tombstone["video_id"], tombstone["_id"]) is not None:
+            await self._pin_copy(tombstone["video_id"], None)
+            await self._announce(actor, tombstone, "unpinned", request_id)
 
     # -- the pinned comment ---------------------------------------------------------
     #

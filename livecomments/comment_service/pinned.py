@@ -11,9 +11,11 @@ shows less than the markers up to its resume did (the stream replays the rest).
 A missing copy (new video, expired, Redis restarted) is filled from the store
 with SET NX, so a fill that read the store before a pin cannot overwrite the
 pin's own write. An edit of the pinned comment replaces the copy only with a
-newer revision of that same comment (``pinned_update.lua``). The copy expires
-``TTL`` after it was written, which bounds how long a write that failed halfway
-(the store changed, Redis did not) can show an old pin.
+newer revision of that same comment (``pinned_update.lua``), and so does a
+delete, before the store's pin is cleared (a tombstone there reads as nothing
+pinned, so deleted text never shows). The copy expires ``TTL`` after it was
+written, which bounds how long a write that failed halfway (the store changed,
+Redis did not) can show an old pin.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class PinnedCache:
             except orjson.JSONDecodeError:
                 view = None
             if isinstance(view, dict):
-                return view
+                # A tombstone: its delete had not unpinned it yet (see Comments.delete).
+                return None if view.get("status") == events.STATUS_DELETED else view
         self.fills += 1
         doc = await load()
         view = events.comment_json(doc) if doc is not None else None
@@ -77,7 +80,8 @@ class PinnedCache:
         await self._redis.set(self._keys.pinned(video_id), _value(view), ex=TTL)
 
     async def edited(self, doc: dict[str, Any]) -> None:
-        """``doc`` was edited: if it is the pinned comment, the copy shows the edit."""
+        """``doc`` was edited or deleted: if it is the pinned comment, the copy shows it
+        (a deleted one reads as nothing pinned)."""
         view = events.comment_json(doc)
         try:
             await self._update(

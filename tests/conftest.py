@@ -24,16 +24,21 @@ _namespaces = itertools.count(1)
 # Under pytest-xdist (``make test`` runs the system modules on several workers) every
 # worker starts its own backends and clusters: give each a port range of its own
 # (below the kernel's ephemeral ports), so no two workers ever pick the same port.
+# A range given by whoever runs the tests wins; the default one-process range set
+# below (which workers inherit from the controller process) does not.
+_DEFAULTED = "LIVECOMMENTS_TEST_PORT_RANGE_DEFAULTED"
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _worker.startswith("gw"):
     _first = 20000 + 1500 * int(_worker[2:])
-    os.environ.setdefault("LIVECOMMENTS_PORT_RANGE", f"{_first}-{_first + 1499}")
-else:
+    if os.environ.pop(_DEFAULTED, "") or "LIVECOMMENTS_PORT_RANGE" not in os.environ:
+        os.environ["LIVECOMMENTS_PORT_RANGE"] = f"{_first}-{_first + 1499}"
+elif "LIVECOMMENTS_PORT_RANGE" not in os.environ:
     # One process: a range below the ephemeral ports all the same. A port the kernel
     # picks (bind to 0) can be taken by an outgoing connection between the choice and
     # the server's bind ("address already in use"), and the browser and load tests
     # open many.
-    os.environ.setdefault("LIVECOMMENTS_PORT_RANGE", "23000-24999")
+    os.environ["LIVECOMMENTS_PORT_RANGE"] = "23000-24999"
+    os.environ[_DEFAULTED] = "1"
 
 # Limits high enough that tests about something else never meet them; the
 # tests of the limits set their own through their module's CLUSTER_ENV.

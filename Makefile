@@ -13,8 +13,13 @@ SYSTEM_PACKAGES := zookeeper redis-server
 run: bootstrap
 	$(BIN)/livecomments up
 
+# Two workers (pytest-xdist, one test module at a time each, the longest first; every
+# worker has backends, clusters and a port range of its own): most of a system test is
+# waiting on processes and sockets, so two share two cores well. TEST_WORKERS= runs
+# the suite in one process.
+TEST_WORKERS ?= -n 2 --dist loadfile
 test: bootstrap a11y-deps
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # axe-core from npm (pinned in tests/a11y/package-lock.json), which the browser
 # tests run inside Chromium.

@@ -304,15 +304,55 @@ def wait_port(proc: Proc, timeout: float) -> None:
     wait_until(proc, lambda: port_open(proc.port), timeout, "waiting for its port")
 
 
-def start_redis(run_dir: Path, port: int, *, wait: bool = True) -> Proc:
-    """``wait=False`` returns at once (then :func:`wait_port`), as for our components."""
-    data = run_dir / "redis"
+def start_redis(
+    run_dir: Path,
+    port: int,
+    *,
+    wait: bool = True,
+    name: str = "redis",
+    replica_of: int | None = None,
+) -> Proc:
+    """``wait=False`` returns at once (then :func:`wait_port`), as for our components.
+    ``replica_of``: the port of a primary on this host to replicate."""
+    data = run_dir / name
     data.mkdir(parents=True, exist_ok=True)
     argv = [
         "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
         "--appendonly", "no", "--dir", str(data), "--daemonize", "no", "--maxclients", "10000",
     ]  # fmt: skip
-    proc = spawn("redis", argv, run_dir / "logs", port=port)
+    if replica_of is not None:
+        argv += ["--replicaof", "127.0.0.1", str(replica_of)]
+    proc = spawn(name, argv, run_dir / "logs", port=port)
+    if wait:
+        wait_port(proc, 15)
+    return proc
+
+
+def start_sentinel(
+    run_dir: Path,
+    port: int,
+    master: str,
+    primary_port: int,
+    *,
+    name: str = "sentinel",
+    quorum: int = 2,
+    down_after_ms: int = 1000,
+    wait: bool = True,
+) -> Proc:
+    """A Redis Sentinel watching the primary on ``primary_port`` as ``master``. It
+    rewrites its config file as it learns the other sentinels and the replicas."""
+    data = run_dir / name
+    data.mkdir(parents=True, exist_ok=True)
+    conf = data / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndaemonize no\ndir {data}\n"
+        f"sentinel monitor {master} 127.0.0.1 {primary_port} {quorum}\n"
+        f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
+        f"sentinel failover-timeout {master} {down_after_ms * 5}\n"
+        f"sentinel parallel-syncs {master} 1\n",
+        encoding="utf-8",
+    )
+    proc = spawn(name, ["redis-server", str(conf), "--sentinel"], run_dir / "logs", port=port)
     if wait:
         wait_port(proc, 15)
     return proc

@@ -12,6 +12,7 @@ from livecomments.coord import ZK
 from livecomments.coord.membership import WorkerLease
 from livecomments.kernel.errors import NotFound, ValidationError
 from livecomments.kernel.ids import Snowflake
+from livecomments.kernel.redis.timed import connect as connect_redis
 from livecomments.kernel.settings import BackendSettings
 from livecomments.kernel.store import Store
 
@@ -24,7 +25,7 @@ async def create_admin(settings: BackendSettings, username: str, password: str) 
     username, password = check_credentials({"username": username, "password": password})
     check_new_password(username, password)
     store = Store(settings.mongo_uri, settings.mongo_db, settings.mongo_timeout)
-    redis: Redis = Redis.from_url(settings.redis_url)
+    redis: Redis = connect_redis(settings)
     zk = ZK(settings.zk_hosts, settings.zk_root, timeout=settings.zk_timeout, auth=settings.zk_auth)
     lease = WorkerLease(zk)  # user ids are Snowflakes: this process needs a worker id too
     await store.start(create_indexes=True)

@@ -39,7 +39,7 @@ from livecomments.kernel.ids import Snowflake
 from livecomments.kernel.rates import Rate
 from livecomments.kernel.readiness import REDIS, STORE, Readiness
 from livecomments.kernel.redis.direct import DirectScripts
-from livecomments.kernel.redis.timed import TimedRedis
+from livecomments.kernel.redis.timed import connect as connect_redis
 from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.settings import CommentServiceSettings, default_node_id
 from livecomments.kernel.store import Store
@@ -72,8 +72,8 @@ class CommentServer:
             settings.mongo_uri, settings.mongo_db, settings.mongo_timeout, self.store_latency
         )
         self.redis_latency = m.Histograms()
-        self.redis: Redis = TimedRedis.connect(
-            settings.redis_url, self.redis_latency, socket_timeout=2.0, socket_connect_timeout=2.0
+        self.redis: Redis = connect_redis(
+            settings, self.redis_latency, socket_timeout=2.0, socket_connect_timeout=2.0
         )
         self.sequencer = Sequencer(self.redis, settings.redis_prefix, self.store, outbox=True)
         self.replay = Replay(self.store, self.sequencer)

@@ -46,6 +46,13 @@ class BackendSettings:
     zk_auth: str = ""
     redis_url: str = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
     redis_prefix: str = "lc:"
+    # Redis Sentinel: "host:port" of each sentinel (comma-separated in the variable).
+    # Set, they name the primary (redis_sentinel_master) and are asked again after a
+    # failover; redis_url then gives only the database, the credentials and TLS
+    # (rediss://), not the address.
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_master: str = "livecomments"
+    redis_sentinel_password: str = ""  # the sentinels' own password, if they have one
     # (`up`'s embedded store; retryWrites=false: see cli/cluster.py embedded_store_uri)
     mongo_uri: str = f"mongodb://127.0.0.1:{DEFAULT_MONGO_PORT}/?retryWrites=false"
     mongo_db: str = "livecomments"
@@ -90,6 +97,12 @@ class BackendSettings:
 
     def __post_init__(self) -> None:
         TrustedProxies(self.trusted_proxies)  # a typo stops the process at start-up
+        for entry in self.redis_sentinels:
+            host, sep, port = entry.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(
+                    f"{ENV_PREFIX}REDIS_SENTINELS: expected host:port[,host:port...], got {entry!r}"
+                )
         if self.shutdown_delay < 0:
             raise ConfigError(
                 f"LIVECOMMENTS_SHUTDOWN_DELAY: expected seconds >= 0, got {self.shutdown_delay}"

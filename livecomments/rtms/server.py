@@ -22,7 +22,7 @@ from livecomments.kernel.logs import about
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.kernel.readiness import DRAINING, REDIS, STORE, Readiness
-from livecomments.kernel.redis.timed import TimedRedis
+from livecomments.kernel.redis.timed import connect as connect_redis
 from livecomments.kernel.rpcstream import SERVER_OPTIONS
 from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.settings import RTMSSettings, default_node_id
@@ -93,8 +93,8 @@ class RTMSServer:
             settings.mongo_uri, settings.mongo_db, settings.mongo_timeout, self.store_latency
         )
         self.redis_latency = m.Histograms()
-        self.redis: Redis = TimedRedis.connect(
-            settings.redis_url, self.redis_latency, socket_timeout=2.0, socket_connect_timeout=2.0
+        self.redis: Redis = connect_redis(
+            settings, self.redis_latency, socket_timeout=2.0, socket_connect_timeout=2.0
         )
         # Refuses to start without credentials (or an explicit grpc_insecure).
         self.security = GrpcSecurity.from_settings(settings)

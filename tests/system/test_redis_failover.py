@@ -136,9 +136,13 @@ async def test_a_sentinel_failover_under_steady_posting_loses_nothing_acknowledg
         await task
     try:
         # Every acknowledged comment is stored once and reached the viewer once.
-        history = await all_comments(api, video)
+        history_texts = await all_comments(api, video)
+        history = [comment_id for comment_id, _ in history_texts]
         assert sorted(set(acked)) == sorted(acked)
         assert set(acked) <= set(history), set(acked) - set(history)
+        # No retry made a second comment (each text once).
+        texts = [text for _, text in history_texts]
+        assert len(texts) == len(set(texts)), "a retried post was stored twice"
         await wait_until(
             lambda: set(acked) <= {e.json()["id"] for e in viewer.of("comment")},
             timeout=30,
@@ -163,12 +167,13 @@ def _promoted(group: Group) -> Any:
     return check
 
 
-async def all_comments(api: Api, video: str) -> list[str]:
-    ids: list[str] = []
+async def all_comments(api: Api, video: str) -> list[tuple[str, str]]:
+    """(id, text) of every comment of ``video``, oldest first."""
+    ids: list[tuple[str, str]] = []
     after = 0
     while True:
         page = await api.page(video, after=after, limit=100)
-        ids += [item["id"] for item in page["items"]]
+        ids += [(item["id"], item["text"]) for item in page["items"]]
         if page.get("next_after") is None:
             return ids
         after = page["next_after"]

@@ -263,8 +263,10 @@ def start_zookeeper(
     *,
     member: int = 1,
     peer_ports: list[tuple[int, int]] | None = None,
+    heap_mb: int = 128,
 ) -> Proc:
-    """One ZooKeeper server; with ``peer_ports`` it is member ``member`` of an ensemble."""
+    """One ZooKeeper server; with ``peer_ports`` it is member ``member`` of an ensemble.
+    ``heap_mb``: enough for tests; the scale benchmark gives it more."""
     data = run_dir / f"zk{member}"
     data.mkdir(parents=True, exist_ok=True)
     port = ports[member - 1]
@@ -286,7 +288,7 @@ def start_zookeeper(
     config = data / "zoo.cfg"
     config.write_text("\n".join(lines) + "\n")
     argv = [
-        "java", "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+        "java", f"-Xmx{heap_mb}m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
         "-Dzookeeper.admin.enableServer=false",
         "-cp", ":".join(ZK_CLASSPATH),
         "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(config),

@@ -104,12 +104,15 @@ async def read_table(zk_hosts: str, expect: int, churn_prefix: str, churn: int) 
     print(json.dumps({"loaded": loaded}), flush=True)
     cpu1 = time.process_time()
     seen: dict[str, float] = {}
+    pending = [f"{churn_prefix}{i:06d}" for i in range(churn)]
     deadline = time.time() + 300
-    while len(seen) < churn and time.time() < deadline:
-        for i in range(churn):
-            name = f"{churn_prefix}{i:06d}"
-            if name not in seen and name in table.videos:
-                seen[name] = time.time()
+    while pending and time.time() < deadline:
+        videos, now = table.videos, time.time()
+        arrived = [name for name in pending[:50] if name in videos]  # they arrive in order
+        for name in arrived:
+            seen[name] = now
+        if arrived:
+            pending = [name for name in pending if name not in seen]
         await asyncio.sleep(0.005)
     print(json.dumps({"churn": {"cpu_s": time.process_time() - cpu1, "seen": seen}}), flush=True)
     await zk.stop()
@@ -193,8 +196,12 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
     from kazoo.client import KazooClient
 
     from livecomments.cli.launcher import free_port, start_zookeeper, stop_all, wait_zookeeper
+    from livecomments.coord.paths import Paths
 
-    results: dict[str, Any] = {"options": vars(options)}
+    paths = Paths(ROOT)
+    results: dict[str, Any] = {
+        "options": {k: v for k, v in vars(options).items() if k not in ("json", "role")}
+    }
     with tempfile.TemporaryDirectory(prefix="zkscale-") as tmp:
         port = free_port()
         zk_proc = start_zookeeper(Path(tmp), [port], heap_mb=options.heap_mb)
@@ -203,17 +210,18 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             hosts = f"127.0.0.1:{port}"
             client = KazooClient(hosts=hosts, timeout=30)
             client.start(timeout=30)
-            for path in ("hosted", "nodes/rtms"):
-                client.ensure_path(f"{ROOT}/{path}")
+            for path in (paths.hosted, paths.rtms_nodes):
+                client.ensure_path(path)
+            pipelined(client, [(bucket, b"") for bucket in paths.hosted_buckets()])
             videos, nodes = options.videos, options.nodes
 
-            # 1. registration
-            parents = [(f"{ROOT}/hosted/video-{v:06d}", b"") for v in range(videos)]
+            # 1. registration (the real layout: paths.hosted_by)
+            parents = [(paths.hosted_video(f"video-{v:06d}"), b"") for v in range(videos)]
             hosts_of = {v: [v % nodes] for v in range(videos)}
             for v in range(min(options.hot, videos)):  # the hot ones on every 10th node
                 hosts_of[v] = list(range(0, nodes, 10))
             children = [
-                (f"{ROOT}/hosted/video-{v:06d}/node-{n:04d}", b"")
+                (paths.hosted_by(f"video-{v:06d}", f"node-{n:04d}"), b"")
                 for v, ns in hosts_of.items()
                 for n in ns
             ]
@@ -253,7 +261,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
                 name = f"{prefix}{i:06d}"
                 due = started + i * gap
                 time.sleep(max(0.0, due - time.time()))
-                client.create(f"{ROOT}/hosted/{name}/node-{i % nodes:04d}", makepath=True)
+                client.create(paths.hosted_by(name, f"node-{i % nodes:04d}"), makepath=True)
                 created[name] = time.time()
             churned = next_json(reader, 600)["churn"]
             reader.wait(30)
@@ -268,7 +276,9 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
                 / churn,
                 "lag_p50_ms": 1000 * lags[len(lags) // 2] if lags else None,
                 "lag_p99_ms": 1000 * lags[int(len(lags) * 0.99)] if lags else None,
-                "children_list_bytes": sum(len(f"video-{v:06d}") + 4 for v in range(videos)),
+                # What one update makes a reader re-read: the list of its bucket's videos.
+                "children_list_bytes": sum(len(f"video-{v:06d}") + 4 for v in range(videos))
+                // len(paths.hosted_buckets()),
             }
             results["updates"] = updates
             print("updates:", json.dumps(updates), flush=True)
@@ -287,7 +297,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
                 due = started + writes / writes_per_s
                 time.sleep(max(0.0, due - time.time()))
                 n = writes % nodes
-                client.set_async(f"{ROOT}/nodes/rtms/node-{n:04d}", payloads[n])
+                client.set_async(paths.rtms_node(f"node-{n:04d}"), payloads[n])
                 writes += 1
             watched = next_json(watcher, 120)["nodes"]
             watcher.wait(30)

@@ -136,11 +136,15 @@ class Intents:
         return {name: data for name, data in zip(names, found, strict=True) if data is not None}
 
     async def _hosted(self) -> dict[str, list[str]]:
-        videos = await self.zk.children(self.paths.hosted)
-        hosts = await asyncio.gather(
-            *(self.zk.children(f"{self.paths.hosted}/{v}") for v in videos)
-        )
-        return {v: sorted(nodes) for v, nodes in zip(videos, hosts, strict=True) if nodes}
+        buckets = self.paths.hosted_buckets()
+        listed = await asyncio.gather(*(self.zk.children(b) for b in buckets))
+        paths = [f"{b}/{v}" for b, videos in zip(buckets, listed, strict=True) for v in videos]
+        hosts = await asyncio.gather(*(self.zk.children(path) for path in paths))
+        return {
+            path.rsplit("/", 1)[1]: sorted(nodes)
+            for path, nodes in zip(paths, hosts, strict=True)
+            if nodes
+        }
 
     async def snapshot(self) -> Snapshot:
         p = self.paths

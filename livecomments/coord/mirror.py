@@ -188,26 +188,13 @@ class NodeDirectory(_Mirror):
         return self._children <= self.nodes.keys()
 
 
-class RoutingTable(_Mirror):
-    """video id -> ids of the RTMS nodes hosting it, from ``/hosted/{video}/{node}``."""
+class _HostedBucket(_Mirror):
+    """One bucket of ``/hosted``: its videos and their nodes, into the shared ``videos``."""
 
-    def __init__(self, zk: ZK) -> None:
-        super().__init__(zk, zk.paths.hosted)
-        self.videos: dict[str, frozenset[str]] = {}
+    def __init__(self, zk: ZK, root: str, videos: dict[str, frozenset[str]]) -> None:
+        super().__init__(zk, root)
+        self.videos = videos
         self._seen: set[str] = set()
-
-    def nodes_for(self, video_id: str) -> frozenset[str]:
-        return self.videos.get(video_id, frozenset())
-
-    def drop_node(self, node_id: str) -> None:
-        """Stop routing to a node found dead before ZooKeeper notices its session is gone."""
-        for video, nodes in list(self.videos.items()):
-            if node_id in nodes:
-                rest = nodes - {node_id}
-                if rest:
-                    self.videos[video] = rest
-                else:
-                    del self.videos[video]
 
     def _read_child(self, path: str) -> Any:
         return self._zk.client.get_children_async(path, watch=self._child_fired)
@@ -226,3 +213,40 @@ class RoutingTable(_Mirror):
 
     def _complete(self) -> bool:
         return self._children <= self._seen
+
+
+class RoutingTable:
+    """video id -> ids of the RTMS nodes hosting it, from ``/hosted/{bucket}/{video}/{node}``.
+
+    One mirror per bucket (``paths.HOSTED_BUCKETS``), all writing one table: a video
+    that starts or ends makes this table re-read only its bucket's list.
+    """
+
+    def __init__(self, zk: ZK) -> None:
+        self.videos: dict[str, frozenset[str]] = {}
+        self._buckets = [_HostedBucket(zk, root, self.videos) for root in zk.paths.hosted_buckets()]
+
+    def add_listener(self, listener: Listener) -> None:
+        for bucket in self._buckets:
+            bucket.add_listener(listener)
+
+    @property
+    def loaded(self) -> bool:
+        """Every bucket read once (readiness: a dispatcher's whole table)."""
+        return all(bucket.loaded for bucket in self._buckets)
+
+    async def start(self) -> None:
+        await asyncio.gather(*(bucket.start() for bucket in self._buckets))
+
+    def nodes_for(self, video_id: str) -> frozenset[str]:
+        return self.videos.get(video_id, frozenset())
+
+    def drop_node(self, node_id: str) -> None:
+        """Stop routing to a node found dead before ZooKeeper notices its session is gone."""
+        for video, nodes in list(self.videos.items()):
+            if node_id in nodes:
+                rest = nodes - {node_id}
+                if rest:
+                    self.videos[video] = rest
+                else:
+                    del self.videos[video]

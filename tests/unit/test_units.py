@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import replace
 
 import pytest
 
 from livecomments.comment_service.validation import comment_text
-from livecomments.coord.paths import Paths
+from livecomments.coord.paths import Paths, hosted_bucket
 from livecomments.coord.placement import Policy, place, rendezvous
 from livecomments.coord.records import Pin, RtmsNode
 from livecomments.kernel import settings as cfg
@@ -99,7 +100,8 @@ def test_settings_from_env_and_flags() -> None:
 
 def test_znode_paths_refuse_escapes() -> None:
     paths = Paths("/lc")
-    assert paths.hosted_by("v1", "n1") == "/lc/hosted/v1/n1"
+    assert paths.hosted_by("v1", "n1") == f"/lc/hosted/{hosted_bucket('v1')}/v1/n1"
+    assert hosted_bucket("v1") == f"{zlib.crc32(b'v1') % 256:02x}"  # stable across processes
     for bad in ("..", "a/b", "", "x" * 200):
         with pytest.raises(ValueError):
             paths.hosted_video(bad)

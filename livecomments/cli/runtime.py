@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -79,6 +80,21 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def raise_open_files_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit.
+
+    Every viewer is a socket. systemd units set both limits (``LimitNOFILE``), but a
+    container runtime often leaves the soft one at 1024 under a hard one of a
+    million, and nothing in a Kubernetes pod spec can change it: the process does.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("open files stay at %d: %s", soft, exc)
+
+
 def serve(
     make: Callable[[], Server],
     *,
@@ -93,6 +109,7 @@ def serve(
     before it closes; then it stops.
     """
     install_uvloop()
+    raise_open_files_limit()
 
     async def main() -> None:
         server = make()

@@ -182,3 +182,22 @@ async def test_batcher_groups_what_arrives_during_a_call() -> None:
     failing: Batcher[int, int] = Batcher(broken)
     outcome = await asyncio.gather(failing.submit(1), failing.submit(2), return_exceptions=True)
     assert all(isinstance(o, RuntimeError) for o in outcome)
+
+
+def test_a_service_raises_its_open_files_limit_to_the_hard_one() -> None:
+    """Every viewer is a socket: a soft limit of 1024 under a high hard one (what a
+    container runtime may leave) is raised at start."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "from livecomments.cli.runtime import raise_open_files_limit\n"
+        "raise_open_files_limit()\n"
+        "now, hard2 = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "print(now == hard2 and now > 256)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True", out

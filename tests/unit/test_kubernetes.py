@@ -55,11 +55,6 @@ CUSTOM_KINDS = {
     ("databases.spotahome.com/v1", "RedisFailover"),
 }
 
-# Redis Sentinel settings another change is adding to the settings classes. Allowed
-# only while the settings do not read them yet: the test below fails once they do,
-# and then this set goes.
-PENDING_SETTINGS = {"LIVECOMMENTS_REDIS_SENTINELS", "LIVECOMMENTS_REDIS_SENTINEL_MASTER"}
-
 # The settings class of each server command, and which setting each named
 # container port is.
 SERVERS: dict[str, tuple[type[cfg.BackendSettings], dict[str, str]]] = {
@@ -492,13 +487,12 @@ def test_autoscalers_and_budgets_target_workloads(docs: list[Doc]) -> None:
 
 def test_env_names_are_settings_the_code_reads(docs: list[Doc]) -> None:
     known = cfg.known_variables()
-    assert not PENDING_SETTINGS & known, "the Sentinel settings exist now: drop PENDING_SETTINGS"
     seen = set()
     for pod, container in our_containers(docs):
         for name in environment(docs, pod, container):
             if name.startswith(cfg.ENV_PREFIX):
                 seen.add(name)
-                assert name in known | PENDING_SETTINGS, f"{pod.name}: {name} is read by no process"
+                assert name in known, f"{pod.name}: {name} is read by no process"
     assert "LIVECOMMENTS_JWT_SECRET_FILE" in seen and "LIVECOMMENTS_NODE_ID" in seen
 
 

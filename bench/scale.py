@@ -647,32 +647,43 @@ def report_tables(doc: dict[str, Any]) -> list[Table_]:
         if "move" in s:
             tables += window_tables(f"{s['nodes']} RTMS node(s), move phase", s["move"])
     summ = doc["summary"]
-    rows = []
+    fanout_rows, comment_rows = [], []
     ok = [s for s in doc["steps"] if "window" in s]
     for s, ratio in zip(ok, summ["rtms_ratio_to_first"], strict=True):
         w = s["window"]
         lat = w["latency_ms"]
-        rows.append([
+        fanout_rows.append([
             str(s["nodes"]), fmt(sc["viewers"] / s["nodes"]), fmt(w["deliveries_per_s"]),
             fmt(w["rtms_us_per_delivery"], 2), fmt(ratio, 2), fmt(w["rtms_us_per_delivery_max"], 2),
-            fmt(w["hosting_nodes_per_comment"], 2), fmt(w["dispatchers"]["ms_per_comment"], 3),
+            f"{w['deliveries']:,} / {w['expected_deliveries']:,}",
+            f"{w['missing']:,} / {w['duplicates']:,}", f"{fmt(lat['p50'])} / {fmt(lat['p99'])}",
+            fmt(w["generator_us_per_event"], 2), pct(w["machine_busy"]),
+        ])  # fmt: skip
+        comment_rows.append([
+            str(s["nodes"]), fmt(w["comments"]), fmt(w["hosting_nodes_per_comment"], 2),
+            fmt(w["dispatchers"]["ms_per_comment"], 3),
             fmt(w["dispatchers"]["ms_per_comment_over_idle"], 3),
             fmt(w["comment_services"]["ms_per_comment"], 3), fmt(w["redis"]["ms_per_comment"], 3),
             fmt(w["store"]["ms_per_comment"], 3), fmt(w["zookeeper"]["ms_per_comment"], 3),
-            f"{fmt(lat['p50'])} / {fmt(lat['p99'])}",
-            f"{w['missing']:,} / {w['duplicates']:,}",
-            fmt(w["generator_us_per_event"], 2), pct(w["machine_busy"]),
         ])  # fmt: skip
-    tables.append((
+    what = (
         f"{sc['viewers']:,} viewers (half on one hot video pinned to every node, half on "
         f"{sc['small_videos']} small ones), {sc['hot_rate']:g} + {sc['small_rate']:g} comments/s "
         f"for {sc['duration']:g} s, {sc['dispatchers']} dispatchers, {sc['comment_services']} "
-        f"comment services — {doc['machine']['cpus']} cores, loopback",
-        ["RTMS nodes", "viewers/node", "deliveries/s", "RTMS us/delivery", "ratio to first",
-         "worst node us/del", "hosting nodes/comment", "dispatchers ms/comment",
-         "(over idle)", "comment svc ms/comment", "Redis ms/comment", "store ms/comment",
-         "ZK ms/comment", "p50 / p99 ms", "missing / dup", "generator us/event", "machine busy"],
-        rows,
+        f"comment services — {doc['machine']['cpus']} cores, loopback"
+    )
+    tables.append((
+        f"fan-out across steps: {what}",
+        ["RTMS nodes", "viewers/node", "deliveries/s", "RTMS us/delivery", "ratio to 1st step",
+         "worst node us/del", "delivered / expected", "missing / dup", "p50 / p99 ms",
+         "generator us/event", "machine busy"],
+        fanout_rows,
+    ))  # fmt: skip
+    tables.append((
+        "CPU per comment across steps (ms; dispatchers and comment services: all together)",
+        ["RTMS nodes", "comments", "hosting nodes/comment", "dispatchers", "dispatchers over idle",
+         "comment services", "Redis", "store", "ZooKeeper"],
+        comment_rows,
     ))  # fmt: skip
     model = summ["dispatcher_model"]
     if model:

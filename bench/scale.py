@@ -159,6 +159,21 @@ def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float] 
     return my - b * mx, b
 
 
+def fit_two(
+    rows: Sequence[tuple[float, float, float]],
+) -> tuple[float, float] | None:
+    """Least squares ``z = a x + b y`` (no intercept) over (x, y, z): (a, b)."""
+    sxx = sum(x * x for x, _, _ in rows)
+    syy = sum(y * y for _, y, _ in rows)
+    sxy = sum(x * y for x, y, _ in rows)
+    sxz = sum(x * z for x, _, z in rows)
+    syz = sum(y * z for _, y, z in rows)
+    det = sxx * syy - sxy * sxy
+    if len(rows) < 2 or abs(det) < 1e-12 * max(1.0, sxx * syy):
+        return None
+    return (sxz * syy - syz * sxy) / det, (syz * sxx - sxz * sxy) / det
+
+
 def ratios_to_first(values: Sequence[float | None]) -> list[float | None]:
     """Each value over the first one (None where either is missing)."""
     first = values[0] if values else None
@@ -223,9 +238,10 @@ class Step:
         settings = cfg.load(cfg.BackendSettings, environ=self.cluster.base_env())
         return await asyncio.wait_for(session(settings, work), ZK_DEADLINE)
 
-    async def hosts_per_video(self, videos: list[str]) -> list[int]:
+    async def hosted(self, videos: list[str]) -> list[list[str]]:
+        """The nodes hosting each video (``/hosted/{video}/{node}``)."""
         snap = await self.intent(lambda intents: intents.snapshot())
-        return [len(snap.hosted.get(v, [])) for v in videos]
+        return [list(snap.hosted.get(v, [])) for v in videos]
 
 
 class ViewerProcesses(Generators):
@@ -335,7 +351,7 @@ async def window(
     t1 = time.time()
     cpu1, me1 = step.cpu(), self_cpu()
     parts = await gens.command("collect")
-    hosts = await step.hosts_per_video(videos)
+    hosted = await step.hosted(videos)
     return {
         "posting_s": posting_done - t0,
         "drain_s": waited,
@@ -344,7 +360,8 @@ async def window(
         "accepted": accepted,
         "alive_at_start": alive,
         "viewers_by_port_at_start": _merge_counts(a["by_port"] for a in started),
-        "hosts": hosts,
+        "hosts": [len(nodes) for nodes in hosted],
+        "hosted_on": hosted,
         "post_errors": sum(p.errors for p in posters),
         "first_post_error": next((p.first_error for p in posters if p.first_error), ""),
         "rtts": sorted(r for p in posters for r in p.rtts),
@@ -388,6 +405,9 @@ def summarize(raw: dict[str, Any], step: Step, idle: dict[str, float]) -> dict[s
         delivered = by_port.get(str(port), 0)
         nodes.append({
             "node": name,
+            "comments_in": sum(
+                a for a, on in zip(accepted, raw["hosted_on"], strict=True) if name in on
+            ),
             "viewers_at_start": raw["viewers_by_port_at_start"].get(str(port), 0),
             "viewers_at_end": viewers_end.get(str(port), 0),
             "deliveries": delivered,
@@ -574,10 +594,35 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
             fits[key] = {"fixed_ms_per_comment": fit[0], "ms_per_hosting_node": fit[1]}
     return {
         "nodes": [s["nodes"] for s in ok],
+        "rtms_model": rtms_model(ok),
         "rtms_us_per_delivery": rtms,
         "rtms_ratio_to_first": ratios_to_first(rtms),
         "dispatcher_model": fits,
     }
+
+
+def rtms_model(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Each RTMS node's CPU in a window, less its idle CPU, as ``a`` per comment it
+    received + ``b`` per delivery it made (least squares over every node of every step).
+
+    A node receives each comment of every video it hosts once (from a dispatcher, over
+    gRPC) and writes it to each of its viewers of that video: ``a`` is what does not
+    shrink as its viewers do, the reason CPU per delivery rises with nodes.
+    """
+    rows = []
+    for s in steps:
+        w = s["window"]
+        n, small = s["nodes"], sum(w["accepted"]) - w["accepted"][HOT]
+        for node in w["rtms_nodes"]:
+            # Older files lack comments_in: the hot video's comments (it is on every
+            # node) + the small ones' share of one node in n.
+            comments = node.get("comments_in", w["accepted"][HOT] + small / n)
+            busy = node["cpu_s"] - (node["idle_cpu_per_s"] or 0.0) * w["window_s"]
+            rows.append((float(comments), float(node["deliveries"]), busy))
+    fit = fit_two(rows)
+    if fit is None:
+        return None
+    return {"ms_per_comment_in": fit[0] * 1e3, "us_per_delivery": fit[1] * 1e6, "points": len(rows)}
 
 
 # -- tables ---------------------------------------------------------------------------
@@ -685,6 +730,14 @@ def report_tables(doc: dict[str, Any]) -> list[Table_]:
          "comment services", "Redis", "store", "ZooKeeper"],
         comment_rows,
     ))  # fmt: skip
+    rm = summ.get("rtms_model")
+    if rm:
+        tables.append((
+            "an RTMS node's CPU over idle = per comment it receives + per delivery"
+            f" (least squares over {rm['points']} node-windows)",
+            ["ms per comment received", "us per delivery"],
+            [[fmt(rm["ms_per_comment_in"], 3), fmt(rm["us_per_delivery"], 2)]],
+        ))  # fmt: skip
     model = summ["dispatcher_model"]
     if model:
         tables.append((
@@ -756,7 +809,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScaleConfig, argparse.Nam
 def main(argv: list[str] | None = None) -> None:
     sc, args = parse_args(argv)
     if args.report:
-        print_tables(report_tables(json.loads(Path(args.report).read_text())), args.markdown)
+        doc = json.loads(Path(args.report).read_text())
+        doc["summary"] = summary(doc)  # recomputed: older files get the newer models
+        print_tables(report_tables(doc), args.markdown)
         return
     from bench.targets import missing_packages
 

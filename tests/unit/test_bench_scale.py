@@ -11,6 +11,7 @@ import pytest
 
 from bench.scale import (
     HOT,
+    fit_two,
     hosting_per_comment,
     linear_fit,
     ratios_to_first,
@@ -92,3 +93,11 @@ async def test_a_moved_event_is_followed_as_the_same_viewer() -> None:
     ready2: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     again = Viewer(gen, 0, ready2, port=8802, inherit=viewer)
     assert (again.last_seq, again.unique) == (1, 1)
+
+
+def test_fit_two_separates_the_cost_per_comment_from_the_cost_per_delivery() -> None:
+    # 1.2 ms per comment received, 13 us per delivery, over nodes of different sizes.
+    rows = [(c, d, c * 1.2e-3 + d * 13e-6) for c, d in ((400, 1e5), (420, 5e4), (410, 2e4))]
+    a, b = fit_two(rows) or (0.0, 0.0)
+    assert (a, b) == (pytest.approx(1.2e-3), pytest.approx(13e-6))
+    assert fit_two([(1.0, 2.0, 3.0), (2.0, 4.0, 6.0)]) is None  # collinear: no answer

@@ -87,7 +87,11 @@ clean:
 # `make bench-posts` measures accepted comments/s of one comment service (wrk drives it).
 # As root the peers' and wrk's Debian packages are installed when missing; otherwise
 # the harness names them.
-.PHONY: bench bench-tools bench-posts
+# `make bench-scale` (bench/scale.py): 1, 2, 4 and 6 RTMS nodes with 2 dispatchers and
+# 2 comment services, the same viewers, one hot video spread over every node and many
+# small ones, and a move under posting; our processes only (no peers: no bench-tools).
+# `make bench-scale BENCH_ARGS="--viewers 3000 --nodes 1,2"`.
+.PHONY: bench bench-tools bench-posts bench-scale
 bench-tools: bootstrap
 	@if [ "$$(id -u)" = 0 ] && { ! command -v nginx >/dev/null || ! command -v pushpin >/dev/null \
 	    || ! command -v wrk >/dev/null || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; }; then \
@@ -101,3 +105,6 @@ bench: bench-tools
 
 bench-posts: bench-tools
 	$(BIN)/python -m bench.post_rate $(BENCH_ARGS)
+
+bench-scale: bootstrap
+	$(BIN)/python -m bench.scale $(BENCH_ARGS)

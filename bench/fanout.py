@@ -651,8 +651,8 @@ def report_tables(doc: dict[str, Any]) -> list[Table_]:
     return tables
 
 
-def print_report(doc: dict[str, Any], markdown: bool = False) -> None:
-    tables = report_tables(doc)
+def print_tables(tables: list[Table_], markdown: bool = False) -> None:
+    """Tables in Markdown (for docs/) or drawn with rich (for a terminal)."""
     if markdown:
         for title, columns, rows in tables:
             print(f"**{title}**\n")
@@ -661,8 +661,6 @@ def print_report(doc: dict[str, Any], markdown: bool = False) -> None:
             for row in rows:
                 print("| " + " | ".join(row) + " |")
             print()
-        if doc.get("ratios"):
-            print("ratios: `" + json.dumps(doc["ratios"]) + "`\n")
         return
 
     from rich.console import Console
@@ -676,8 +674,12 @@ def print_report(doc: dict[str, Any], markdown: bool = False) -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+
+
+def print_report(doc: dict[str, Any], markdown: bool = False) -> None:
+    print_tables(report_tables(doc), markdown)
     if doc.get("ratios"):
-        console.print("ratios: " + json.dumps(doc["ratios"]))
+        print(("ratios: `{}`\n" if markdown else "ratios: {}").format(json.dumps(doc["ratios"])))
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:

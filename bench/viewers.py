@@ -14,6 +14,19 @@ each with one JSON line on stdout:
   reordered events, disconnects, this process's CPU.
 - ``close``: close everything and exit.
 
+Optional config keys (``bench.scale`` uses them; ``bench.fanout`` does not):
+
+- ``assign``: the video index of each viewer lo..hi-1 (instead of ``i % len(videos)``);
+- ``follow``: follow a 3xx ``Location`` when connecting (the page's way in: the
+  comment service's 307 to an RTMS node), and a ``moved`` event during the
+  stream: open its URL (it carries the last event id) and go on counting on the
+  new connection as the same viewer, so a move that loses or repeats an event
+  shows as missing or duplicated.
+
+``window`` and ``collect`` also answer the viewers and the events by server port
+(which RTMS node delivered them), the ``moved`` events followed and the follows
+that failed.
+
 The hot path is ``Viewer.data_received``: no JSON decoding, no per-frame
 objects, one clock read per chunk (frames that arrived together were received
 at the same moment). A received chunk is cut at its last ``\\n\\n``; each frame
@@ -37,27 +50,36 @@ import resource
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 SEQ_KEY = b'"seq":'
 SENT_KEY = b'"text":"'  # the text starts with the send time (ms)
 ACCEPT_KEY = b'"created_at_ms":'
 HIST_MS = 120_000  # latencies past 120 s land in the last bin
 IP_BIND_ADDRESS_NO_PORT = 24  # pick the port at connect(): source ports per destination
+MOVED = b"event: moved\n"
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_HOPS = 4
 
 
 class Gen:
     """Counters shared by every connection of this process."""
 
     __slots__ = (
+        "by_port",
         "disconnects",
         "event_bytes",
         "events",
         "first_recv",
+        "follow_failed",
         "hist",
         "hist_accept",
         "last_recv",
+        "moved",
         "no_send_time",
+        "on_moved",
         "parse_errors",
     )
 
@@ -71,6 +93,10 @@ class Gen:
         self.last_recv = 0.0
         self.disconnects = 0
         self.parse_errors = 0
+        self.by_port: dict[int, int] = {}  # events by the server port that sent them
+        self.moved = self.follow_failed = 0
+        # Called with (viewer, url or None, last event id) on a `moved` event; None: ignore it.
+        self.on_moved: Callable[[Viewer, str | None, str | None], None] | None = None
 
     def reset(self) -> None:
         self.hist = [0] * HIST_MS
@@ -79,6 +105,8 @@ class Gen:
         self.first_recv = self.last_recv = 0.0
         self.parse_errors = 0
         self.disconnects = 0
+        self.by_port = {}
+        self.moved = self.follow_failed = 0
 
 
 class Viewer(asyncio.Protocol):
@@ -95,15 +123,27 @@ class Viewer(asyncio.Protocol):
         "holes",
         "last_seq",
         "late",
+        "location",
         "lost",
+        "port",
         "ready",
+        "slot",
         "status",
         "transport",
         "unique",
         "video",
     )
 
-    def __init__(self, gen: Gen, video: int, ready: asyncio.Future[bool]) -> None:
+    def __init__(
+        self,
+        gen: Gen,
+        video: int,
+        ready: asyncio.Future[bool],
+        port: int = 0,
+        inherit: Viewer | None = None,
+    ) -> None:
+        """``inherit``: the connection this one replaces (a redirect or a move): the
+        same viewer, so its position and counts carry over."""
         self.gen = gen
         self.video = video
         self.ready: asyncio.Future[bool] | None = ready
@@ -120,6 +160,13 @@ class Viewer(asyncio.Protocol):
         self.lost = False
         self.counted = True  # connected when the window started: expected to get everything
         self.transport: Any = None
+        self.port = port  # the server's
+        self.location: str | None = None  # a redirect's target
+        self.slot = -1  # where the generator lists it
+        if inherit is not None:
+            self.last_seq, self.holes = inherit.last_seq, inherit.holes
+            self.unique, self.dups, self.late = inherit.unique, inherit.dups, inherit.late
+            self.counted, self.slot = inherit.counted, inherit.slot
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -143,6 +190,8 @@ class Viewer(asyncio.Protocol):
         self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         ready, self.ready = self.ready, None
         if self.status != 200:
+            if self.status in REDIRECTS:
+                self.location = _header(data[:end], b"location")
             if ready is not None and not ready.done():
                 ready.set_result(False)
             self.closing = True
@@ -207,6 +256,7 @@ class Viewer(asyncio.Protocol):
         stop = end + 2
         pos = 0
         count = nbytes = 0
+        moved = b""
         while pos < stop:
             fe = find(b"\n\n", pos, stop) + 2  # this frame is data[pos:fe]
             i = find(SEQ_KEY, pos, fe)
@@ -220,7 +270,9 @@ class Viewer(asyncio.Protocol):
             except ValueError:
                 self._unparsable(data, pos, fe)
                 seq = -1
-            if seq < 0:  # a heartbeat, a retry, or unparsable: not counted
+            if seq < 0:  # a heartbeat, a retry, a move, or unparsable: not counted
+                if data.startswith(MOVED, pos):
+                    moved = data[pos:fe]
                 pos = fe
                 continue
             count += 1
@@ -258,6 +310,23 @@ class Viewer(asyncio.Protocol):
             if not gen.first_recv:
                 gen.first_recv = now
             gen.last_recv = now
+            gen.by_port[self.port] = gen.by_port.get(self.port, 0) + count
+        if moved:
+            self._moved(moved)
+
+    def _moved(self, frame: bytes) -> None:
+        """The node sends us elsewhere and closes: not a disconnect; follow if asked."""
+        self.closing = True
+        gen = self.gen
+        gen.moved += 1
+        if gen.on_moved is None:
+            return
+        try:
+            body = json.loads(frame[frame.index(b"data: ") + 6 :])
+        except ValueError:
+            self._unparsable(frame, 0, len(frame))
+            return
+        gen.on_moved(self, body.get("url"), body.get("last_event_id"))
 
     @staticmethod
     def _seq_from_id(data: bytes, pos: int, fe: int) -> int:
@@ -289,47 +358,71 @@ class Viewer(asyncio.Protocol):
             self.dups += 1
 
 
+def _header(head: bytes, name: bytes) -> str | None:
+    """The value of header ``name`` (lower case) in a response head, None without it."""
+    lower = head.lower()
+    i = lower.find(b"\r\n" + name + b":")
+    if i < 0:
+        return None
+    i += len(name) + 3
+    j = lower.find(b"\r\n", i)
+    return head[i : j if j >= 0 else len(head)].strip().decode("latin-1")
+
+
 class Generator:
     def __init__(self, config: dict[str, Any]) -> None:
         self.host: str = config["host"]
         self.port: int = config["port"]
-        # Viewers lo..hi-1 of the scenario: viewer i watches video i % len(videos)
-        # from source address sources[i % len(sources)].
+        # Viewers lo..hi-1 of the scenario: viewer i watches video assign[i - lo], or
+        # i % len(videos) without ``assign``, from source address sources[i % len(sources)].
         videos: list[str] = config["videos"]
         sources: list[str] = config["sources"]
         template: str = config["path"]  # e.g. "/sub/{video}"
+        lo, hi = config["lo"], config["hi"]
+        assign: list[int] = config.get("assign") or [i % len(videos) for i in range(lo, hi)]
+        self.paths = [template.format(video=video) for video in videos]
         self.conns = [
-            (i % len(videos), template.format(video=videos[i % len(videos)]),
-             sources[i % len(sources)])
-            for i in range(config["lo"], config["hi"])
-        ]  # fmt: skip
+            (assign[i - lo], self.paths[assign[i - lo]], sources[i % len(sources)])
+            for i in range(lo, hi)
+        ]
         self.concurrency: int = config.get("concurrency", 200)
         self.extra_headers: str = config.get("headers", "")
+        self.follow: bool = config.get("follow", False)
         self.gen = Gen()
+        if self.follow:
+            self.gen.on_moved = self._on_moved
         self.viewers: list[Viewer] = []
         self.failed = 0
         self.cpu0 = self._cpu()
+        self._follows: set[asyncio.Task[None]] = set()
+        self._follow_sem: asyncio.Semaphore | None = None
 
     @staticmethod
     def _cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
-    async def _try_open(self, video: int, source: str, request: bytes) -> Viewer | None:
+    async def _try_open(
+        self, video: int, source: str, host: str, port: int, path: str, inherit: Viewer | None
+    ) -> Viewer | str | None:
+        """The viewer once its 200 head is in, a redirect's target, or None (failed)."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[bool] = loop.create_future()
-        viewer = Viewer(self.gen, video, ready)
+        viewer = Viewer(self.gen, video, ready, port, inherit)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((source, 0))
-            await loop.sock_connect(sock, (self.host, self.port))
+            await loop.sock_connect(sock, (host, port))
             await loop.create_connection(lambda: viewer, sock=sock)
         except OSError:
             sock.close()
             return None
-        viewer.transport.write(request)
+        viewer.transport.write(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
+            f"Cache-Control: no-cache\r\n{self.extra_headers}\r\n".encode()
+        )
         try:
             ok = await asyncio.wait_for(ready, 30)
         except TimeoutError:
@@ -337,23 +430,62 @@ class Generator:
         if not ok:
             viewer.closing = True
             viewer.transport.close()
-            return None
+            return viewer.location if self.follow and viewer.location else None
         return viewer
 
+    async def _connect(
+        self, video: int, source: str, url: tuple[str, int, str], inherit: Viewer | None = None
+    ) -> Viewer | None:
+        """Open ``url`` (host, port, path), following redirects when ``follow``."""
+        host, port, path = url
+        for _ in range(MAX_HOPS):
+            got = await self._try_open(video, source, host, port, path, inherit)
+            if not isinstance(got, str):
+                return got
+            parts = urlsplit(got)
+            host, port = parts.hostname or host, parts.port or port
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return None
+
     async def _open(self, video: int, path: str, source: str, sem: asyncio.Semaphore) -> float:
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Accept: text/event-stream\r\nCache-Control: no-cache\r\n{self.extra_headers}\r\n"
-        ).encode()
         for attempt in range(3):
             async with sem:
-                viewer = await self._try_open(video, source, request)
+                viewer = await self._connect(video, source, (self.host, self.port, path))
             if viewer is not None:
+                viewer.slot = len(self.viewers)
                 self.viewers.append(viewer)
                 return time.time()
             await asyncio.sleep(0.2 * (attempt + 1))
         self.failed += 1
         return 0.0
+
+    def _on_moved(self, old: Viewer, url: str | None, last_event_id: str | None) -> None:
+        task = asyncio.ensure_future(self._follow_move(old, url, last_event_id))
+        self._follows.add(task)
+        task.add_done_callback(self._follows.discard)
+
+    async def _follow_move(self, old: Viewer, url: str | None, last_event_id: str | None) -> None:
+        """Reconnect where a `moved` event says (or the way in, with the last event id)."""
+        if url:
+            parts = urlsplit(url)
+            target = (parts.hostname or self.host, parts.port or self.port,
+                      parts.path + (f"?{parts.query}" if parts.query else ""))  # fmt: skip
+        else:
+            path = self.paths[old.video]
+            sep = "&" if "?" in path else "?"
+            resume = f"{sep}last_event_id={last_event_id}" if last_event_id else ""
+            target = (self.host, self.port, path + resume)
+        if self._follow_sem is None:
+            self._follow_sem = asyncio.Semaphore(self.concurrency)
+        source = self.conns[old.slot][2] if 0 <= old.slot < len(self.conns) else "127.0.0.1"
+        for attempt in range(3):
+            async with self._follow_sem:
+                new = await self._connect(old.video, source, target, inherit=old)
+            if new is not None:
+                self.viewers[old.slot] = new
+                return
+            await asyncio.sleep(0.2 * (attempt + 1))
+        self.gen.follow_failed += 1
 
     async def connect(self) -> dict[str, Any]:
         sem = asyncio.Semaphore(self.concurrency)
@@ -378,7 +510,15 @@ class Generator:
             if viewer.counted:
                 alive[str(viewer.video)] = alive.get(str(viewer.video), 0) + 1
         self.cpu0 = self._cpu()
-        return {"alive": alive, "dropped_before": dropped_before}
+        return {"alive": alive, "dropped_before": dropped_before, "by_port": self._by_port()}
+
+    def _by_port(self) -> dict[str, int]:
+        """Viewers connected now, by server port."""
+        out: dict[str, int] = {}
+        for viewer in self.viewers:
+            if not viewer.lost:
+                out[str(viewer.port)] = out.get(str(viewer.port), 0) + 1
+        return out
 
     def collect(self) -> dict[str, Any]:
         gen = self.gen
@@ -407,6 +547,11 @@ class Generator:
             "alive": alive,
             "parse_errors": gen.parse_errors,
             "cpu": self._cpu() - self.cpu0,
+            "events_by_port": {str(port): n for port, n in gen.by_port.items()},
+            "viewers_by_port": self._by_port(),
+            "moved": gen.moved,
+            "follow_failed": gen.follow_failed,
+            "following": len(self._follows),
         }
 
     def close(self) -> None:

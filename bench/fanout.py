@@ -102,18 +102,22 @@ class Generators:
                 "videos": videos, "sources": sources, "lo": lo, "hi": hi,
                 "concurrency": max(1, sc.connect_concurrency // sc.generators),
             }  # fmt: skip
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.viewers",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                cwd=REPO, limit=64 * 1024 * 1024,
-            )  # fmt: skip
-            self.procs.append(proc)
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(config).encode() + b"\n")
-            await self._answer(proc, 30)
+            await self.spawn(config)
         for i in range(sc.viewers):
             v = i % len(videos)
             self.conns_per_video[v] = self.conns_per_video.get(v, 0) + 1
+
+    async def spawn(self, config: dict[str, Any]) -> None:
+        """One generator process (``bench.viewers``) with ``config``, once it answered."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.viewers",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            cwd=REPO, limit=64 * 1024 * 1024,
+        )  # fmt: skip
+        self.procs.append(proc)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(config).encode() + b"\n")
+        await self._answer(proc, 30)
 
     @staticmethod
     async def _answer(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, Any]:

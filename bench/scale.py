@@ -262,15 +262,7 @@ class ViewerProcesses(Generators):
                 "follow": True,
                 "concurrency": max(1, sc.connect_concurrency // sc.generators),
             }  # fmt: skip
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.viewers",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                cwd=REPO, limit=64 * 1024 * 1024,
-            )  # fmt: skip
-            self.procs.append(proc)
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(config).encode() + b"\n")
-            await self._answer(proc, 30)
+            await self.spawn(config)
 
 
 # -- a measured window ----------------------------------------------------------------

@@ -24,14 +24,20 @@ _namespaces = itertools.count(1)
 # Under pytest-xdist (``make test`` runs the system modules on several workers) every
 # worker starts its own backends and clusters: give each a port range of its own
 # (below the kernel's ephemeral ports), so no two workers ever pick the same port.
-# A range given by whoever runs the tests wins; the default one-process range set
-# below (which workers inherit from the controller process) does not.
+# A range given by whoever runs the tests is split among the workers; the default
+# one-process range set below (which workers inherit from the controller) is not used.
 _DEFAULTED = "LIVECOMMENTS_TEST_PORT_RANGE_DEFAULTED"
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _worker.startswith("gw"):
-    _first = 20000 + 1500 * int(_worker[2:])
-    if os.environ.pop(_DEFAULTED, "") or "LIVECOMMENTS_PORT_RANGE" not in os.environ:
-        os.environ["LIVECOMMENTS_PORT_RANGE"] = f"{_first}-{_first + 1499}"
+    _index = int(_worker[2:])
+    _given = "" if os.environ.pop(_DEFAULTED, "") else os.environ.get("LIVECOMMENTS_PORT_RANGE")
+    if _given:
+        _lo, _hi = (int(part) for part in _given.split("-", 1))
+        _size = (_hi - _lo + 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        _first, _last = _lo + _index * _size, _lo + (_index + 1) * _size - 1
+    else:
+        _first, _last = 20000 + 1500 * _index, 20000 + 1500 * _index + 1499
+    os.environ["LIVECOMMENTS_PORT_RANGE"] = f"{_first}-{_last}"
 elif "LIVECOMMENTS_PORT_RANGE" not in os.environ:
     # One process: a range below the ephemeral ports all the same. A port the kernel
     # picks (bind to 0) can be taken by an outgoing connection between the choice and

@@ -17,6 +17,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from livecomments.kernel import events
 from livecomments.kernel.errors import (
     Conflict,
     Forbidden,
@@ -152,9 +153,7 @@ class Accounts:
         }
         created = user.get("created_at")
         if isinstance(created, dt.datetime):  # for shield mode's account age, without a read
-            if created.tzinfo is None:
-                created = created.replace(tzinfo=dt.UTC)
-            claims["joined"] = int(created.timestamp() * 1000)
+            claims["joined"] = events.epoch_ms(created)
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     @property

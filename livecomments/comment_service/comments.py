@@ -9,7 +9,6 @@ the store, so an RTMS node that misses its dispatch fills it from there.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import enum
 import logging
 import time
@@ -58,12 +57,6 @@ class Held(enum.Enum):
 
 HELD = Held.HELD  # admitted, to be held for review (the video's own hold threshold)
 SHIELD_REASON = "shield_mode"  # the reason a comment held by the video's threshold gives
-
-
-def _ms(value: dt.datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return int(value.timestamp() * 1000)
 
 
 class ContentRefused(LiveCommentsError):
@@ -354,7 +347,7 @@ class Comments:
             elif admitted.verdict == "load_account":  # a token from before the claim
                 user = await self._store.get_user(ticket.user_id)
                 created = (user or {}).get("created_at")
-                ticket = replace(ticket, created_ms=_ms(created) if created else 1)
+                ticket = replace(ticket, created_ms=events.epoch_ms(created) if created else 1)
             else:
                 raise self._limiter.refusal(admitted.verdict, admitted.ms)
         raise Unavailable("could not load the video's settings into Redis")
@@ -579,7 +572,7 @@ class Comments:
             status=events.STATUS_VISIBLE,
             approved_by=actor.user_id,
             approved_at=now,
-            approved_at_ms=int(now.timestamp() * 1000),
+            approved_at_ms=events.epoch_ms(now),
         )
         try:
             await self._publish(doc)

@@ -43,15 +43,8 @@ FIRST_COMMENT = "first_comment"
 Doc = dict[str, Any]
 
 
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+EPOCH = events.EPOCH
 MS = dt.timedelta(milliseconds=1)
-
-
-def _ms(at: dt.datetime) -> int:
-    """``at`` in whole ms since 1970 (in integers: a float timestamp can lose the last ms)."""
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=dt.UTC)
-    return (at - EPOCH) // MS
 
 
 def event_ms(doc: Doc) -> int | None:
@@ -62,7 +55,7 @@ def event_ms(doc: Doc) -> int | None:
             return ms
         at = doc.get(at_key)
         if isinstance(at, dt.datetime):
-            return _ms(at)
+            return events.epoch_ms(at)
     return None
 
 
@@ -75,7 +68,7 @@ class Start:
 
     @property
     def ms(self) -> int:
-        return _ms(self.at)
+        return events.epoch_ms(self.at)
 
     def json(self, video_id: str) -> dict[str, Any]:
         return {

@@ -54,6 +54,18 @@ def iso(value: dt.datetime | None, timespec: str = "milliseconds") -> str | None
     return value.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MS = dt.timedelta(milliseconds=1)
+
+
+def epoch_ms(value: dt.datetime) -> int:
+    """A stored time in whole ms since 1970 (naive means UTC; integer arithmetic: a
+    float timestamp can lose the last ms)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return (value - EPOCH) // _MS
+
+
 def comment_json(doc: dict[str, Any]) -> dict[str, Any]:
     """The public JSON view of a stored comment (ids as decimal strings).
 

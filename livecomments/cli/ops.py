@@ -20,7 +20,7 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -72,6 +72,9 @@ async def session(settings: cfg.BackendSettings, work: Callable[[Intents], Await
     from livecomments.coord.intents import Intents
     from livecomments.coord.placement import Policy
     from livecomments.kernel.errors import CoordinationTimeout, Unavailable
+    from livecomments.kernel.redis.keys import Keys
+    from livecomments.kernel.redis.timed import connect as connect_redis
+    from livecomments.kernel.viewers import Live, by_node
 
     zk = ZK(
         settings.zk_hosts,
@@ -88,12 +91,20 @@ async def session(settings: cfg.BackendSettings, work: Callable[[Intents], Await
             f"cannot reach ZooKeeper at {settings.zk_hosts} "
             f"within {settings.zk_timeout:g}s (LIVECOMMENTS_ZK_HOSTS)"
         ) from exc
+    # Read only by the commands that show viewers per video (videos, move, pin, rebalance).
+    redis = connect_redis(settings, socket_timeout=2.0, socket_connect_timeout=2.0)
+    keys = Keys(settings.redis_prefix)
+
+    async def viewers(videos: Sequence[str], live: Live) -> dict[str, dict[str, int]]:
+        return await by_node(redis, keys, videos, live)
+
     try:
-        return await work(Intents(zk, Policy.from_settings(settings), operator()))
+        return await work(Intents(zk, Policy.from_settings(settings), operator(), viewers))
     except KazooException as exc:  # e.g. NoAuthError, or the session is gone
         raise Unavailable(f"ZooKeeper failed: {type(exc).__name__}") from exc
     finally:
         await zk.stop()
+        await redis.aclose()
 
 
 # -- documents: what --json prints, and what the tables show ---------------------------
@@ -170,7 +181,7 @@ async def status_doc(intents: Intents, settings: cfg.BackendSettings) -> dict[st
         "dispatchers": len(snap.dispatchers),
         "comment_workers": len(snap.workers),
         "hosted_videos": len(snap.hosted),
-        # Load reports count every connection; viewers_by_video lists only a node's top videos.
+        # Every connection, in the records' coarse steps (within 10 %).
         "viewers": sum(report.connections for report in snap.rtms.values()),
         "pins": len(snap.pins),
         "drains": len(snap.drains),
@@ -495,7 +506,7 @@ def videos(as_json: bool) -> None:
     "placed on" is where new viewers go (the pin, or rendezvous hashing over
     live, non-draining nodes); "hosted on" is where viewers are now.
     """
-    _emit(videos_doc(zookeeper(lambda intents: intents.snapshot())), as_json, _render_videos)
+    _emit(videos_doc(zookeeper(lambda intents: intents.counted())), as_json, _render_videos)
 
 
 @click.command()
@@ -513,7 +524,7 @@ def rebalance(dry_run: bool, yes: bool, as_json: bool) -> None:
         raise click.UsageError("--dry-run and --yes contradict each other")
 
     async def work(intents: Intents) -> dict[str, Any]:
-        plan = (await intents.snapshot()).plan()
+        plan = (await intents.counted()).plan()
         doc: dict[str, Any] = {"plan": plan, "applied": False, "request": None}
         if not as_json:
             _emit(doc, False, _render_plan)

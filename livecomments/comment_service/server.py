@@ -39,11 +39,13 @@ from livecomments.kernel.ids import Snowflake
 from livecomments.kernel.rates import Rate
 from livecomments.kernel.readiness import REDIS, STORE, Readiness
 from livecomments.kernel.redis.direct import DirectScripts
+from livecomments.kernel.redis.keys import Keys
 from livecomments.kernel.redis.timed import connect as connect_redis
 from livecomments.kernel.sequencer import Sequencer
 from livecomments.kernel.settings import CommentServiceSettings, default_node_id
 from livecomments.kernel.store import Store
 from livecomments.kernel.tls import server_context
+from livecomments.kernel.viewers import ViewerCounts
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,9 @@ class CommentServer:
         self.dispatchers = NodeDirectory(self.zk, self.zk.paths.dispatchers)
         self.rtms_nodes = NodeDirectory(self.zk, self.zk.paths.rtms_nodes)
         self.placement = Placement(self.zk, Policy.from_settings(settings), self.rtms_nodes)
+        self.viewer_counts = ViewerCounts(
+            self.redis, Keys(settings.redis_prefix), self.placement.boot
+        )
         self.dispatch = DispatchClient(
             self.dispatchers, settings.dispatch_timeout, GrpcSecurity.from_settings(settings)
         )
@@ -278,6 +283,7 @@ class CommentServer:
         app[keys.LIMITER] = self.limiter
         app[keys.LOGIN_LIMITS] = self.login_limits
         app[keys.PLACEMENT] = self.placement
+        app[keys.VIEWER_COUNTS] = self.viewer_counts
         app[keys.REPLAY] = self.replay
         app[keys.CORS] = self.cors
         app[keys.PAGE] = self.page

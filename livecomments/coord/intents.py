@@ -15,7 +15,9 @@ change is checked against a snapshot first: a refusal writes nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
@@ -36,6 +38,14 @@ from livecomments.coord.records import (
 from livecomments.kernel.errors import Conflict, NotFound, ValidationError
 from livecomments.kernel.ids import valid_video_id
 
+log = logging.getLogger(__name__)
+
+# Each video's viewers per live node, given the videos and a node's live boot id
+# (``kernel.viewers.by_node`` on a Redis client).
+ViewerSource = Callable[
+    [Sequence[str], Callable[[str], "str | None"]], Awaitable[dict[str, dict[str, int]]]
+]
+
 KEEP_REBALANCE_REQUESTS = 20  # older request znodes are deleted; nodes only react to new ones
 REBALANCE_PREFIX = "req-"
 
@@ -52,11 +62,16 @@ class Snapshot:
     drains: dict[str, Drain]
     rebalances: list[str]  # request znodes, oldest first
     policy: Policy
+    # Each video's viewers per node from Redis (``kernel/viewers.py``), when read;
+    # otherwise the nodes' records, which list only their busy videos.
+    viewers: dict[str, dict[str, int]] | None = None
 
     def placed(self, video: str) -> list[str]:
         return place(video, placeable(self.rtms), self.pins, self.drains, self.policy)
 
     def viewers_by_node(self, video: str) -> dict[str, int]:
+        if self.viewers is not None:
+            return dict(self.viewers.get(video, {}))
         return {
             node: report.viewers_by_video[video]
             for node, report in self.rtms.items()
@@ -121,11 +136,28 @@ class ServerInfo:
 class Intents:
     """Operator intent on one ZooKeeper session, written as ``by`` (user@host)."""
 
-    def __init__(self, zk: ZK, policy: Policy, by: str) -> None:
+    def __init__(
+        self, zk: ZK, policy: Policy, by: str, viewers: ViewerSource | None = None
+    ) -> None:
         self.zk = zk
         self.paths = zk.paths
         self.policy = policy
         self.by = by
+        self._viewers = viewers
+
+    async def counted(self) -> Snapshot:
+        """A snapshot with each video's viewers per node from ``viewers`` (Redis), which
+        the records list only for busy videos; without them if it fails (logged)."""
+        snap = await self.snapshot()
+        if self._viewers is None:
+            return snap
+        boots = {node: report.boot for node, report in snap.rtms.items()}
+        try:
+            counts = await self._viewers(snap.videos(), boots.get)
+        except Exception as exc:  # the records' busy lists, then
+            log.warning("viewer counts unavailable, showing the nodes' records: %s", exc)
+            return snap
+        return dataclasses.replace(snap, viewers=counts)
 
     # -- reading -----------------------------------------------------------------
 
@@ -197,14 +229,14 @@ class Intents:
         wanted = tuple(dict.fromkeys(nodes))  # order kept, duplicates dropped
         if not wanted:
             raise ValidationError("name at least one node")
-        snap = await self.snapshot()
+        snap = await self.counted()
         _check_placeable(snap, wanted)
         return await self._write_pin(snap, video, wanted)
 
     async def move(self, video: str, node: str) -> PinChange:
         """Pin ``video`` to ``node`` alone; refuses videos nobody hosts or pinned."""
         _check_video(video)
-        snap = await self.snapshot()
+        snap = await self.counted()
         _check_placeable(snap, [node])
         if video not in snap.hosted and video not in snap.pins:
             raise NotFound(f"unknown video {video!r}: no RTMS node hosts it and it is not pinned")

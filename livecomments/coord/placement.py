@@ -59,7 +59,9 @@ class Policy:
 
 
 def viewers_of(video_id: str, nodes: Mapping[str, RtmsNode]) -> int:
-    """A video's viewers over all nodes, from their load reports."""
+    """A video's viewers over all nodes, from their records: only the nodes where it
+    is busy list it (``records.busy_floor``), in coarse steps, which is what spreading
+    needs; the exact count is in Redis (``kernel/viewers.py``)."""
     return sum(node.viewers_of(video_id) for node in nodes.values())
 
 
@@ -113,14 +115,8 @@ class Placement:
         node = self._reports.get(node_id)
         return node.sse_url if node is not None else None
 
-    def viewers(self, video_id: str, exclude: str | None = None) -> int:
-        """The video's viewers on every live RTMS node (but ``exclude``), from their
-        load reports (each lists its busiest videos, ``RtmsNode.viewers_by_video``).
-
-        A node's report is its ephemeral znode: when its session ends (it died), it
-        stops counting. As fresh as the reports (``load_report_interval``).
-        """
-        total = viewers_of(video_id, self._reports)
-        if exclude is not None and exclude in self._reports:
-            total -= self._reports[exclude].viewers_of(video_id)
-        return total
+    def boot(self, node_id: str) -> str | None:
+        """The boot id of ``node_id``'s live record: whose viewer counts count
+        (``kernel/viewers.py``); None once its session ended."""
+        node = self._reports.get(node_id)
+        return node.boot if node is not None else None

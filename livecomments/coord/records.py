@@ -67,18 +67,24 @@ class _Record:
 
 @dataclass(frozen=True, slots=True)
 class RtmsNode(_Record):
-    """``/nodes/rtms/{node}``: where an RTMS node is reached, and its load report.
+    """``/nodes/rtms/{node}``: where an RTMS node is reached, and its load in coarse steps.
 
     Only a node with an ``sse_url`` is placed on: viewers could not reach it otherwise.
+    Every RTMS node, dispatcher and comment service watches every node's record, so
+    a node rewrites it only when it says something new (:func:`worth_publishing`):
+    an address, draining, its viral videos, its busy videos, or a count that moved by
+    more than a step. Each video's exact viewers are in Redis (``kernel/viewers.py``).
     """
 
     sse_url: str | None = None
     grpc: str | None = None  # host:port of its Delivery service
     metrics: str | None = None  # its Prometheus endpoint (`livecomments top` reads it)
+    boot: str | None = None  # new at each start: which life of the node a Redis count is from
     connections: int = 0
     videos: int = 0
     draining: bool = False  # what the node says (the operator's ask is /drain/{node})
-    viewers_by_video: dict[str, int] = field(default_factory=dict)  # its busiest videos
+    # Its busy videos (those placement may spread: see ``busy_floor``), not every video.
+    viewers_by_video: dict[str, int] = field(default_factory=dict)
     viral_videos: tuple[str, ...] = ()
 
     @classmethod
@@ -88,6 +94,7 @@ class RtmsNode(_Record):
             sse_url=_text(obj.get("sse_url")),
             grpc=_text(obj.get("grpc")),
             metrics=_text(obj.get("metrics")),
+            boot=_text(obj.get("boot")),
             connections=_count(obj.get("connections")),
             videos=_count(obj.get("videos")),
             draining=obj.get("draining") is True,
@@ -101,6 +108,49 @@ class RtmsNode(_Record):
 
     def viewers_of(self, video_id: str) -> int:
         return self.viewers_by_video.get(video_id, 0)
+
+
+STEP = 0.1  # a count is published again when it moves by more than this share
+
+
+def busy_floor(spread_viewers: int) -> int:
+    """A node lists a video among its busy ones from this many viewers on it (and
+    keeps it there down to half): a tenth of the viewers that spread a video, so
+    the videos placement spreads are listed, and the small ones (most) are not."""
+    return max(1, spread_viewers // 10)
+
+
+def _moved(old: int, new: int, step: int = 0) -> bool:
+    """``new`` is news next to the published ``old``: it crossed zero, moved by more
+    than :data:`STEP` of the larger, or (``step``) into another multiple of ``step``."""
+    if old == new:
+        return False
+    if (old == 0) != (new == 0) or abs(new - old) > STEP * max(old, new):
+        return True
+    return step > 0 and old // step != new // step
+
+
+def worth_publishing(old: RtmsNode | None, new: RtmsNode, spread_viewers: int) -> bool:
+    """Whether a node rewrites its record as ``new`` while ``old`` is published.
+
+    Addresses, the boot id, draining, the viral and busy videos: whenever they
+    change. Connections, videos and each busy video's viewers: when they move by
+    more than a step (or, for a video, into another multiple of ``spread_viewers``,
+    where placement would spread it over one node more or fewer).
+    """
+    if old is None:
+        return True
+    fixed = ("sse_url", "grpc", "metrics", "boot", "draining", "viral_videos")
+    if any(getattr(old, name) != getattr(new, name) for name in fixed):
+        return True
+    if _moved(old.connections, new.connections) or _moved(old.videos, new.videos):
+        return True
+    if old.viewers_by_video.keys() != new.viewers_by_video.keys():
+        return True
+    return any(
+        _moved(old.viewers_by_video[video], count, max(1, spread_viewers))
+        for video, count in new.viewers_by_video.items()
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,7 @@ import grpc
 from redis.asyncio import Redis
 
 from livecomments.coord import ZK, HostedRegistry, Membership, Placement, Policy
-from livecomments.coord.records import RtmsNode
+from livecomments.coord.records import RtmsNode, busy_floor, worth_publishing
 from livecomments.kernel import metrics as m
 from livecomments.kernel.admin import admin_listener, metrics_url
 from livecomments.kernel.grpcauth import GrpcSecurity
@@ -22,6 +23,7 @@ from livecomments.kernel.logs import about
 from livecomments.kernel.pb import livecomments_pb2 as pb
 from livecomments.kernel.pb import livecomments_pb2_grpc as pb_grpc
 from livecomments.kernel.readiness import DRAINING, REDIS, STORE, Readiness
+from livecomments.kernel.redis.keys import Keys
 from livecomments.kernel.redis.timed import connect as connect_redis
 from livecomments.kernel.rpcstream import SERVER_OPTIONS
 from livecomments.kernel.sequencer import Sequencer
@@ -29,6 +31,7 @@ from livecomments.kernel.settings import RTMSSettings, default_node_id
 from livecomments.kernel.store import Store
 from livecomments.kernel.stream import Position
 from livecomments.kernel.tls import server_context
+from livecomments.kernel.viewers import ViewerCounts
 from livecomments.rtms.delivery import DeliveryService
 from livecomments.rtms.hub import Hub
 from livecomments.rtms.metrics import collector
@@ -36,7 +39,7 @@ from livecomments.rtms.sse import SSEListener
 
 log = logging.getLogger(__name__)
 
-TOP_VIDEOS = 1000  # per-video viewer counts published in the node's znode
+BUSY_VIDEOS = 100  # at most this many busy videos in the node's record (the busiest)
 RECONCILE_BATCH = 1000  # videos whose heads one Redis call reads
 
 
@@ -122,6 +125,10 @@ class RTMSServer:
             channel_limit=settings.channel_limit_node,
         )
         self.placement = Placement(self.zk, Policy.from_settings(settings))
+        self.boot = secrets.token_hex(6)  # this life of the node (its Redis counts say it)
+        self.viewer_counts = ViewerCounts(
+            self.redis, Keys(settings.redis_prefix), self.placement.boot
+        )
         # /readyz and gRPC health: ZooKeeper connected, Redis and the store
         # answering, not drained by an operator, not stopping.
         self.readiness = Readiness()
@@ -213,8 +220,18 @@ class RTMSServer:
         return self.node_id in self.placement.drains.nodes
 
     def _info(self) -> RtmsNode:
-        counts = sorted(
-            ((len(c.viewers), v) for v, c in self.hub.channels.items() if c.viewers), reverse=True
+        floor = busy_floor(self.settings.spread_viewers)
+        published = self.membership.record
+        listed = published.viewers_by_video if published is not None else {}
+        # A video listed stays listed down to half the floor: one viewer coming and
+        # going at the floor does not rewrite the record each time.
+        busy = sorted(
+            (
+                (len(c.viewers), v)
+                for v, c in self.hub.channels.items()
+                if len(c.viewers) >= (max(1, floor // 2) if v in listed else floor)
+            ),
+            reverse=True,
         )
         return RtmsNode(
             sse_url=self.public_url,
@@ -222,12 +239,13 @@ class RTMSServer:
             metrics=metrics_url(
                 self.settings.admin_host, self.settings.admin_port, self.public_url
             ),
+            boot=self.boot,
             connections=self.hub.viewer_count,
             videos=len(self.hub.channels),
             draining=self.draining,
-            viewers_by_video={video: n for n, video in counts[:TOP_VIDEOS]},
+            viewers_by_video={video: n for n, video in busy[:BUSY_VIDEOS]},
             # Videos this node batches every viral_window (/healthz adds their demand).
-            viral_videos=tuple(sorted(self.hub.viral_videos())[:TOP_VIDEOS]),
+            viral_videos=tuple(sorted(self.hub.viral_videos())[:BUSY_VIDEOS]),
         )
 
     # -- placement ----------------------------------------------------------------
@@ -315,10 +333,8 @@ class RTMSServer:
         self._timers = [
             asyncio.create_task(self._every(s.heartbeat_interval, self._heartbeat)),
             asyncio.create_task(self._every(s.load_report_interval, self._report_load)),
-            *(
-                [asyncio.create_task(self._every(s.viewer_count_interval, self._tell_viewers))]
-                if s.viewer_count_interval > 0
-                else []
+            asyncio.create_task(
+                self._every(s.viewer_count_interval or s.load_report_interval, self._count_viewers)
             ),
             asyncio.create_task(self._every(s.reconcile_interval, self._reconcile)),
         ]
@@ -351,18 +367,18 @@ class RTMSServer:
         except Exception as exc:  # the periodic report tries again
             log.warning("publishing the draining flag failed: %s", exc)
 
-    async def _tell_viewers(self) -> None:
-        node_id = self.node_id
-
-        def total(video_id: str, here: int) -> int:
-            # Exact here; the other live nodes' load reports for the rest.
-            return here + self.placement.viewers(video_id, exclude=node_id)
-
-        self.hub.announce_viewers(total)
+    async def _count_viewers(self) -> None:
+        """This node's viewers per video to Redis, and (``viewer_count_interval``) each
+        video's total over every live node to its viewers here."""
+        counts = {v: len(c.viewers) for v, c in self.hub.channels.items() if c.viewers}
+        others = await self.viewer_counts.publish(self.node_id, self.boot, counts)
+        if self.settings.viewer_count_interval > 0:
+            self.hub.announce_viewers(lambda video, here: here + others.get(video, 0))
 
     async def _report_load(self) -> None:
+        """Rewrite this node's record when it says something new (``worth_publishing``)."""
         info = self._info()
-        if info != self.membership.record:
+        if worth_publishing(self.membership.record, info, self.settings.spread_viewers):
             await self.membership.update(info)
 
     def begin_stop(self) -> None:
@@ -395,6 +411,10 @@ class RTMSServer:
                 conn.transport.close()
         await self.hub.stop()
         # 3. deregister, then close backend clients
+        try:
+            await asyncio.wait_for(self.viewer_counts.withdraw(self.node_id, self.boot), timeout)
+        except Exception as exc:  # they stop counting when the session ends anyway
+            log.warning("withdrawing the viewer counts failed: %s", exc)
         try:
             await asyncio.wait_for(self.registry.clear(), timeout)
             await asyncio.wait_for(self.membership.leave(), timeout)

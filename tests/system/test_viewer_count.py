@@ -2,10 +2,14 @@
 on every node together, and the first history page says it too.
 
 Viewers are spread over two nodes, join and leave, and one node is killed: its
-viewers stop counting when its ZooKeeper session ends.
+viewers stop counting when its ZooKeeper session ends, and do not count again when
+it comes back under the same id. The counts travel through Redis
+(``kernel/viewers.py``), not the nodes' ZooKeeper records.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import aiohttp
 
@@ -78,6 +82,19 @@ async def test_viewers_are_counted_over_nodes_as_they_join_leave_and_die(
             what="2 once the dead node's session ended",
         )
         await wait_until(lambda: first_page_says(api, video, 2), what="the first page says 2")
+
+        # rtms-2 comes back under the same id (a StatefulSet pod does). The count its
+        # earlier life wrote to Redis is still there; it must not count again.
+        await asyncio.to_thread(cluster.restart, "rtms-2")
+        other = unique("audience-other")
+        probe = await on(cluster, session, "rtms-2", other)
+        try:  # the comment service and rtms-1 see rtms-2's new record once this counts
+            await wait_until(lambda: first_page_says(api, other, 1), what="rtms-2 counted again")
+            await asyncio.sleep(1.0)  # three intervals of rtms-1's and the service's counting
+            assert all(told(v)[-1:] == [2] for v in [*here, late])
+            assert await first_page_says(api, video, 2)
+        finally:
+            await probe.close()
         # An older page (before=) does not carry the count: only the first page does.
         status, page, _ = await api.request("GET", f"/api/videos/{video}/comments?before=1")
         assert status == 200 and "viewers" not in page

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 import pytest
 
@@ -17,7 +19,9 @@ from livecomments.coord.records import (
     Pin,
     RebalanceRequest,
     RtmsNode,
+    busy_floor,
     json_object,
+    worth_publishing,
 )
 from livecomments.kernel import settings as cfg
 
@@ -28,6 +32,7 @@ def test_records_round_trip() -> None:
     report = RtmsNode(
         sse_url="https://rtms-1:8443",
         grpc="10.0.0.1:7001",
+        boot="a1b2c3",
         connections=3,
         videos=2,
         draining=True,
@@ -61,6 +66,7 @@ def test_payloads_keep_their_json_keys() -> None:
         "sse_url",
         "grpc",
         "metrics",
+        "boot",
         "connections",
         "videos",
         "draining",
@@ -149,3 +155,52 @@ def test_snapshot_plans_moves_off_nodes_not_placed_for_a_video() -> None:
     assert snap.videos() == ["v", "w"]
     # A node that is gone is not in the plan: its /hosted entries vanish with it.
     assert snap.plan() == [{"video": "v", "from": n, "to": [home], "viewers": 4} for n in strays]
+    # Counts read from Redis, when the CLI has them, replace the records' busy lists.
+    counted = replace(snap, viewers={"v": {strays[0]: 7}})
+    assert counted.viewers_by_node("v") == {strays[0]: 7} and counted.viewers_by_node("w") == {}
+
+
+def test_a_node_rewrites_its_record_only_when_it_says_something_new() -> None:
+    base = RtmsNode(
+        sse_url="https://n1", grpc="g:1", boot="b1", connections=1000, videos=100,
+        viewers_by_video={"hot": 4000},
+    )  # fmt: skip
+    spread = 5000
+    assert worth_publishing(None, base, spread)
+    assert not worth_publishing(base, base, spread)
+    same = [
+        replace(base, connections=1099),  # within 10 %
+        replace(base, connections=901),
+        replace(base, videos=91),
+        replace(base, viewers_by_video={"hot": 4399}),
+    ]
+    for new in same:
+        assert not worth_publishing(base, new, spread), new
+    news = [
+        replace(base, connections=1200),
+        replace(base, connections=0),  # a drain waits for this one
+        replace(base, videos=0),
+        replace(base, viewers_by_video={"hot": 3500}),
+        replace(base, viewers_by_video={"hot": 5000}),  # placement spreads it now
+        replace(base, viewers_by_video={"hot": 4000, "new": 600}),
+        replace(base, viewers_by_video={}),
+        replace(base, draining=True),
+        replace(base, boot="b2"),
+        replace(base, sse_url="https://n1b"),
+        replace(base, viral_videos=("hot",)),
+    ]
+    for new in news:
+        assert worth_publishing(base, new, spread), new
+    # Small counts are exact: from 0 or to 0, or by more than a tenth.
+    small = replace(base, connections=3)
+    assert worth_publishing(small, replace(small, connections=4), spread)
+    assert worth_publishing(small, replace(small, connections=0), spread)
+    # Crossing a multiple of spread_viewers counts even within 10 %: 4,990 -> 5,010.
+    near = replace(base, viewers_by_video={"hot": 4990})
+    assert worth_publishing(near, replace(near, viewers_by_video={"hot": 5010}), spread)
+    assert not worth_publishing(near, replace(near, viewers_by_video={"hot": 4800}), spread)
+
+
+def test_busy_videos_start_at_a_tenth_of_the_spread() -> None:
+    assert busy_floor(5000) == 500
+    assert busy_floor(3) == 1 and busy_floor(0) == 1

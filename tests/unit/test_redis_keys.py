@@ -35,6 +35,7 @@ KEYS: dict[str, tuple[tuple[str | int, ...], str]] = {
     "recent": (("vid",), "lc:v:{vid}:recent2"),
     "recent_replies": (("vid",), "lc:v:{vid}:recent-replies"),
     "pinned": (("vid",), "lc:v:{vid}:pinned"),
+    "viewers": (("vid",), "lc:v:{vid}:viewers"),
     "bucket": (("login-fail", "bob", "10.0.0.1"), "lc:rl:login-fail:bob:10.0.0.1"),
     "login_gate": (("bob",), "lc:login-gate:bob"),
     "login_level": (("bob",), "lc:login-level:bob"),

@@ -13,10 +13,10 @@ from livecomments.comment_service.api.context import (
     ACCOUNTS,
     COMMENTS,
     METRICS,
-    PLACEMENT,
     REACTIONS,
     REQUEST_ID,
     SETTINGS,
+    VIEWER_COUNTS,
     caller,
     client_ip,
     json_response,
@@ -275,7 +275,7 @@ async def list_comments(request: web.Request) -> web.Response:
     page = await request.app[COMMENTS].page(video_id, before=before, after=after, limit=limit_)
     await _fresh_reactions(request, page["items"])
     if before is None and after is None:  # the first page: how many watch now, the pin
-        page["viewers"] = request.app[PLACEMENT].viewers(video_id)
+        page["viewers"] = await request.app[VIEWER_COUNTS].total(video_id)
         # Read after the page took its resume (see ``Comments.pinned``).
         page["pinned"] = await request.app[COMMENTS].pinned(video_id)
     head = page.get("head") or 0

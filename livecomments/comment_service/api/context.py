@@ -27,6 +27,7 @@ from livecomments.kernel.errors import LiveCommentsError, Unauthorized
 from livecomments.kernel.ids import Snowflake
 from livecomments.kernel.netaddr import TrustedProxies
 from livecomments.kernel.rates import Rate
+from livecomments.kernel.viewers import ViewerCounts
 
 
 class Users(Protocol):
@@ -54,6 +55,7 @@ POLICIES = web.AppKey("policies", Policies)
 LIMITER = web.AppKey("limiter", Limiter)
 LOGIN_LIMITS = web.AppKey("login_limits", LoginLimits)
 PLACEMENT = web.AppKey("placement", Placement)
+VIEWER_COUNTS = web.AppKey("viewer_counts", ViewerCounts)
 REPLAY = web.AppKey("replay", Replay)
 CORS = web.AppKey("cors", Cors)
 # The viewer page and its Content-Security-Policy, for the RTMS nodes up now.

@@ -46,6 +46,12 @@ The recent-comments cache (``livecomments/comment_service/recent.py``):
   1 h after its last write. The pinned comment's JSON, or ``none``: what first pages
   show, copied from the video's document in the store.
 
+Viewer counts (``livecomments/kernel/viewers.py``):
+
+- ``v:{<video>}:viewers`` hash (a field per RTMS node: ``<boot> <count>``); every
+  RTMS node serving the video writes its own field, readers add the fields of live
+  nodes. ``VIEWERS_TTL`` (2 min) after its last write. The video's viewers per node.
+
 Limits (``livecomments/comment_service/limits.py``):
 
 - ``rl:<name>`` hash (``tokens``, ``ts``); limits. Until the bucket is full again
@@ -158,6 +164,10 @@ class Keys:
     def pinned(self, video: str) -> str:
         """The video's pinned comment as a first page shows it (``pinned.py``)."""
         return _key(self.prefix, "v", _tag(video), "pinned")
+
+    def viewers(self, video: str) -> str:
+        """The video's viewers on each RTMS node (``kernel/viewers.py``)."""
+        return _key(self.prefix, "v", _tag(video), "viewers")
 
     # -- limits ---------------------------------------------------------------------
 

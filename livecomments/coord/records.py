@@ -120,6 +120,23 @@ def busy_floor(spread_viewers: int) -> int:
     return max(1, spread_viewers // 10)
 
 
+def busy_videos(
+    counts: Mapping[str, int], listed: Mapping[str, int], floor: int, cap: int
+) -> dict[str, int]:
+    """The busy videos a node lists, busiest first (at most ``cap``), from its viewers
+    per video: ``floor`` viewers or more, or half of it for one ``listed`` already, so
+    one viewer coming and going at the floor does not rewrite the record each time."""
+    busy = sorted(
+        (
+            (n, video)
+            for video, n in counts.items()
+            if n >= (max(1, floor // 2) if video in listed else floor)
+        ),
+        reverse=True,
+    )
+    return {video: n for n, video in busy[:cap]}
+
+
 def _moved(old: int, new: int, step: int = 0) -> bool:
     """``new`` is news next to the published ``old``: it crossed zero, moved by more
     than :data:`STEP` of the larger, or (``step``) into another multiple of ``step``."""

@@ -14,7 +14,7 @@ import grpc
 from redis.asyncio import Redis
 
 from livecomments.coord import ZK, HostedRegistry, Membership, Placement, Policy
-from livecomments.coord.records import RtmsNode, busy_floor, worth_publishing
+from livecomments.coord.records import RtmsNode, busy_floor, busy_videos, worth_publishing
 from livecomments.kernel import metrics as m
 from livecomments.kernel.admin import admin_listener, metrics_url
 from livecomments.kernel.grpcauth import GrpcSecurity
@@ -220,18 +220,12 @@ class RTMSServer:
         return self.node_id in self.placement.drains.nodes
 
     def _info(self) -> RtmsNode:
-        floor = busy_floor(self.settings.spread_viewers)
         published = self.membership.record
-        listed = published.viewers_by_video if published is not None else {}
-        # A video listed stays listed down to half the floor: one viewer coming and
-        # going at the floor does not rewrite the record each time.
-        busy = sorted(
-            (
-                (len(c.viewers), v)
-                for v, c in self.hub.channels.items()
-                if len(c.viewers) >= (max(1, floor // 2) if v in listed else floor)
-            ),
-            reverse=True,
+        busy = busy_videos(
+            {v: len(c.viewers) for v, c in self.hub.channels.items() if c.viewers},
+            published.viewers_by_video if published is not None else {},
+            busy_floor(self.settings.spread_viewers),
+            BUSY_VIDEOS,
         )
         return RtmsNode(
             sse_url=self.public_url,
@@ -243,7 +237,7 @@ class RTMSServer:
             connections=self.hub.viewer_count,
             videos=len(self.hub.channels),
             draining=self.draining,
-            viewers_by_video={video: n for n, video in busy[:BUSY_VIDEOS]},
+            viewers_by_video=busy,
             # Videos this node batches every viral_window (/healthz adds their demand).
             viral_videos=tuple(sorted(self.hub.viral_videos())[:BUSY_VIDEOS]),
         )

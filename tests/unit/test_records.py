@@ -20,6 +20,7 @@ from livecomments.coord.records import (
     RebalanceRequest,
     RtmsNode,
     busy_floor,
+    busy_videos,
     json_object,
     worth_publishing,
 )
@@ -201,6 +202,11 @@ def test_a_node_rewrites_its_record_only_when_it_says_something_new() -> None:
     assert not worth_publishing(near, replace(near, viewers_by_video={"hot": 4800}), spread)
 
 
-def test_busy_videos_start_at_a_tenth_of_the_spread() -> None:
+def test_busy_videos_start_at_a_tenth_of_the_spread_and_stay_down_to_half() -> None:
     assert busy_floor(5000) == 500
     assert busy_floor(3) == 1 and busy_floor(0) == 1
+    counts = {"a": 900, "b": 500, "c": 499, "d": 300, "e": 249}
+    assert busy_videos(counts, {}, 500, 10) == {"a": 900, "b": 500}
+    listed = {"c": 520, "d": 510, "e": 505}  # listed before: they stay down to 250
+    assert busy_videos(counts, listed, 500, 10) == {"a": 900, "b": 500, "c": 499, "d": 300}
+    assert list(busy_videos(counts, {}, 500, 1)) == ["a"]  # the busiest, up to the cap

@@ -22,14 +22,18 @@ call per node per interval, touching only that node's videos.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from livecomments.kernel.redis import scripts
 from livecomments.kernel.redis.keys import Keys
+
+log = logging.getLogger(__name__)
 
 VIEWERS_TTL = 120.0  # seconds a video's hash lives after its last write
 REFRESH = VIEWERS_TTL / 4  # a node rewrites an unchanged count this often
@@ -71,9 +75,15 @@ class ViewerCounts:
         self._script = scripts.register(redis, "viewers_publish")
         self._written: dict[str, tuple[int, float]] = {}  # video -> (count, monotonic time)
 
-    async def total(self, video_id: str) -> int:
-        """The video's viewers on every live node."""
-        return add_up(await self._redis.hgetall(self._keys.viewers(video_id)), self._live)
+    async def total(self, video_id: str) -> int | None:
+        """The video's viewers on every live node; None when Redis cannot say (a
+        first page is still served, from the store, without its count)."""
+        try:
+            fields = await self._redis.hgetall(self._keys.viewers(video_id))
+        except RedisError as exc:
+            log.warning("viewer count unreadable: %s", exc)
+            return None
+        return add_up(fields, self._live)
 
     async def publish(self, node: str, boot: str, counts: Mapping[str, int]) -> dict[str, int]:
         """Write ``node``'s ``counts`` (videos with viewers) where they changed, remove

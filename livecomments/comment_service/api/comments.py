@@ -275,7 +275,8 @@ async def list_comments(request: web.Request) -> web.Response:
     page = await request.app[COMMENTS].page(video_id, before=before, after=after, limit=limit_)
     await _fresh_reactions(request, page["items"])
     if before is None and after is None:  # the first page: how many watch now, the pin
-        page["viewers"] = await request.app[VIEWER_COUNTS].total(video_id)
+        if (viewers := await request.app[VIEWER_COUNTS].total(video_id)) is not None:
+            page["viewers"] = viewers
         # Read after the page took its resume (see ``Comments.pinned``).
         page["pinned"] = await request.app[COMMENTS].pinned(video_id)
     head = page.get("head") or 0

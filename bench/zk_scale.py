@@ -18,12 +18,15 @@ own, so their CPU and memory are theirs alone.
 3. **Table updates**: ``--churn`` videos start (a node hosts them) at ``--churn-rate``
    per second while the table is loaded; the CPU the reader spends per update and
    how long each takes to reach its table.
-4. **Load reports**: every node rewrites its ``/nodes/rtms/{node}`` record (with
-   ``--report-videos`` entries of viewers per video) every ``--report-interval``
-   seconds, as RTMS nodes do, for ``--duration`` seconds, while one
-   ``NodeDirectory`` watches them: the server's CPU, the reader's CPU and the bytes
-   each watcher reads per second. Every RTMS node, dispatcher and comment service
-   runs such a watcher, so the ensemble's cost is that times their number (derived).
+4. **Load reports, as nodes wrote them before this was measured**: every node
+   rewrites its ``/nodes/rtms/{node}`` record (with ``--report-videos`` entries of
+   viewers per video) every ``--report-interval`` seconds, for ``--duration``
+   seconds, while one ``NodeDirectory`` watches them: the server's CPU, the reader's
+   CPU and the bytes each watcher reads per second. Every RTMS node, dispatcher and
+   comment service runs such a watcher, so the ensemble's cost is that times their
+   number (derived). It did not hold; nodes now rewrite their records only when they
+   say something new and put viewers per video in Redis: ``bench.load_reports``
+   measures that.
 
 Everything stops by itself; only loopback.
 """

@@ -446,6 +446,9 @@ class Follower:
             body = orjson.loads(data)
             self.moves += 1
             self._next_url = body.get("url")
+            # As a client that follows the `moved` URL as is would: the node says
+            # it is the last id it sent, never an older one (the viewer page keeps
+            # its own, which must then be the same), so a repeat here is the node's.
             if body.get("last_event_id"):
                 self.last_id = body["last_event_id"]
             return True

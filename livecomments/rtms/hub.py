@@ -24,10 +24,15 @@ again (step 2) and goes on at step 3. ``reconcile`` and ``catch_up`` find the
 gaps that no later event showed, and fill them the same way.
 
 A viewer: :meth:`Hub.attach` hosts the video if it must (ZooKeeper, and the head
-it starts at), ``Resume.replay`` reads what the viewer missed from the ring or
-the store, and the hub writes it and adds the viewer to the channel with no
-await in between. :meth:`Hub.detach` takes it out; a channel left without
-viewers retires after ``host_grace``.
+it starts at). A viewer further on than the channel (it comes from another node,
+and the channel started at the settled head or waits on a gap) waits for
+``Recovery.reach`` to fill the channel up to its last event id, so nothing the
+channel applies up to there is written to it again. ``Resume.replay`` reads what
+the viewer missed from the ring or the store, and the hub writes it and adds the
+viewer to the channel with no await in between. So a live viewer has the
+channel's events up to its last seq and nothing beyond: the id ``moved`` names.
+:meth:`Hub.detach` takes it out; a channel left without viewers retires after
+``host_grace``.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class Backend(Sources, Protocol):
     async def unhost(self, video_id: str) -> None: ...
 
 
+RETRY_CATCHING_UP = 1.0  # s: a node behind a resuming viewer's id (Recovery.reach)
 UNHOSTED = -1  # an event for a video this node does not host (next to Channel.offer's verdicts)
 _OUTCOMES = {APPLIED: "applied", EARLY: "held_for_gap", UNCONFIRMED: "held_for_epoch"}
 
@@ -112,6 +118,13 @@ def _log_event(event: pb.Event, channel: Channel | None, verdict: int) -> None:
         event.video_id, event.comment_id, event.seq, viewers, outcome, request_id,
         extra={**fields, "viewers": viewers, "outcome": outcome},
     )  # fmt: skip
+
+
+def _ahead(channel: Channel, resume: Position) -> bool:
+    """Whether a viewer resuming from ``resume`` has seqs of the channel's epoch it lacks."""
+    if resume.seq <= channel.last_seq:
+        return False
+    return channel.epoch is None or resume.epoch in (0, channel.epoch)
 
 
 def _abort_unflushed(transports: list[Transport]) -> None:
@@ -303,6 +316,15 @@ class Hub:
             channel.idle_handle.cancel()
             channel.idle_handle = None
         try:
+            if resume is not None and _ahead(channel, resume):
+                # It has events this channel has not applied yet (it comes from a
+                # node that was further on): anything the channel applies up to
+                # there would reach it twice, so it joins once the channel has it.
+                if not await self.recovery.reach(channel, resume):  # counted by its code
+                    raise Refused(
+                        503, "catching_up", "this node has not caught up with your last event yet",
+                        RETRY_CATCHING_UP,
+                    )  # fmt: skip
             replay = await self.resume.replay(viewer, channel, resume, head)
         except BaseException:
             self._maybe_idle(channel)
@@ -490,8 +512,10 @@ class Hub:
     def move(self, video_id: str, base_url: str | None, reason: str) -> int:
         """Send the video's viewers elsewhere with a ``moved`` event, and close them.
 
-        The URL carries the last event id they got, so following it they miss
-        nothing (the new node replays from there) and see nothing twice. The
+        The URL carries the last event id they got (after the flush, the
+        channel's last seq: ``attach`` lets no viewer in that is further on), so
+        following it they miss nothing (the new node replays from there) and see
+        nothing twice. The
         frame is the same for every viewer of the video: encoded once.
         """
         channel = self.channels.get(video_id)

@@ -4,9 +4,10 @@
 apply an event: a gap is filled from the store (and fenced when the store still
 lacks a seq after a deadline), an event of another epoch or far ahead is held
 until Redis confirms it, and a channel that stayed behind the video's head
-(``reconcile``, ``catch_up``) is filled too. What it applies goes back through
-the channel (``drain``, ``apply_stored``, ``offer``) and on to pacing's ``queue``;
-it never calls back into the hub (its tasks only run in the hub's task set).
+(``reconcile``, ``catch_up``) or behind a viewer resuming into it (``reach``) is
+filled too. What it applies goes back through the channel (``drain``,
+``apply_stored``, ``offer``) and on to pacing's ``queue``; it never calls back
+into the hub (its tasks only run in the hub's task set).
 
 :class:`Resume` is what a viewer is owed when it comes back with a
 ``Last-Event-ID``: the frames since then, from the channel's ring or from store
@@ -94,11 +95,15 @@ class Recovery:
 
     # -- gaps ---------------------------------------------------------------
 
-    def fill(self, channel: Channel, upto: int = 0) -> None:
-        """Fill the channel's gap from the store, up to ``upto`` at least (one task at a time)."""
+    def fill(self, channel: Channel, upto: int = 0) -> asyncio.Task[None]:
+        """Fill the channel's gap from the store, up to ``upto`` at least (one task at a time).
+
+        Returns that task: it ends once the channel has no gap left and ``upto``.
+        """
         channel.fill_to = max(channel.fill_to, upto)
         if channel.filling is None or channel.filling.done():
             channel.filling = self._spawn(self._fill(channel))
+        return channel.filling
 
     @staticmethod
     def _gap_end(channel: Channel) -> int:
@@ -295,6 +300,52 @@ class Recovery:
             channel.epoch = head.epoch  # the video had no comments when we started hosting it
         if head.epoch == channel.epoch and head.seq > channel.last_seq:
             self.fill(channel, head.seq)
+
+    async def reach(self, channel: Channel, resume: Position) -> bool:
+        """Fill the channel up to ``resume``, which a viewer about to join it already has.
+
+        Another node wrote the viewer every event up to there (it moved here, or
+        its node went away), and this channel may be behind that: it started at
+        the video's settled head (``Sources.head``: below the seqs still in
+        flight, which includes one already delivered whose outbox entry is not
+        removed yet), or it waits on a gap. What it applies up to ``resume`` goes
+        to its other viewers; the joiner must never be written any of it, so it
+        joins once the channel has ``resume``. Those seqs were stored before
+        they were dispatched, so one read of the store usually does it.
+
+        Only up to the seq Redis last handed out: a made-up id waits for nothing
+        (and sets no fill going after seqs nobody took). True when the viewer may
+        join now; False if the channel did not get there within ``gap_deadline``
+        (or Redis could not be asked), for the viewer to come back later.
+        """
+        video_id = channel.video_id
+        if channel.last_seq >= resume.seq:
+            return True
+        try:
+            head = (await self._sources.heads([video_id])).get(video_id)
+        except LiveCommentsError as exc:
+            log.warning("reading the head of %s failed: %s", video_id, exc, extra=about(video_id))
+            return False
+        if head is None or resume.epoch not in (0, head.epoch):
+            return True  # nothing more of the viewer's epoch: a new one resets every viewer
+        if channel.epoch is None:
+            channel.epoch = head.epoch  # the video had no comments when we started hosting it
+        elif channel.epoch != head.epoch:
+            return True  # the counter was re-created: the new epoch resets every viewer
+        target = min(resume.seq, head.seq)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._gap_deadline
+        while channel.last_seq < target and self._hosted.get(video_id) is channel:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.info(
+                    "%s: not caught up with a resuming viewer at %s (at %d)",
+                    video_id, resume, channel.last_seq, extra=about(video_id),
+                )  # fmt: skip
+                return False
+            # One that failed or was cancelled is started again by the next turn.
+            await asyncio.wait({self.fill(channel, target)}, timeout=left)
+        return True
 
 
 def _count_resume(stats: Stats, from_store: bool) -> None:

@@ -232,7 +232,7 @@ async def test_replay_is_paged_shared_and_written_within_the_buffer_bound() -> N
     readers = [flow_viewer() for _ in range(5)]
     stuck, stuck_transport = flow_viewer()
     joins = [
-        asyncio.create_task(hub.attach(viewer, "v", (EPOCH, 100), b"HEAD\n"))
+        asyncio.create_task(hub.attach(viewer, "v", Position(EPOCH, 100), b"HEAD\n"))
         for viewer, _ in [*readers, (stuck, stuck_transport)]
     ]
     while not all(task.done() for task in joins[:-1]):  # readers read; `stuck` never does
@@ -251,7 +251,7 @@ async def test_replay_is_paged_shared_and_written_within_the_buffer_bound() -> N
     # Further back than replay_limit store events: reset, and no store read.
     far, far_transport = flow_viewer()
     before = len(backend.fetches)
-    await hub.attach(far, "v", (EPOCH, 1), b"")
+    await hub.attach(far, "v", Position(EPOCH, 1), b"")
     assert b"event: reset" in far_transport.data and b"too_far_behind" in far_transport.data
     assert len(backend.fetches) == before and hub.stats.replay_resets == 1
     await hub.stop()

@@ -199,11 +199,11 @@ async def test_hysteresis_enter_at_threshold_leave_at_half(
     assert channel.window == COALESCE
     # Back up to 4 viewers: ~800 again, above the exit line, but not viral again.
     for _ in range(2):
-        await hub.attach(Viewer(FakeTransport()), VIDEO, (EPOCH, 202))
+        await hub.attach(Viewer(FakeTransport()), VIDEO, Position(EPOCH, 202))
     hub.deliver([event(203)])
     assert not channel.viral
     for _ in range(6):
-        await hub.attach(Viewer(FakeTransport()), VIDEO, (EPOCH, 203))
+        await hub.attach(Viewer(FakeTransport()), VIDEO, Position(EPOCH, 203))
     hub.deliver([event(204)])
     assert channel.viral  # 10 x ~200 >= 1000
     assert (hub.stats.viral_entered, hub.stats.viral_left) == (2, 1)
@@ -257,7 +257,7 @@ async def test_viewers_joining_mid_window_miss_nothing_and_get_nothing_twice() -
     writes_before = len(early.writes)
 
     resumed, fresh, ahead = FakeTransport(), FakeTransport(), FakeTransport()
-    await hub.attach(Viewer(resumed), VIDEO, (EPOCH, 990), b"HEAD\n")
+    await hub.attach(Viewer(resumed), VIDEO, Position(EPOCH, 990), b"HEAD\n")
     await hub.attach(Viewer(fresh), VIDEO, None, b"HEAD\n")
     # Joining did not cut the window short for the others.
     assert len(early.writes) == writes_before and channel.outbox
@@ -265,7 +265,7 @@ async def test_viewers_joining_mid_window_miss_nothing_and_get_nothing_twice() -
     hub.deliver([event(1011)])
     # This one already has events of the outbox (it comes from a node that wrote
     # them sooner): the outbox goes out now, so nobody gets anything twice.
-    await hub.attach(Viewer(ahead), VIDEO, (EPOCH, 1005), b"HEAD\n")
+    await hub.attach(Viewer(ahead), VIDEO, Position(EPOCH, 1005), b"HEAD\n")
     assert not channel.outbox and len(early.writes) == writes_before + 1
     hub.deliver([event(1012)])
     await asyncio.sleep(VIRAL_WINDOW * 1.5)
@@ -289,7 +289,7 @@ async def test_joining_mid_window_in_normal_mode_flushes_first_as_before() -> No
     await asyncio.sleep(0)
     hub.deliver([event(2)])
     late = FakeTransport()
-    await hub.attach(Viewer(late), VIDEO, (EPOCH, 0), b"HEAD\n")
+    await hub.attach(Viewer(late), VIDEO, Position(EPOCH, 0), b"HEAD\n")
     assert early.seqs() == [1, 2] and late.seqs() == [1, 2]
     await asyncio.sleep(COALESCE * 4)
     assert early.seqs() == [1, 2] and late.seqs() == [1, 2]

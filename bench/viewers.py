@@ -14,6 +14,10 @@ each with one JSON line on stdout:
   reordered events, disconnects, this process's CPU.
 - ``close``: close everything and exit.
 
+``collect`` also answers how many viewers got each number of events once
+(``unique_per_viewer``), so that "every viewer got every event exactly once" is
+checked per viewer (``bench.regions``).
+
 Optional config keys (``bench.scale`` uses them; ``bench.fanout`` does not):
 
 - ``assign``: the video index of each viewer lo..hi-1 (instead of ``i % len(videos)``);
@@ -523,6 +527,9 @@ class Generator:
     def collect(self) -> dict[str, Any]:
         gen = self.gen
         per_video: dict[int, list[int]] = {}
+        # How many viewers got each number of events once (a whole-window check per
+        # viewer: sums over viewers could hide one missing what another got twice).
+        unique_per_viewer: dict[str, int] = {}
         for viewer in self.viewers:
             if not viewer.counted:
                 continue
@@ -531,6 +538,8 @@ class Generator:
             row[1] += viewer.unique
             row[2] += viewer.dups
             row[3] += viewer.late
+            key = str(viewer.unique)
+            unique_per_viewer[key] = unique_per_viewer.get(key, 0) + 1
         hist = {str(ms): n for ms, n in enumerate(gen.hist) if n}
         hist_accept = {str(ms): n for ms, n in enumerate(gen.hist_accept) if n}
         alive = sum(1 for v in self.viewers if not v.lost)
@@ -543,6 +552,7 @@ class Generator:
             "last_recv": gen.last_recv,
             "hist": hist,
             "videos": {str(v): row for v, row in per_video.items()},  # conns, new, dups, late
+            "unique_per_viewer": unique_per_viewer,
             "disconnects": gen.disconnects,
             "alive": alive,
             "parse_errors": gen.parse_errors,

@@ -56,6 +56,9 @@ def main(config_file: str | None) -> None:
 @click.option("--port", type=int, help="SSE port.")
 @click.option("--grpc-host", help="Private address for Delivery gRPC (published in ZooKeeper).")
 @click.option("--grpc-port", type=int, help="Delivery gRPC port.")
+@click.option(
+    "--grpc-advertise", help="host:port published instead, when dispatchers reach gRPC elsewhere."
+)
 @click.option("--public-url", help="Base URL viewers reach this node at.")
 def rtms(**flags: Any) -> None:
     """Run one realtime messaging server (SSE + gRPC Delivery)."""

@@ -32,6 +32,12 @@ DEFAULT_MONGO_PORT = 27018
 LOG_FORMATS = ("text", "json")
 
 
+def is_host_port(value: str) -> bool:
+    """Whether ``value`` reads as ``host:port`` (a port of 1..65535)."""
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host) and port.isdigit() and 0 < int(port) < 65536
+
+
 @dataclasses.dataclass(frozen=True)
 class BackendSettings:
     """Where the shared backends are, and the namespace inside each of them."""
@@ -98,8 +104,7 @@ class BackendSettings:
     def __post_init__(self) -> None:
         TrustedProxies(self.trusted_proxies)  # a typo stops the process at start-up
         for entry in self.redis_sentinels:
-            host, sep, port = entry.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not is_host_port(entry):
                 raise ConfigError(
                     f"{ENV_PREFIX}REDIS_SENTINELS: expected host:port[,host:port...], got {entry!r}"
                 )
@@ -123,6 +128,9 @@ class RTMSSettings(BackendSettings):
     # publishes for dispatchers to dial, while `host` faces viewers.
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 9801
+    # "host:port" dispatchers dial instead, when they cannot reach grpc_host:grpc_port
+    # as such: behind NAT, a TCP proxy or a Kubernetes Service ("" = grpc_host:grpc_port).
+    grpc_advertise: str = ""
     # The admin listener: plain HTTP /metrics (Prometheus) and /healthz on a
     # private address. 0: none, and /metrics is served on the public listener
     # instead; set a port to keep metrics off the public one (it then answers 404).
@@ -183,6 +191,13 @@ class RTMSSettings(BackendSettings):
     # How often each video's viewers are told its viewer total over all nodes, when it
     # changed (a `viewers` event); 0: never. As fresh as the load reports above.
     viewer_count_interval: float = 3.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.grpc_advertise and not is_host_port(self.grpc_advertise):
+            raise ConfigError(
+                f"{ENV_PREFIX}GRPC_ADVERTISE: expected host:port, got {self.grpc_advertise!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -216,6 +216,12 @@ class RTMSServer:
         yield m.histogram(m.REDIS_CALLS, self.redis_latency)
 
     @property
+    def grpc_address(self) -> str:
+        """Where dispatchers reach the Delivery service (published in ZooKeeper)."""
+        s = self.settings
+        return s.grpc_advertise or f"{s.grpc_host}:{s.grpc_port}"
+
+    @property
     def draining(self) -> bool:
         return self.node_id in self.placement.drains.nodes
 
@@ -229,7 +235,7 @@ class RTMSServer:
         )
         return RtmsNode(
             sse_url=self.public_url,
-            grpc=f"{self.settings.grpc_host}:{self.settings.grpc_port}",
+            grpc=self.grpc_address,
             metrics=metrics_url(
                 self.settings.admin_host, self.settings.admin_port, self.public_url
             ),
@@ -335,8 +341,9 @@ class RTMSServer:
         self._placement_changed()  # a node that restarts while drained stays drained
         await self.readiness.start()
         log.info(
-            "rtms %s: SSE %s, gRPC %s:%d", self.node_id, self.public_url, s.grpc_host, s.grpc_port
-        )
+            "rtms %s: SSE %s, gRPC %s:%d (published as %s)",
+            self.node_id, self.public_url, s.grpc_host, s.grpc_port, self.grpc_address,
+        )  # fmt: skip
 
     async def _every(self, interval: float, job: Any) -> None:
         while True:

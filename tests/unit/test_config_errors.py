@@ -33,6 +33,17 @@ def test_a_check_after_parsing_is_a_config_error_too() -> None:
     assert "10.0.0.0/33" in str(caught.value)
 
 
+@pytest.mark.parametrize("value", ["10.0.0.7", "rtms-3:", ":9801", "rtms-3:0", "rtms-3:70000",
+                                   "rtms-3:grpc"])  # fmt: skip
+def test_the_advertised_grpc_address_must_be_host_and_port(value: str) -> None:
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load(cfg.RTMSSettings, environ={"LIVECOMMENTS_GRPC_ADVERTISE": value})
+    assert "LIVECOMMENTS_GRPC_ADVERTISE: expected host:port" in str(caught.value)
+    for good in ("rtms-3.rtms.svc:9801", "10.0.0.7:443", "[fd00::7]:9801", ""):
+        loaded = cfg.load(cfg.RTMSSettings, environ={"LIVECOMMENTS_GRPC_ADVERTISE": good})
+        assert loaded.grpc_advertise == good
+
+
 def test_good_values_still_load() -> None:
     loaded = cfg.load(
         cfg.RTMSSettings,

@@ -128,6 +128,25 @@ def test_a_directory_view_decodes_each_change_once() -> None:
     assert "n1" not in view and "n1" not in directory.nodes
 
 
+async def test_an_rtms_node_publishes_its_advertised_grpc_address_when_it_has_one() -> None:
+    from livecomments.rtms.server import RTMSServer
+
+    env = {"LIVECOMMENTS_GRPC_INSECURE": "1", "LIVECOMMENTS_GRPC_HOST": "10.1.2.3",
+           "LIVECOMMENTS_GRPC_PORT": "9801"}  # fmt: skip
+    for advertise, published in [
+        ("", "10.1.2.3:9801"),
+        ("proxy.example:19801", "proxy.example:19801"),
+    ]:
+        settings = cfg.load(
+            cfg.RTMSSettings, environ={**env, "LIVECOMMENTS_GRPC_ADVERTISE": advertise}
+        )
+        node = RTMSServer(settings)  # not started: nothing is dialed
+        try:
+            assert node._info().grpc == published
+        finally:
+            await node.redis.aclose()
+
+
 def test_policy_takes_the_services_settings() -> None:
     settings = cfg.BackendSettings(min_spread=2, spread_viewers=0, max_spread=3)
     assert Policy.from_settings(settings) == Policy(min_spread=2, spread_viewers=1, max_spread=3)

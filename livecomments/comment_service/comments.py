@@ -46,6 +46,8 @@ from livecomments.kernel.stream import Position
 
 log = logging.getLogger(__name__)
 
+DISPATCHES_IN_FLIGHT = 4  # Dispatch calls at once (each waits for its slowest node)
+
 
 def _ignore(stage: str, seconds: float) -> None:
     pass
@@ -131,9 +133,14 @@ class Comments:
         self.page_reads: Counter[str] = Counter()  # history pages answered by cache / store
         self.dispatch_failures = 0
         self.undelivered = 0  # dispatched, but some hosting node did not take it
-        # Group commit: concurrent posts share one insert and one Dispatch call.
+        # Group commit: concurrent posts share one insert and one Dispatch call. A
+        # Dispatch is answered once every node hosting its videos took them, so one
+        # slow or far node (another region) would hold up every later comment behind
+        # a single call: a few calls go at once (bench.regions, docs/benchmarks.md).
         self._inserts: Batcher[dict[str, Any], None] = Batcher(store.insert_comments)
-        self._dispatches: Batcher[pb.Event, bool] = Batcher(self._dispatch_batch)
+        self._dispatches: Batcher[pb.Event, bool] = Batcher(
+            self._dispatch_batch, in_flight=DISPATCHES_IN_FLIGHT
+        )
 
     # -- posting --------------------------------------------------------------
 

@@ -33,8 +33,9 @@ SUSPECT_FOR = 3.0  # seconds a node that refused a delivery is skipped (ZooKeepe
 MAX_BATCH = 2000
 # Batches on one stream awaiting their reply. One would leave the stream idle
 # for a round trip after each batch; a few keep it busy under load while the
-# queue still fills into large batches.
-MAX_IN_FLIGHT = 2
+# queue still fills into large batches. Four keep comments to a node in another
+# region (a 150 ms round trip) from queueing at a few a second (bench.regions).
+MAX_IN_FLIGHT = 4
 
 
 class NodeGone(Exception):

@@ -184,6 +184,46 @@ async def test_batcher_groups_what_arrives_during_a_call() -> None:
     assert all(isinstance(o, RuntimeError) for o in outcome)
 
 
+async def test_a_batcher_with_calls_in_flight_does_not_hold_items_behind_a_slow_call() -> None:
+    import asyncio
+
+    from livecomments.kernel.batching import Batcher
+
+    slow = asyncio.Event()
+    calls: list[list[int]] = []
+    busy = 0
+    most = 0
+
+    async def run(items: list[int]) -> list[int | BaseException]:
+        nonlocal busy, most
+        calls.append(items)
+        busy += 1
+        most = max(most, busy)
+        if 0 in items:
+            await slow.wait()  # a far node: this call does not end until told
+        else:
+            await asyncio.sleep(0)
+        busy -= 1
+        return items[:]
+
+    batcher: Batcher[int, int] = Batcher(run, in_flight=2)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.01)  # the slow call is in flight
+    # Items behind it go out on the second call meanwhile, in the batches they form.
+    assert await asyncio.gather(*(batcher.submit(i) for i in (1, 2, 3))) == [1, 2, 3]
+    assert await batcher.submit(4) == 4
+    assert not first.done() and calls == [[0], [1, 2, 3], [4]] and most == 2
+    slow.set()
+    assert await first == 0
+    # What is submitted in one turn of the loop still goes together, in one call.
+    slow.clear()
+    many = [asyncio.ensure_future(batcher.submit(i)) for i in (0, 5, 6, 7, 8)]
+    await asyncio.sleep(0.01)
+    assert calls[-1] == [0, 5, 6, 7, 8] and most == 2
+    slow.set()
+    assert await asyncio.gather(*many) == [0, 5, 6, 7, 8]
+
+
 def test_a_service_raises_its_open_files_limit_to_the_hard_one() -> None:
     """Every viewer is a socket: a soft limit of 1024 under a high hard one (what a
     container runtime may leave) is raised at start."""

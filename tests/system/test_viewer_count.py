@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from kazoo.client import KazooClient
 
 from livecomments.cli.cluster import Cluster
 from tests.support import Api, Viewer, unique, wait_until
@@ -101,3 +102,43 @@ async def test_viewers_are_counted_over_nodes_as_they_join_leave_and_die(
     finally:
         for viewer in [*here, there, *([late] if late else [])]:
             await viewer.close()
+
+
+async def test_a_node_rewrites_its_record_only_when_its_load_moves(
+    cluster: Cluster, api: Api, session: aiohttp.ClientSession
+) -> None:
+    """Every process watches every RTMS node's record: a node must not rewrite it for
+    every viewer who comes or goes (load reports every 0.3 s here), only when its load
+    moves by more than a step; the exact count reaches viewers through Redis."""
+    zk = KazooClient(hosts=cluster.backends.zk_hosts)
+    await asyncio.to_thread(zk.start, 10)
+    member = f"/{cluster.namespace}/nodes/rtms/rtms-1"
+
+    async def version() -> int:
+        _, stat = await asyncio.to_thread(zk.get, member)
+        return int(stat.version)
+
+    video = unique("steady")
+    viewers = [await on(cluster, session, "rtms-1", video) for _ in range(10)]
+    try:
+        await wait_until(lambda: first_page_says(api, video, 10), what="10 viewers counted")
+        await asyncio.sleep(1.0)  # the node's reports after the joins
+        before = await version()
+        # An 11th viewer: counted at once (through Redis), but 10 -> 11 connections
+        # is within the 10 % step, so the record, which every process reads, stays.
+        viewers.append(await on(cluster, session, "rtms-1", video))
+        await wait_until(lambda: first_page_says(api, video, 11), what="11 viewers counted")
+        await asyncio.sleep(1.5)  # 5 load reports
+        assert await version() == before
+        # Two more: 11 -> 13 is more than a step, and the record follows.
+        viewers += [await on(cluster, session, "rtms-1", video) for _ in range(2)]
+
+        async def rewritten() -> bool:
+            return await version() > before
+
+        await wait_until(rewritten, what="the record rewritten")
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+        await asyncio.to_thread(zk.stop)
+        await asyncio.to_thread(zk.close)

@@ -207,11 +207,17 @@ class Cluster:
     # -- environment ----------------------------------------------------------
 
     def base_env(self) -> dict[str, str]:
+        # The default namespace is the settings' defaults (ZooKeeper root, database,
+        # Redis prefix), so the CLI reaches the cluster `livecomments up` starts
+        # without being told where.
+        default = self.namespace == cfg.BackendSettings.mongo_db
         return {
             "LIVECOMMENTS_ZK_HOSTS": self.backends.zk_hosts,
             "LIVECOMMENTS_ZK_ROOT": f"/{self.namespace}",
             "LIVECOMMENTS_REDIS_URL": self.backends.redis_url,
-            "LIVECOMMENTS_REDIS_PREFIX": f"{self.namespace}:",
+            "LIVECOMMENTS_REDIS_PREFIX": (
+                cfg.BackendSettings.redis_prefix if default else f"{self.namespace}:"
+            ),
             "LIVECOMMENTS_MONGO_URI": self.backends.mongo_uri,
             "LIVECOMMENTS_MONGO_DB": self.namespace,
             **({"LIVECOMMENTS_ZK_AUTH": self.zk_auth} if self.zk_auth else {}),

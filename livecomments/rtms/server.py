@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from livecomments.coord import ZK, HostedRegistry, Membership, Placement, Policy
 from livecomments.coord.records import RtmsNode, busy_floor, busy_videos, worth_publishing
@@ -372,7 +373,11 @@ class RTMSServer:
         """This node's viewers per video to Redis, and (``viewer_count_interval``) each
         video's total over every live node to its viewers here."""
         counts = {v: len(c.viewers) for v, c in self.hub.channels.items() if c.viewers}
-        others = await self.viewer_counts.publish(self.node_id, self.boot, counts)
+        try:
+            others = await self.viewer_counts.publish(self.node_id, self.boot, counts)
+        except RedisError as exc:  # one line per interval while Redis is away, no trace
+            log.warning("publishing viewer counts failed: %s", exc)
+            return
         if self.settings.viewer_count_interval > 0:
             self.hub.announce_viewers(lambda video, here: here + others.get(video, 0))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -241,3 +242,19 @@ def test_a_service_raises_its_open_files_limit_to_the_hard_one() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True", out
+
+
+def test_the_local_cluster_uses_the_settings_defaults_so_the_cli_finds_it(tmp_path: Path) -> None:
+    """`livecomments up` runs the default namespace: the CLI, run with no settings,
+    reads the same ZooKeeper root, database and Redis keys (the viewer counts)."""
+    from livecomments.cli.cluster import Backends, Cluster
+    from livecomments.kernel import settings as cfg
+
+    backends = Backends("127.0.0.1:1", "redis://127.0.0.1:2/0", "mongodb://127.0.0.1:3", {}, [1])
+    env = Cluster(tmp_path, backends, tls=False, grpc_tls=False).base_env()
+    defaults = cfg.BackendSettings()
+    assert env["LIVECOMMENTS_ZK_ROOT"] == defaults.zk_root
+    assert env["LIVECOMMENTS_MONGO_DB"] == defaults.mongo_db
+    assert env["LIVECOMMENTS_REDIS_PREFIX"] == defaults.redis_prefix
+    other = Cluster(tmp_path, backends, namespace="t7", tls=False, grpc_tls=False).base_env()
+    assert other["LIVECOMMENTS_REDIS_PREFIX"] == "t7:" and other["LIVECOMMENTS_ZK_ROOT"] == "/t7"

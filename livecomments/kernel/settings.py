@@ -187,9 +187,12 @@ class RTMSSettings(BackendSettings):
     join_limit_address: str = "20/10"
     channel_limit_node: str = "200/2"
     max_channels: int = 10000
-    load_report_interval: float = 5.0  # how often connections and viewers go to ZooKeeper
-    # How often each video's viewers are told its viewer total over all nodes, when it
-    # changed (a `viewers` event); 0: never. As fresh as the load reports above.
+    # How often the node looks at its load; its ZooKeeper record is rewritten only
+    # when it moved by more than 10 % (or its busy videos changed: records.py).
+    load_report_interval: float = 5.0
+    # How often the node writes its viewers per video to Redis and reads the other
+    # nodes' back, and each video's viewers are told the total over all nodes when it
+    # changed (a `viewers` event); 0: never told, and counted every load report.
     viewer_count_interval: float = 3.0
 
     def __post_init__(self) -> None:

@@ -232,7 +232,9 @@ class CommentServer:
         await self.placement.start()
         settings = self.settings
         worker = await self.lease.acquire(
-            self.public_url, metrics_url(settings.admin_host, settings.admin_port, self.public_url)
+            self.public_url,
+            metrics_url(settings.admin_host, settings.admin_port, self.public_url),
+            settings.worker_range,
         )
         self.ids = ids = Snowflake(worker)
         self.comments = Comments(

@@ -45,9 +45,11 @@ class Membership(Generic[R]):
 class WorkerLease:
     """A Snowflake worker id no other live comment-service process holds.
 
-    Each process creates an ephemeral sequential node; its sequence number
-    modulo 1024 is the worker id. If another live node maps to the same id the
-    lease is taken again until the id is unique.
+    Each process creates an ephemeral sequential node; its sequence number,
+    folded into the cluster's range of ids (``first``..``last``, all 1024 by
+    default), is the worker id. If another live node maps to the same id the
+    lease is taken again until the id is unique. Clusters sharing one store get
+    ranges of their own (``LIVECOMMENTS_WORKER_IDS``).
     """
 
     def __init__(self, zk: ZK) -> None:
@@ -55,15 +57,27 @@ class WorkerLease:
         self.worker_id = -1
         self.path = ""
 
-    async def acquire(self, url: str | None = None, metrics: str | None = None) -> int:
-        """Lease a worker id; the lease also says where this process is reached."""
+    async def acquire(
+        self,
+        url: str | None = None,
+        metrics: str | None = None,
+        ids: tuple[int, int] = (0, MAX_WORKER),
+    ) -> int:
+        """Lease a worker id within ``ids`` (first, last); the lease also says where
+        this process is reached."""
         base = self._zk.paths.comment_workers
-        for _ in range(8):
+        first, last = ids
+
+        def worker_of(name: str) -> int:
+            return first + int(name.rsplit("-", 1)[1]) % (last - first + 1)
+
+        # Consecutive sequence numbers walk the range: enough tries to pass every id.
+        for _ in range(min(last - first + 1, 1024) + 8):
             path = await self._zk.create(f"{base}/w-", b"", ephemeral=True, sequence=True)
-            worker = int(path.rsplit("-", 1)[1]) % (MAX_WORKER + 1)
+            worker = worker_of(path)
             mine = path.rsplit("/", 1)[1]
             others = [c for c in await self._zk.children(base) if c != mine]
-            if all(int(c.rsplit("-", 1)[1]) % (MAX_WORKER + 1) != worker for c in others):
+            if all(worker_of(c) != worker for c in others):
                 await self._zk.set(path, CommentWorker(worker, url, metrics).encode())
                 self.worker_id, self.path = worker, path
                 return worker

@@ -19,6 +19,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+from livecomments.kernel.ids import MAX_WORKER
 from livecomments.kernel.netaddr import TrustedProxies
 
 ENV_PREFIX = "LIVECOMMENTS_"
@@ -317,9 +318,25 @@ class CommentServiceSettings(BackendSettings):
     # short-polling clients (?after=) near the head are served from it.
     recent_cache_size: int = 500  # newest events kept per video (0 = off)
     recent_cache_ttl: float = 86400.0  # seconds a video's cache outlives its last write
+    # The Snowflake worker ids this cluster's comment services lease ("first-last",
+    # within 0-1023). Clusters (cells, docs/capacity.md) that share one MongoDB must
+    # each have a range of their own, or two of them could make the same comment id.
+    worker_ids: str = "0-1023"
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        first, _, last = self.worker_ids.partition("-")
+        return int(first), int(last)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        first, sep, last = self.worker_ids.partition("-")
+        numbers = sep and first.isdigit() and last.isdigit()
+        if not (numbers and 0 <= int(first) <= int(last) <= MAX_WORKER):
+            raise ConfigError(
+                f"{ENV_PREFIX}WORKER_IDS: expected first-last within 0-{MAX_WORKER},"
+                f" got {self.worker_ids!r}"
+            )
         if not 0 <= self.shield_slow_mode <= self.max_slow_mode:
             raise ConfigError(
                 f"{ENV_PREFIX}SHIELD_SLOW_MODE: expected 0 to max_slow_mode"

@@ -113,3 +113,11 @@ def test_an_unknown_variable_is_warned_about_with_the_name_it_resembles() -> Non
     assert "LIVECOMMENTS_REDIS_ULR is not a setting (did you mean LIVECOMMENTS_REDIS_URL?)" in (
         done.stderr
     )
+
+
+def test_the_worker_id_range_is_a_setting_checked_at_start() -> None:
+    assert cfg.CommentServiceSettings().worker_range == (0, 1023)
+    assert cfg.CommentServiceSettings(worker_ids="512-767").worker_range == (512, 767)
+    for bad in ("", "5", "7-3", "0-1024", "-1-4", "a-b", "1-2-3"):
+        with pytest.raises(cfg.ConfigError):
+            cfg.CommentServiceSettings(worker_ids=bad)

@@ -58,7 +58,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
-from bench.fanout import Generators, Table_, code_version, drain, fmt, post_at_rate, print_tables
+from bench.fanout import (
+    Generators,
+    Table_,
+    code_version,
+    drain,
+    fmt,
+    post_at_rate,
+    print_tables,
+    quantile,
+)
 from bench.targets import LiveCommentsPoster, LiveCommentsTarget
 
 REPO = Path(__file__).resolve().parent.parent
@@ -340,7 +349,7 @@ class Run:
             "accepted": accepted,
             "post_errors": poster.errors,
             "first_post_error": poster.first_error,
-            "post_rtt_ms": {f"p{p}": _quantile(rtts, p / 100) for p in (50, 99)},
+            "post_rtt_ms": {f"p{p}": quantile(rtts, p / 100) for p in (50, 99)},
             "stage_mean_ms": stage_means(stages0, stages1),
             "regions": regions,
             "far_minus_near_ms": differences(regions),
@@ -350,10 +359,6 @@ class Run:
 
 def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
-
-
-def _quantile(ordered: list[float], q: float) -> float | None:
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else None
 
 
 def stage_means(

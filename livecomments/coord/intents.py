@@ -37,14 +37,13 @@ from livecomments.coord.records import (
 )
 from livecomments.kernel.errors import Conflict, NotFound, ValidationError
 from livecomments.kernel.ids import valid_video_id
+from livecomments.kernel.viewers import Live
 
 log = logging.getLogger(__name__)
 
 # Each video's viewers per live node, given the videos and a node's live boot id
 # (``kernel.viewers.by_node`` on a Redis client).
-ViewerSource = Callable[
-    [Sequence[str], Callable[[str], "str | None"]], Awaitable[dict[str, dict[str, int]]]
-]
+ViewerSource = Callable[[Sequence[str], Live], Awaitable[dict[str, dict[str, int]]]]
 
 KEEP_REBALANCE_REQUESTS = 20  # older request znodes are deleted; nodes only react to new ones
 REBALANCE_PREFIX = "req-"

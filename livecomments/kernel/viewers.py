@@ -47,22 +47,26 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def add_up(fields: Mapping[Any, Any] | Sequence[Any], live: Live, exclude: str = "") -> int:
-    """The viewers in a video's hash (a mapping, or HGETALL's flat list) on live nodes."""
+def per_node(fields: Mapping[Any, Any] | Sequence[Any], live: Live) -> dict[str, int]:
+    """A video's hash (a mapping, or HGETALL's flat list) as viewers per live node: a
+    field counts if its boot id is that of the node's live record."""
     pairs = (
         fields.items()
         if isinstance(fields, Mapping)
         else zip(fields[::2], fields[1::2], strict=False)
     )
-    total = 0
+    counts: dict[str, int] = {}
     for raw_node, raw_value in pairs:
         node = _text(raw_node)
-        if node == exclude:
-            continue
         boot, _, count = _text(raw_value).partition(" ")
-        if boot and boot == live(node) and count.isdigit():
-            total += int(count)
-    return total
+        if boot and boot == live(node) and count.isdigit() and int(count):
+            counts[node] = int(count)
+    return counts
+
+
+def add_up(fields: Mapping[Any, Any] | Sequence[Any], live: Live, exclude: str = "") -> int:
+    """The viewers in a video's hash on live nodes (but ``exclude``)."""
+    return sum(n for node, n in per_node(fields, live).items() if node != exclude)
 
 
 class ViewerCounts:
@@ -119,15 +123,6 @@ class ViewerCounts:
     async def withdraw(self, node: str, boot: str) -> None:
         """Remove every count ``node`` wrote (it stops)."""
         await self.publish(node, boot, {})
-
-
-def per_node(fields: Mapping[Any, Any], live: Live) -> dict[str, int]:
-    """A video's hash as viewers per live node."""
-    return {
-        node: count
-        for node, value in ((_text(k), v) for k, v in fields.items())
-        if (count := add_up({node: value}, live))
-    }
 
 
 async def by_node(

@@ -42,9 +42,9 @@ from livecomments.kernel.rates import Rate
 from livecomments.kernel.redis.keys import Keys
 from livecomments.kernel.stream import Position
 from livecomments.rtms.channel import HEARTBEAT
-from livecomments.rtms.channel import Viewer as HubViewer
 from livecomments.rtms.hub import Hub
 from livecomments.rtms.limits import Buckets, Refused
+from tests.hub_doubles import flow_viewer
 from tests.support import Api, Viewer, cli, client_session, unique
 
 HEAD_TIMEOUT = 3.0
@@ -73,49 +73,6 @@ CLUSTER_ENV = {
 
 
 # -- in-process: the hub with transports that model flow control ---------------------
-
-
-class FlowTransport:
-    """A transport whose buffer fills with writes and drains only when told to.
-
-    Like asyncio's, it calls the viewer's pause_writing above the high-water
-    mark and resume_writing once drained below the low one.
-    """
-
-    def __init__(self, high: int) -> None:
-        self.viewer: HubViewer | None = None
-        self.buffer = 0
-        self.peak = 0
-        self.data = bytearray()
-        self.high = high  # the listener sets it to half the bound (Hub.write_budget)
-        self.closed = self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-        self.buffer += len(data)
-        self.peak = max(self.peak, self.buffer)
-        if self.viewer is not None and self.buffer > self.high and not self.viewer.paused:
-            self.viewer.pause_writing()
-
-    def drain(self) -> None:
-        self.buffer = 0
-        if self.viewer is not None and self.viewer.paused:
-            self.viewer.resume_writing()
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffer
-
-    def abort(self) -> None:
-        self.closed = self.aborted = True
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def seqs(self) -> list[int]:
-        return [int(s) for s in re.findall(rb"^id: \d+-(\d+)$", bytes(self.data), re.M)]
 
 
 EPOCH = 3
@@ -156,13 +113,6 @@ class StoreBackend:
     async def unhost(self, video_id: str) -> None:
         self.hosted.discard(video_id)
         self.unhosted.append(video_id)
-
-
-def flow_viewer(high: int = 4096) -> tuple[HubViewer, FlowTransport]:
-    transport = FlowTransport(high)
-    viewer = HubViewer(transport)
-    transport.viewer = viewer
-    return viewer, transport
 
 
 async def test_a_joiner_that_goes_away_does_not_cancel_the_channel_for_the_others() -> None:

@@ -10,10 +10,8 @@ and a ``moved`` event must never name an id behind what the viewer has.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import orjson
 import pytest
 
 from livecomments.kernel import events
@@ -23,6 +21,7 @@ from livecomments.kernel.stream import Position
 from livecomments.rtms.channel import Viewer
 from livecomments.rtms.hub import Hub
 from livecomments.rtms.limits import Refused
+from tests.hub_doubles import FlowTransport, flow_viewer
 
 EPOCH = 7
 
@@ -70,38 +69,8 @@ class Backend:
         pass
 
 
-class Transport:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def seqs(self) -> list[int]:
-        return [int(s) for s in re.findall(rb"^id: \d+-(\d+)$", bytes(self.data), re.M)]
-
-    def moved(self) -> dict[str, Any]:
-        found = re.search(rb"^event: moved\ndata: (.*)$", bytes(self.data), re.M)
-        assert found is not None, bytes(self.data)
-        return dict(orjson.loads(found.group(1)))
-
-
-def viewer() -> tuple[Viewer, Transport]:
-    transport = Transport()
-    return Viewer(transport), transport
+def viewer() -> tuple[Viewer, FlowTransport]:
+    return flow_viewer(high=1 << 30)  # a reader that keeps up: it never pauses
 
 
 def hub(backend: Backend) -> Hub:

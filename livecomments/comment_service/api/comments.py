@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -275,10 +276,13 @@ async def list_comments(request: web.Request) -> web.Response:
     page = await request.app[COMMENTS].page(video_id, before=before, after=after, limit=limit_)
     await _fresh_reactions(request, page["items"])
     if before is None and after is None:  # the first page: how many watch now, the pin
-        if (viewers := await request.app[VIEWER_COUNTS].total(video_id)) is not None:
+        # Both Redis reads at once; the pin is read after the page took its resume
+        # (see ``Comments.pinned``).
+        viewers, page["pinned"] = await asyncio.gather(
+            request.app[VIEWER_COUNTS].total(video_id), request.app[COMMENTS].pinned(video_id)
+        )
+        if viewers is not None:
             page["viewers"] = viewers
-        # Read after the page took its resume (see ``Comments.pinned``).
-        page["pinned"] = await request.app[COMMENTS].pinned(video_id)
     head = page.get("head") or 0
     if after is not None:
         closed = page.get("next_after") is not None
